@@ -1,0 +1,77 @@
+"""What machine is this? CPU model, cores, instruction-set flags, governor, versions.
+
+Every measurement edgeskip records carries this, so a figure is never separated from the
+hardware and software that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HostInfo", "describe_host", "cpu_flags", "cpu_has_bf16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HostInfo:
+    machine: str
+    system: str
+    cpu_model: str
+    logical_cpus: int
+    usable_cpus: int
+    governor: str | None
+    bf16: bool
+    python: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _cpuinfo(root: Path) -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo as a dict ({} when unreadable)."""
+    try:
+        text = (root / "proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags(root: Path = Path("/")) -> frozenset[str]:
+    """x86 ``flags`` (or Arm ``Features``) of the first CPU."""
+    info = _cpuinfo(root)
+    return frozenset((info.get("flags") or info.get("Features") or "").split())
+
+
+def cpu_has_bf16(root: Path = Path("/")) -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16, AMX-BF16, or Arm BF16)."""
+    flags = cpu_flags(root)
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def describe_host(root: Path = Path("/")) -> HostInfo:
+    """Facts about this machine; ``root`` lets tests point at a fake /proc and /sys tree."""
+    info = _cpuinfo(root)
+    governor_file = root / "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
+    try:
+        governor: str | None = governor_file.read_text().strip()
+    except OSError:
+        governor = None
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return HostInfo(
+        machine=platform.machine(),
+        system=platform.system(),
+        cpu_model=info.get("model name") or info.get("Model") or platform.processor() or "unknown",
+        logical_cpus=os.cpu_count() or 1,
+        usable_cpus=usable,
+        governor=governor,
+        bf16=cpu_has_bf16(root),
+        python=platform.python_version(),
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from edgeskip.cli import main
+
+sys.exit(main())

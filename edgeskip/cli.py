@@ -1,0 +1,190 @@
+"""The ``edgeskip`` command line.
+
+Every user error ends as one line on stderr and exit code 2; heavy modules (torch) are
+imported only by the commands that need them, so ``edgeskip --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from edgeskip.errors import EdgeskipError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("edgeskip")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type[Any], *, skip: Sequence[str] = ()) -> None:
+    """One ``--option`` per dataclass field, with the field's help and choices."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        kind = hints[f.name]
+        if kind is bool:
+            if f.default:
+                parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=f"do not {help_text}")
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            continue
+        if isinstance(kind, types.UnionType):  # "int | None" -> int
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        parser.add_argument(
+            flag, dest=f.name, type=kind, default=f.default, choices=f.metadata.get("choices"),
+            metavar=None if "choices" in f.metadata else f.name.upper(),
+            help=f"{help_text} (default: {f.default})",
+        )
+
+
+def _config_from_args(cls: type[Any], args: argparse.Namespace, **fixed: Any) -> Any:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **fixed})
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from edgeskip.variants import MODEL_CONFIGS
+
+    rows = []
+    for name in MODEL_CONFIGS.names():
+        c = MODEL_CONFIGS.get(name)
+        rows.append((name, c.depth, c.width, c.heads, c.mlp_hidden, c.patch_size, c.image_size, c.param_count()))
+    if args.json:
+        keys = ("name", "depth", "width", "heads", "mlp_hidden", "patch", "image_size", "params")
+        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=2))
+        return 0
+    print(f"{'model':<11}{'depth':>6}{'width':>7}{'heads':>7}{'mlp':>6}{'patch':>7}{'image':>7}{'params':>12}")
+    for r in rows:
+        print(f"{r[0]:<11}{r[1]:>6}{r[2]:>7}{r[3]:>7}{r[4]:>6}{r[5]:>7}{r[6]:>7}{r[7]:>12,}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from edgeskip.train.config import TrainConfig
+
+    cfg = _config_from_args(TrainConfig, args)
+    if cfg.dataset == "cifar10" and cfg.data is None:
+        raise EdgeskipError("--dataset cifar10 needs --data DIR (a CIFAR-10 folder or .tar.gz; see the README)")
+    if cfg.data is not None and not Path(cfg.data).exists():
+        raise EdgeskipError(f"--data {cfg.data}: no such file or directory")
+    from edgeskip.train.loop import train
+
+    result = train(cfg)
+    final = result.final
+    print(
+        f"trained {cfg.model} on {cfg.dataset} for {final.get('epoch')} epoch(s) ({result.precision}): "
+        f"test accuracy {final.get('test_accuracy', float('nan')):.4f}, "
+        f"{final.get('images_per_second', 0):.0f} images/s; checkpoint {result.checkpoint}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from edgeskip.data import load_dataset
+    from edgeskip.train.checkpoint import load_checkpoint
+    from edgeskip.train.evaluate import evaluate
+
+    ckpt = load_checkpoint(args.checkpoint)
+    dataset = args.dataset or ckpt.dataset
+    if args.data is not None and not Path(args.data).exists():
+        raise EdgeskipError(f"--data {args.data}: no such file or directory")
+    data = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
+    if data.test.image_shape[2] != ckpt.model_config.in_channels or len(data.test.classes) != ckpt.model_config.num_classes:
+        raise EdgeskipError(f"{ckpt.path} ({ckpt.model_name}, {ckpt.dataset}) does not fit dataset {dataset}")
+    metrics = evaluate(ckpt.build_model(), data.test, ckpt.normalization, batch_size=args.batch_size)
+    report = {"checkpoint": str(ckpt.path), "model": ckpt.model_name, "dataset": dataset, **metrics}
+    print(json.dumps(report, indent=2) if args.json else
+          f"{ckpt.model_name} on {dataset} test ({int(metrics['count'])} images): accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from edgeskip.quickstart import run_quickstart
+
+    report = run_quickstart(Path(args.out), epochs=args.epochs, force=args.force)
+    print(report)
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+    "quickstart": ("train and evaluate a small ViT on the digits every install has", cmd_quickstart),
+    "train": ("train a ViT on the workstation (torchrun for several GPUs/nodes)", cmd_train),
+    "evaluate": ("measure a checkpoint's test accuracy", cmd_evaluate),
+    "models": ("list the registered models with their sizes", cmd_models),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgeskip import __version__
+
+    parser = _Parser(prog="edgeskip", description="Dynamic-depth Vision Transformers from workstation to edge device.")
+    parser.add_argument("--version", action="version", version=f"edgeskip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parsers = {name: sub.add_parser(name, help=text, description=text) for name, (text, _) in COMMANDS.items()}
+
+    from edgeskip.train.config import TrainConfig
+
+    add_dataclass_options(parsers["train"], TrainConfig)
+
+    ev = parsers["evaluate"]
+    ev.add_argument("--checkpoint", required=True, help="checkpoint folder or training run folder")
+    ev.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
+    ev.add_argument("--data", default=None, help="dataset copy (CIFAR-10 folder or .tar.gz)")
+    ev.add_argument("--limit-per-class", type=int, default=None, help="evaluate the first N test images per class")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--json", action="store_true", help="print JSON")
+
+    qs = parsers["quickstart"]
+    qs.add_argument("--out", default="edgeskip-quickstart", help="output folder (default: edgeskip-quickstart)")
+    qs.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
+    qs.add_argument("--force", action="store_true", help="replace an existing quickstart folder")
+
+    parsers["models"].add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command][1](args)
+    except EdgeskipError as exc:
+        print(f"edgeskip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeskip: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Checkpoints: weights in safetensors, everything else in JSON; nothing is ever unpickled.
+
+A checkpoint is a directory, written atomically and never modified afterwards::
+
+    config.json          model family/config, dataset, normalisation, hyper-parameters,
+                         metrics, git commit, sha256 of every weight file
+    model.safetensors    model weights
+    train_state.safetensors   optimiser moments (optional; for resuming)
+
+A training run keeps its checkpoints under ``checkpoints/epoch-NNNN/`` and points at the
+newest with ``latest.json`` (replaced atomically), so an interrupted save never leaves a
+checkpoint that loads half.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from edgeskip.config import ViTConfig, from_dict, to_dict
+from edgeskip.errors import CheckpointError, ConfigError
+from edgeskip.fsutil import atomic_directory, atomic_write_json
+from edgeskip.models.vit import ViT
+from edgeskip.normalization import Normalization
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "resolve_checkpoint", "git_commit"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "edgeskip.checkpoint"
+SCHEMA_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, LATEST_FILE = (
+    "config.json", "model.safetensors", "train_state.safetensors", "latest.json",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint on disk; :meth:`build_model` loads its weights."""
+
+    path: Path
+    model_name: str
+    model_config: ViTConfig
+    dataset: str
+    normalization: Normalization
+    classes: tuple[str, ...]
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return _load_tensors(self.path, self.meta["weights"], "weights")
+
+    def build_model(self) -> ViT:
+        """The model with this checkpoint's weights, in eval mode."""
+        model = ViT(self.model_config)
+        state = self.state_dict()
+        _check_matches(model, state, self.path)
+        model.load_state_dict(state)
+        return model.eval()
+
+    def train_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        """(JSON part, tensors) of the saved optimiser state, or None when absent."""
+        info = self.meta.get("train_state")
+        if not info:
+            return None
+        return info, _load_tensors(self.path, info, "train state")
+
+
+def git_commit() -> str | None:
+    """The commit of the edgeskip source tree (or of the working directory), if any."""
+    for where in (Path(__file__).resolve().parent, Path.cwd()):
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
+            )
+            return out.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    model_name: str,
+    model_config: ViTConfig,
+    dataset: str,
+    normalization: Normalization,
+    classes: tuple[str, ...],
+    train_config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    epoch: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    step: int | None = None,
+) -> Path:
+    """Write a new checkpoint directory at ``path`` (which must not exist yet)."""
+    path = Path(path)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_directory(path) as tmp:
+        save_file(weights, str(tmp / WEIGHTS_FILE))
+        meta: dict[str, Any] = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "model_name": model_name,
+            "model": to_dict(model_config),
+            "dataset": dataset,
+            "normalization": normalization.to_dict(),
+            "classes": list(classes),
+            "train": train_config or {},
+            "metrics": metrics or {},
+            "epoch": epoch,
+            "git_commit": git_commit(),
+            "torch_version": torch.__version__,
+            "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(tmp / WEIGHTS_FILE)},
+        }
+        if optimizer is not None:
+            tensors, groups = _flatten_optimizer(optimizer)
+            save_file(tensors, str(tmp / STATE_FILE))
+            meta["train_state"] = {
+                "file": STATE_FILE, "sha256": _sha256(tmp / STATE_FILE), "param_groups": groups, "step": step,
+            }
+        atomic_write_json(tmp / CONFIG_FILE, meta)
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a training run's newest checkpoint via ``latest.json``."""
+    path = Path(path).expanduser()
+    if (path / CONFIG_FILE).is_file():
+        return path
+    pointer = path / LATEST_FILE
+    if pointer.is_file():
+        target = _read_json(pointer).get("checkpoint")
+        if not isinstance(target, str) or Path(target).is_absolute() or ".." in Path(target).parts:
+            raise CheckpointError(f"{pointer} must name a checkpoint folder inside {path}")
+        return resolve_checkpoint(path / target)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    raise CheckpointError(f"{path} is neither a checkpoint ({CONFIG_FILE}) nor a training run ({LATEST_FILE})")
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint's config; weights are checked by sha256 when loaded."""
+    path = resolve_checkpoint(path)
+    meta = _read_json(path / CONFIG_FILE)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path / CONFIG_FILE} is not an edgeskip checkpoint config")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint schema version {meta.get('schema_version')!r} is not supported "
+            f"(this edgeskip reads version {SCHEMA_VERSION})"
+        )
+    try:
+        cfg = from_dict(ViTConfig, meta["model"])
+        norm = Normalization.from_dict(meta["normalization"])
+        classes = tuple(str(c) for c in meta["classes"])
+        if not isinstance(meta["weights"], dict):
+            raise ConfigError("'weights' must be an object")
+        name, dataset = str(meta["model_name"]), str(meta["dataset"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{path / CONFIG_FILE} is malformed: {exc}") from None
+    if len(classes) != cfg.num_classes:
+        raise CheckpointError(f"{path}: {len(classes)} class names for a {cfg.num_classes}-class model")
+    return Checkpoint(path, name, cfg, dataset, norm, classes, dict(meta.get("metrics") or {}), meta)
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} must hold a JSON object")
+    return data
+
+
+def _load_tensors(path: Path, info: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
+    name = info.get("file")
+    if not isinstance(name, str) or "/" in name or name.startswith("."):
+        raise CheckpointError(f"{path}: invalid {what} file name {name!r}")
+    file = path / name
+    if not file.is_file():
+        raise CheckpointError(f"{path}: {what} file {name} is missing")
+    if _sha256(file) != info.get("sha256"):
+        raise CheckpointError(f"{file} does not match the sha256 in its config: the file was altered or truncated")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is not a valid safetensors file: {exc}") from None
+
+
+def _check_matches(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"missing {k}" for k in sorted(expected.keys() - got.keys())]
+    problems += [f"unexpected {k}" for k in sorted(got.keys() - expected.keys())]
+    problems += [
+        f"{k} has shape {got[k]}, config implies {expected[k]}"
+        for k in sorted(expected.keys() & got.keys())
+        if expected[k] != got[k]
+    ]
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise CheckpointError(f"{path}: weights disagree with the checkpoint's model config: {shown}")
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{idx}.{key}"] = t.detach().cpu().contiguous()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, groups: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> None:
+    """Load state saved by :func:`save_checkpoint` into ``opt`` (same parameter layout)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    fixed = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
+    try:
+        opt.load_state_dict({"state": state, "param_groups": fixed})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"saved optimiser state does not fit this model: {exc}") from None

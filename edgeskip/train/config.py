@@ -1,0 +1,77 @@
+"""The training configuration: one frozen dataclass feeds both the Python API and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any
+
+from edgeskip.errors import ConfigError
+from edgeskip.variants import MODEL_CONFIGS
+
+__all__ = ["TrainConfig", "PRECISIONS", "AUGMENTS"]
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AUGMENTS = ("none", "basic", "full")
+DATASETS = ("cifar10", "digits")
+
+
+def _opt(help: str, **extra: Any) -> dict[str, Any]:
+    return {"help": help, **extra}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (see ``edgeskip train --help``)."""
+
+    model: str = field(default="vit9", metadata=_opt("registered model name (edgeskip models lists them)"))
+    dataset: str = field(default="cifar10", metadata=_opt("dataset name", choices=DATASETS))
+    data: str | None = field(default=None, metadata=_opt("CIFAR-10 directory or .tar/.tar.gz (cifar10 only)"))
+    out: str = field(default="runs/train", metadata=_opt("run directory for checkpoints and history"))
+    epochs: int = field(default=10, metadata=_opt("number of epochs"))
+    batch_size: int = field(default=128, metadata=_opt("global batch size (split across DDP ranks)"))
+    lr: float = field(default=1e-3, metadata=_opt("peak AdamW learning rate"))
+    min_lr: float = field(default=1e-5, metadata=_opt("final learning rate of the cosine schedule"))
+    weight_decay: float = field(default=0.05, metadata=_opt("AdamW weight decay"))
+    warmup_epochs: float = field(default=1.0, metadata=_opt("linear warm-up length in epochs"))
+    label_smoothing: float = field(default=0.1, metadata=_opt("cross-entropy label smoothing"))
+    precision: str = field(
+        default="auto", metadata=_opt("autocast dtype; auto = bf16 where the hardware has it", choices=PRECISIONS)
+    )
+    augment: str = field(
+        default="full",
+        metadata=_opt("none | basic (crop+flip) | full (+AutoAugment CIFAR-10, random erasing)", choices=AUGMENTS),
+    )
+    limit_per_class: int | None = field(default=None, metadata=_opt("use the first N images per class"))
+    eval_batch_size: int = field(default=256, metadata=_opt("batch size for evaluation"))
+    grad_clip: float = field(default=1.0, metadata=_opt("max gradient norm (0 disables clipping)"))
+    seed: int = field(default=0, metadata=_opt("random seed"))
+    threads: int | None = field(default=None, metadata=_opt("torch intra-op threads (default: torch's)"))
+    keep_checkpoints: int = field(default=2, metadata=_opt("epoch checkpoints kept besides the best"))
+    resume: bool = field(default=False, metadata=_opt("continue from the run directory's latest checkpoint"))
+    progress: bool = field(default=True, metadata=_opt("show a progress bar"))
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_CONFIGS:
+            MODEL_CONFIGS.get(self.model)  # raises UnknownNameError listing the models
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_epochs < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("warmup_epochs, weight_decay and grad_clip must be >= 0")
+        if self.limit_per_class is not None and self.limit_per_class < 1:
+            raise ConfigError(f"limit_per_class must be >= 1, got {self.limit_per_class}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
