@@ -23,7 +23,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], out: str | Path, tit
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train (smoothed labels)")
     ax_loss.plot(epochs, [h["test_loss"] for h in history], label="test")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.plot(epochs, [h["train_accuracy"] for h in history], label="train (augmented)")
+    ax_acc.plot(epochs, [h["train_accuracy"] for h in history], label="train")
     ax_acc.plot(epochs, [h["test_accuracy"] for h in history], label="test")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):

@@ -1,6 +1,7 @@
-"""Exporters turn a trained checkpoint into a deployable bundle (ONNX, TFLite, TensorRT).
+"""Home of the exporters that turn a checkpoint into a deployable bundle.
 
-Exporters register by name and are imported lazily, so asking for one never imports the
+No export target is implemented yet (ONNX, TFLite and TensorRT come next). Exporters
+register by name and are imported lazily, so asking for one never imports the
 SDKs of the others; an exporter whose SDK is missing raises
 :class:`~edgeskip.errors.BackendUnavailableError` naming what to install.
 """

@@ -1,7 +1,9 @@
-"""The torch-free on-device runtime: backends register by name and load lazily.
+"""Home of the torch-free on-device runtime (numpy + one inference backend).
 
-Preprocessing follows the checkpoint's (later the bundle's) normalisation exactly, via
-:func:`edgeskip.normalization.preprocess`, which this package re-exports.
+Available now: the shared preprocessing (:func:`edgeskip.normalization.preprocess`, the
+exact transform training applies, re-exported here) and the backend registry. The
+``Runtime`` class and its backends (onnxruntime, tflite, tensorrt, torch) are not built
+yet; backends will register in :data:`BACKENDS` by name and import their SDK lazily.
 """
 
 from __future__ import annotations

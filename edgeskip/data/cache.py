@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def load_cached(file: Path) -> dict[str, ImageDataset] | None:
 def store_cached(file: Path, splits: dict[str, ImageDataset]) -> None:
     """Write ``splits`` atomically (temp file, then rename); a failure only logs."""
     first = next(iter(splits.values()))
-    arrays: dict[str, np.ndarray] = {"classes": np.asarray(first.classes)}
+    arrays: dict[str, Any] = {"classes": np.asarray(first.classes)}
     for name, ds in splits.items():
         arrays[f"{name}/images"] = ds.images
         arrays[f"{name}/labels"] = ds.labels

@@ -20,6 +20,16 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """Python 3 pickles of protocol <= 2 store bytes as ``_codecs.encode(text, "latin1")``."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise DataError(f"refusing to unpickle _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+_ALLOWED[("_codecs", "encode")] = _latin1_bytes
 for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _ALLOWED[(_mod, "_reconstruct")] = np._core.multiarray._reconstruct  # type: ignore[attr-defined]
     _ALLOWED[(_mod, "scalar")] = np._core.multiarray.scalar  # type: ignore[attr-defined]

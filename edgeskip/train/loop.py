@@ -103,7 +103,8 @@ class Trainer:
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """No weight decay on biases, norms, CLS token and position embedding."""
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim <= 1 or name.startswith("embed.") and "proj" not in name else decay).append(p)
         return [

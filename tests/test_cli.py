@@ -1,0 +1,84 @@
+"""The command line: help, one-line errors with exit code 2, and a real train/evaluate run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeskip.cli import COMMANDS, main
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeskip", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_help_lists_every_command() -> None:
+    proc = run("--help")
+    assert proc.returncode == 0
+    for name, (purpose, _) in COMMANDS.items():
+        assert name in proc.stdout
+        assert purpose.split()[0] in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "--model", "vit11", "--dataset", "digits"], "unknown model 'vit11'; available: vit7"),
+        (["train", "--dataset", "cifar10", "--data", "/nonexistent/cifar"], "--data /nonexistent/cifar: no such file"),
+        (["train", "--dataset", "cifar10"], "needs --data"),
+        (["train", "--epochs", "zero"], "invalid int value: 'zero'"),
+        (["train", "--precision", "fp8"], "invalid choice: 'fp8'"),
+        (["train", "--epochs", "0", "--dataset", "digits"], "epochs must be >= 1"),
+        (["evaluate", "--checkpoint", "/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt does not exist"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse exits on usage errors
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_models_json() -> None:
+    proc = run("models", "--json")
+    assert proc.returncode == 0
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["vit10"]["params"] == 8_934_538 and rows["vit9"]["width"] == 192
+
+
+@pytest.mark.slow
+def test_train_then_evaluate(tmp_path: Path) -> None:
+    proc = run("train", "--model", "vit-digits", "--dataset", "digits", "--epochs", "2", "--batch-size", "64",
+               "--augment", "none", "--limit-per-class", "40", "--out", str(tmp_path / "run"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test accuracy" in proc.stdout
+    ev = run("evaluate", "--checkpoint", str(tmp_path / "run"), "--json")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    report = json.loads(ev.stdout)
+    assert report["model"] == "vit-digits" and report["count"] == 359 and 0.0 <= report["accuracy"] <= 1.0
+    again = run("train", "--model", "vit-digits", "--dataset", "digits", "--out", str(tmp_path / "run"))
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+
+
+@pytest.mark.slow
+def test_quickstart(tmp_path: Path) -> None:
+    proc = run("quickstart", "--out", str(tmp_path / "qs"), "--epochs", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
+    assert report["epochs"] == 3 and (tmp_path / "qs" / "training.png").stat().st_size > 10_000
+    assert "held-out accuracy" in proc.stdout
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    refused = run("quickstart", "--out", str(tmp_path / "other"), "--epochs", "1")
+    assert refused.returncode == 2 and (tmp_path / "other" / "keep.txt").read_text() == "mine"
