@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import pytest
 from edgeskip.cli import COMMANDS, main
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgeskip", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    # Not from the repository root: there ./edgeskip (the source folder) would shadow the
+    # installed package, whose edgeskip.devices etc. are mapped from other folders.
+    return subprocess.run([sys.executable, "-m", "edgeskip", *args], capture_output=True, text=True, timeout=300,
+                          cwd=tempfile.gettempdir())
 
 
 def test_help_lists_every_command() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 import tomllib
 import zipfile
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+# Subprocesses start outside the repository: run from its root, ./edgeskip (the source folder)
+# would shadow the installed package (see test_source_folder_shadows_a_regular_install).
+NEUTRAL = tempfile.gettempdir()
 MAPPED = {"edgeskip": "edgeskip", "edgeskip.exporters": "exporters", "edgeskip.runtimes": "runtimes",
           "edgeskip.devices": "devices"}
 
@@ -135,17 +139,31 @@ from edgeskip.devices import describe_host
 describe_host()
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=NEUTRAL)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_blocker_really_hides_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", TORCH_BLOCKER + "import edgeskip.models"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=NEUTRAL)
     assert proc.returncode != 0 and "torch is hidden" in proc.stderr
 
 
 def test_cli_help_without_torch() -> None:
     code = TORCH_BLOCKER + "import sys; from edgeskip.cli import main; sys.argv=['edgeskip','--help']; main()"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=NEUTRAL)
     assert proc.returncode == 0 and "quickstart" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_source_folder_shadows_a_regular_install(repo_root: Path) -> None:
+    """Documents the mapping's pitfall that the README warns about (python -m from the repo root)."""
+    code = "import edgeskip, sys; print(edgeskip.__file__)"
+    inside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root)
+    outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=NEUTRAL)
+    installed = Path(outside.stdout.strip()).parent
+    if installed == repo_root / "edgeskip":
+        pytest.skip("edgeskip is installed in editable mode; the shadowing only concerns regular installs")
+    assert Path(inside.stdout.strip()).parent == repo_root / "edgeskip"
+    probe = "import edgeskip.devices"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, cwd=repo_root).returncode != 0
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, cwd=NEUTRAL).returncode == 0

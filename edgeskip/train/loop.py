@@ -106,7 +106,8 @@ class Trainer:
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
         for name, p in self.model.named_parameters():
-            (no_decay if p.ndim <= 1 or name.startswith("embed.") and "proj" not in name else decay).append(p)
+            is_token = name in ("embed.cls_token", "embed.pos_embed")
+            (no_decay if p.ndim <= 1 or is_token else decay).append(p)
         return [
             {"params": decay, "weight_decay": self.cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
