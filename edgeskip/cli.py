@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -72,7 +73,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         rows.append((name, c.depth, c.width, c.heads, c.mlp_hidden, c.patch_size, c.image_size, c.param_count()))
     if args.json:
         keys = ("name", "depth", "width", "heads", "mlp_hidden", "patch", "image_size", "params")
-        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=2))
+        print(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=2))
         return 0
     print(f"{'model':<11}{'depth':>6}{'width':>7}{'heads':>7}{'mlp':>6}{'patch':>7}{'image':>7}{'params':>12}")
     for r in rows:
@@ -91,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from edgeskip.train.loop import train
 
     result = train(cfg)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return 0
     final = result.final
     print(
         f"trained {cfg.model} on {cfg.dataset} for {final.get('epoch')} epoch(s) ({result.precision}): "

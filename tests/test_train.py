@@ -82,7 +82,7 @@ def test_checkpoints_are_pruned_but_best_kept(digits_small: DatasetSplits, tmp_p
 def test_schedule() -> None:
     lrs = [warmup_cosine(s, 100, 10, 1.0, 0.01) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
     assert warmup_cosine(0, 10, 0, 1.0, 0.0) == pytest.approx(1.0)
 
