@@ -98,7 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"trained {cfg.model} on {cfg.dataset} for {final.get('epoch')} epoch(s) ({result.precision}): "
         f"test accuracy {final.get('test_accuracy', float('nan')):.4f}, "
-        f"{final.get('images_per_second', 0):.0f} images/s; checkpoint {result.checkpoint}"
+        f"{final.get('images_per_second', 0):.0f} images/s"
+        + (f", executed layers {100 * final['test_executed_fraction']:.1f}%" if "test_executed_fraction" in final else "")
+        + f"; checkpoint {result.checkpoint}"
     )
     return 0
 
@@ -115,11 +117,97 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
     if data.test.image_shape[2] != ckpt.model_config.in_channels or len(data.test.classes) != ckpt.model_config.num_classes:
         raise EdgeskipError(f"{ckpt.path} ({ckpt.model_name}, {ckpt.dataset}) does not fit dataset {dataset}")
-    metrics = evaluate(ckpt.build_model(), data.test, ckpt.normalization, batch_size=args.batch_size)
-    report = {"checkpoint": str(ckpt.path), "model": ckpt.model_name, "dataset": dataset, **metrics}
-    print(json.dumps(report, indent=2) if args.json else
+    model = ckpt.build_model()
+    head = {"checkpoint": str(ckpt.path), "model": ckpt.model_name, "dataset": dataset}
+    if ckpt.has_agents:
+        from edgeskip.agents.model import SkipViT
+        from edgeskip.agents.report import evaluate_skipping
+
+        skip = evaluate_skipping(typing.cast(SkipViT, model), data.test, ckpt.normalization, batch_size=args.batch_size)
+        print(json.dumps({**head, **skip.to_dict()}, indent=2) if args.json else
+              f"{ckpt.model_name} with skip agents on {dataset} test:\n{skip.table(top=args.top)}")
+        return 0
+    metrics = evaluate(model, data.test, ckpt.normalization, batch_size=args.batch_size)
+    print(json.dumps({**head, **metrics}, indent=2) if args.json else
           f"{ckpt.model_name} on {dataset} test ({int(metrics['count'])} images): accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
     return 0
+
+
+def _load_skip_checkpoint(path: str) -> tuple[Any, Any]:
+    from edgeskip.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if not ckpt.has_agents:
+        raise EdgeskipError(f"{ckpt.path} has no skip agents: train with --agents (optionally --init {path})")
+    return ckpt, ckpt.build_model()
+
+
+def cmd_posttrain(args: argparse.Namespace) -> int:
+    from edgeskip.agents.search import plot_front, search_skip_configs
+    from edgeskip.agents.settings import SearchConfig
+    from edgeskip.data import load_dataset
+    from edgeskip.train.evaluate import autocast_dtype
+
+    ckpt, model = _load_skip_checkpoint(args.checkpoint)
+    out = Path(args.out)
+    if (out / "pareto.json").exists() and not args.force:
+        raise EdgeskipError(f"{out / 'pareto.json'} exists: pass --force to replace it or choose another --out")
+    settings = _config_from_args(SearchConfig, args)
+    if args.data is not None and not Path(args.data).exists():
+        raise EdgeskipError(f"--data {args.data}: no such file or directory")
+    data = load_dataset(ckpt.dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
+    dtype = autocast_dtype(args.precision, torch_device())
+    result = search_skip_configs(model, data.test, ckpt.normalization, settings,
+                                 train_data=data.train if settings.joint else None, dtype=dtype, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "pareto.json")
+    plot = plot_front(result, out / "pareto.png", f"{ckpt.model_name} on {ckpt.dataset}: NSGA-II post-training")
+    print(f"{len(result.points)} Pareto configurations from {result.evaluations} evaluations in {result.seconds:.0f} s; "
+          f"hypervolume {result.hypervolume:.4f} (all-0.5 model: {result.reference_hypervolume:.4f})")
+    print(f"{'#':>3} {'accuracy':>9} {'layers':>7}  thresholds (- = removed)")
+    for i, p in enumerate(result.points):
+        genes = " ".join("-" if t is None else f"{t:.2f}" for t in p.config.thresholds)
+        print(f"{i:>3} {p.accuracy:>9.4f} {p.mean_executed:>7.2f}  {genes}")
+    print(f"wrote {out / 'pareto.json'} and {plot}; apply a point with: "
+          f"edgeskip apply-config --checkpoint {args.checkpoint} --pareto {out / 'pareto.json'} --point N --out CKPT")
+    return 0
+
+
+def cmd_apply_config(args: argparse.Namespace) -> int:
+    from edgeskip.agents.genes import SkipConfig
+    from edgeskip.train.checkpoint import save_checkpoint
+
+    ckpt, model = _load_skip_checkpoint(args.checkpoint)
+    if args.pareto:
+        try:
+            points = json.loads(Path(args.pareto).read_text())["pareto"]
+            chosen = points[args.point]
+        except FileNotFoundError:
+            raise EdgeskipError(f"--pareto {args.pareto}: no such file") from None
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+            raise EdgeskipError(f"--pareto {args.pareto}: cannot read point {args.point} ({exc})") from None
+        config = SkipConfig.from_dict({"thresholds": chosen["thresholds"]})
+    else:
+        values = [v.strip() for v in args.thresholds.split(",")]
+        try:
+            config = SkipConfig(tuple(None if v in ("-", "remove") else float(v) for v in values))
+        except ValueError as exc:
+            raise EdgeskipError(f"--thresholds: {exc}") from None
+    model.set_skip_config(config)
+    save_checkpoint(
+        args.out, model, model_name=ckpt.model_name, model_config=ckpt.model_config, dataset=ckpt.dataset,
+        normalization=ckpt.normalization, classes=ckpt.classes, train_config=ckpt.meta.get("train"),
+        metrics={**ckpt.metrics, "applied_from": str(ckpt.path), "applied_config": config.to_dict()},
+        epoch=ckpt.meta.get("epoch"),
+    )
+    print(f"wrote {args.out} with thresholds {list(config.thresholds)}")
+    return 0
+
+
+def torch_device() -> Any:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -136,6 +224,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "quickstart": ("train and evaluate a small ViT on the digits every install has", cmd_quickstart),
     "train": ("train a ViT on the workstation (torchrun for several GPUs/nodes)", cmd_train),
     "evaluate": ("measure a checkpoint's test accuracy", cmd_evaluate),
+    "posttrain": ("NSGA-II search of per-layer skip thresholds for an agent checkpoint", cmd_posttrain),
+    "apply-config": ("save an agent checkpoint with a chosen skip configuration", cmd_apply_config),
     "models": ("list the registered models with their sizes", cmd_models),
 }
 
@@ -161,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit-per-class", type=int, default=None, help="evaluate the first N test images per class")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.add_argument("--top", type=int, default=10, help="paths shown in the path table (agents)")
 
     qs = parsers["quickstart"]
     qs.add_argument("--out", default="edgeskip-quickstart", help="output folder (default: edgeskip-quickstart)")
@@ -168,6 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--force", action="store_true", help="replace an existing quickstart folder")
 
     parsers["models"].add_argument("--json", action="store_true", help="print JSON")
+
+    from edgeskip.agents.settings import SearchConfig
+
+    pt = parsers["posttrain"]
+    pt.add_argument("--checkpoint", required=True, help="agent checkpoint (or its training run folder)")
+    pt.add_argument("--data", default=None, help="dataset copy (CIFAR-10 folder or .tar.gz)")
+    pt.add_argument("--limit-per-class", type=int, default=None, help="use the first N images per class")
+    pt.add_argument("--out", default="posttrain", help="folder for pareto.json and pareto.png")
+    pt.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"), help="evaluation precision")
+    pt.add_argument("--force", action="store_true", help="replace an existing pareto.json")
+    add_dataclass_options(pt, SearchConfig)
+
+    ap = parsers["apply-config"]
+    ap.add_argument("--checkpoint", required=True, help="agent checkpoint (or its training run folder)")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pareto", help="pareto.json written by posttrain")
+    which.add_argument("--thresholds", help="comma-separated per-layer thresholds, '-' removes a layer")
+    ap.add_argument("--point", type=int, default=0, help="index of the Pareto point (with --pareto)")
+    ap.add_argument("--out", required=True, help="new checkpoint folder (must not exist)")
     return parser
 
 

@@ -61,13 +61,31 @@ class Checkpoint:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return _load_tensors(self.path, self.meta["weights"], "weights")
 
+    @property
+    def has_agents(self) -> bool:
+        return "agents" in self.meta
+
     def build_model(self) -> ViT:
-        """The model with this checkpoint's weights, in eval mode."""
-        model = ViT(self.model_config)
+        """The model with this checkpoint's weights, in eval mode (a SkipViT if it has agents)."""
+        model = self._empty_model()
         state = self.state_dict()
         _check_matches(model, state, self.path)
         model.load_state_dict(state)
         return model.eval()
+
+    def _empty_model(self) -> ViT:
+        if not self.has_agents:
+            return ViT(self.model_config)
+        from edgeskip.agents.genes import SkipConfig
+        from edgeskip.agents.model import SkipViT
+
+        info = self.meta["agents"]
+        try:
+            skip = SkipConfig.from_dict(info["skip"])
+            hidden = int(info["baseline_hidden"])
+            return SkipViT(self.model_config, skip, baseline_hidden=hidden)
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise CheckpointError(f"{self.path}: invalid 'agents' entry in {CONFIG_FILE}: {exc}") from None
 
     def train_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
         """(JSON part, tensors) of the saved optimiser state, or None when absent."""
@@ -134,6 +152,9 @@ def save_checkpoint(
             "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(tmp / WEIGHTS_FILE)},
         }
+        agent_meta = getattr(model, "agent_meta", None)
+        if callable(agent_meta):
+            meta["agents"] = agent_meta()
         if optimizer is not None:
             tensors, groups = _flatten_optimizer(optimizer)
             save_file(tensors, str(tmp / STATE_FILE))

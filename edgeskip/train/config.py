@@ -49,6 +49,12 @@ class TrainConfig:
     threads: int | None = field(default=None, metadata=_opt("torch intra-op threads (default: torch's)"))
     keep_checkpoints: int = field(default=2, metadata=_opt("epoch checkpoints kept besides the best"))
     resume: bool = field(default=False, metadata=_opt("continue from the run directory's latest checkpoint"))
+    agents: bool = field(default=False, metadata=_opt("train per-layer skip agents jointly (REINFORCE)"))
+    init: str | None = field(default=None, metadata=_opt("start from this (static) checkpoint's weights"))
+    gamma: float = field(default=0.99, metadata=_opt("agents: discount; layer j gets gamma^(L-1-j) * R"))
+    reward_epsilon: float = field(default=-1e-5, metadata=_opt("agents: epsilon added to every reward"))
+    baseline_hidden: int = field(default=64, metadata=_opt("agents: hidden width of each learned baseline"))
+    agent_threshold: float = field(default=0.5, metadata=_opt("agents: execution threshold at evaluation"))
     progress: bool = field(default=True, metadata=_opt("show a progress bar"))
 
     def __post_init__(self) -> None:
@@ -73,5 +79,13 @@ class TrainConfig:
             raise ConfigError(f"limit_per_class must be >= 1, got {self.limit_per_class}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0.0 <= self.agent_threshold <= 1.0:
+            raise ConfigError(f"agent_threshold must be in [0, 1], got {self.agent_threshold}")
+        if self.baseline_hidden < 1:
+            raise ConfigError(f"baseline_hidden must be >= 1, got {self.baseline_hidden}")
+        if self.init is not None and not self.agents:
+            raise ConfigError("--init starts agent training from a static checkpoint: add --agents")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")

@@ -54,7 +54,11 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, data: DatasetSplits | None = None) -> TrainResult:
-    """Run training as ``cfg`` says; under torchrun every rank calls this."""
+    """Run training as ``cfg`` says (with skip agents if ``cfg.agents``); under torchrun every rank calls this."""
+    if cfg.agents:
+        from edgeskip.agents.trainer import AgentTrainer
+
+        return AgentTrainer(cfg, data).run()
     return Trainer(cfg, data).run()
 
 
@@ -78,7 +82,7 @@ class Trainer:
         self.device = self.dist.device
         self.dtype = autocast_dtype(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
-        self.model = ViT(self.model_cfg).to(self.device)
+        self.model = self.build_model().to(self.device)
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         self.augment = build_augmentation(cfg.augment, h, c).to(self.device)
@@ -95,7 +99,12 @@ class Trainer:
         self.net: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            # Skipping leaves some layers without gradients in a step: DDP must look for them.
+            self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=cfg.agents)
+
+    def build_model(self) -> ViT:
+        """The network to train (subclasses add agents)."""
+        return ViT(self.model_cfg)
 
     @property
     def precision(self) -> str:
@@ -125,8 +134,8 @@ class Trainer:
     def _resume(self) -> None:
         ckpt = load_checkpoint(self.out)
         saved = ckpt.meta.get("train", {})
-        for key in ("model", "dataset"):
-            if saved.get(key) != getattr(self.cfg, key):
+        for key in ("model", "dataset", "agents"):
+            if saved.get(key, False) != getattr(self.cfg, key):
                 raise CheckpointError(
                     f"cannot resume {self.out}: it was trained with {key}={saved.get(key)!r}, not {getattr(self.cfg, key)!r}"
                 )
@@ -205,10 +214,10 @@ class Trainer:
             "epoch_seconds": seconds,
             "images_per_second": float(totals[2]) / seconds,
         }
-        stats.update({k: v / sums[2] for k, v in extra_sums.items()})
+        stats.update({f"train_{k}": v / sums[2] for k, v in extra_sums.items()})
         return stats
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, Any]:
         return evaluate(
             self.model, self.data.test, self.norm, batch_size=self.cfg.eval_batch_size, device=self.device,
             dtype=self.dtype, rank=self.dist.rank, world=self.dist.world_size,
@@ -226,9 +235,10 @@ class Trainer:
             record.update({f"test_{k}": v for k, v in self.evaluate().items() if k != "count"})
             self.history.append(record)
             log.info(
-                "epoch %d/%d: loss %.4f, train acc %.4f, test acc %.4f, %.1f img/s",
+                "epoch %d/%d: loss %.4f, train acc %.4f, test acc %.4f, %.1f img/s%s",
                 epoch, cfg.epochs, record["train_loss"], record["train_accuracy"],
                 record["test_accuracy"], record["images_per_second"],
+                f", executed {record['test_executed_fraction']:.3f}" if "test_executed_fraction" in record else "",
             )
             if self.dist.is_main:
                 self.save(epoch, record)
