@@ -12,9 +12,15 @@ from edgeskip.train.config import TrainConfig
 from edgeskip.train.loop import Trainer
 
 out = Path(sys.argv[1])
+agents = len(sys.argv) > 2 and sys.argv[2] == "agents"
 cfg = TrainConfig(model="vit-digits", dataset="digits", out=str(out / "run"), epochs=2, batch_size=64,
-                  augment="none", precision="fp32", progress=False, limit_per_class=40, threads=1)
-trainer = Trainer(cfg)
+                  augment="none", precision="fp32", progress=False, limit_per_class=40, threads=1, agents=agents)
+if agents:
+    from edgeskip.agents.trainer import AgentTrainer
+
+    trainer: Trainer = AgentTrainer(cfg)
+else:
+    trainer = Trainer(cfg)
 assert trainer.dist.world_size == 2 and dist.get_backend() == "gloo"
 trainer.run()
 state = {k: v.contiguous() for k, v in trainer.model.state_dict().items()}

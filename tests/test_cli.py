@@ -86,3 +86,31 @@ def test_quickstart(tmp_path: Path) -> None:
     (tmp_path / "other" / "keep.txt").write_text("mine")
     refused = run("quickstart", "--out", str(tmp_path / "other"), "--epochs", "1")
     assert refused.returncode == 2 and (tmp_path / "other" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_agents_posttrain_apply_evaluate(tmp_path: Path) -> None:
+    proc = run("train", "--model", "vit-digits", "--dataset", "digits", "--epochs", "3", "--batch-size", "64",
+               "--augment", "none", "--agents", "--out", str(tmp_path / "run"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "executed layers" in proc.stdout
+    pt = run("posttrain", "--checkpoint", str(tmp_path / "run"), "--generations", "3", "--pop-size", "8",
+             "--evaluation", "fixed", "--out", str(tmp_path / "pt"))
+    assert pt.returncode == 0, pt.stderr[-2000:]
+    pareto = json.loads((tmp_path / "pt" / "pareto.json").read_text())
+    assert (tmp_path / "pt" / "pareto.png").is_file() and pareto["hypervolume"] >= pareto["reference_hypervolume"]
+    again = run("posttrain", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "pt"))
+    assert again.returncode == 2 and "--force" in again.stderr
+    ap = run("apply-config", "--checkpoint", str(tmp_path / "run"), "--pareto", str(tmp_path / "pt" / "pareto.json"),
+             "--point", "0", "--out", str(tmp_path / "chosen"))
+    assert ap.returncode == 0, ap.stderr[-2000:]
+    ev = run("evaluate", "--checkpoint", str(tmp_path / "chosen"), "--json")
+    report = json.loads(ev.stdout)
+    point = pareto["pareto"][0]
+    assert report["accuracy"] == pytest.approx(point["accuracy"])
+    assert report["mean_executed_layers"] == pytest.approx(point["mean_executed_layers"])
+    assert report["paths"][0]["percent"] > 0 and len(report["layer_execution_rates"]) == 6
+    bad = run("apply-config", "--checkpoint", str(tmp_path / "run"), "--thresholds", "0.5,0.5", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "2 layer(s), the model has 6" in bad.stderr
+    static = run("posttrain", "--checkpoint", str(tmp_path / "chosen" / ".." / "run" / "latest.json"))
+    assert static.returncode == 2

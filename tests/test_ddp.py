@@ -15,12 +15,14 @@ from edgeskip.train.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_end_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["static", "agents"])
+def test_two_gloo_ranks_end_identical(tmp_path: Path, kind: str) -> None:
+    """With agents, ranks skip different layers per step: DDP must still keep them in sync."""
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(worker), str(tmp_path)],
+         str(worker), str(tmp_path), kind],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -28,6 +30,7 @@ def test_two_gloo_ranks_end_identical(tmp_path: Path) -> None:
     rank1 = load_file(str(tmp_path / "rank1.safetensors"))
     saved = load_checkpoint(tmp_path / "run")
     assert saved.meta["train"]["world_size"] == 2
+    assert saved.has_agents == (kind == "agents")
     # Each rank trained on its own half of the data, so equality proves gradient sync.
     for key in rank0:
         torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)

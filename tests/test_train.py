@@ -116,3 +116,33 @@ def test_fp16_on_cpu_is_a_clear_error(digits_small: DatasetSplits, tmp_path: Pat
         pytest.skip("fp16 autocast is valid on a CUDA machine")
     with pytest.raises(ConfigError, match="fp16 autocast needs a CUDA GPU"):
         train(digits_config(tmp_path / "run", precision="fp16"), digits_small)
+
+
+@pytest.mark.slow
+def test_agent_training_on_cifar10_learns_to_skip(cifar10_tarball: Path, tmp_path: Path) -> None:
+    full = load_cifar10(cifar10_tarball, limit_per_class=200, progress=False)
+    data = DatasetSplits("cifar10", full.train, full.test.per_class(50))
+    cfg = TrainConfig(model="vit-tiny", dataset="cifar10", out=str(tmp_path / "run"), epochs=6, batch_size=64,
+                      augment="basic", lr=2e-3, warmup_epochs=0.5, progress=False, agents=True)
+    result = train(cfg, data)
+    first, last = result.history[0], result.history[-1]
+    assert last["train_exec"] < first["train_exec"] - 0.05, [h["train_exec"] for h in result.history]
+    assert last["test_executed_fraction"] < 1.0
+    assert max(h["test_accuracy"] for h in result.history) > 0.2  # chance 0.1 on 500 images
+    assert last["train_reward"] > first["train_reward"]
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.has_agents and ckpt.meta["agents"]["skip"]["thresholds"] == [0.5] * 4
+    paths = last["test_paths"]
+    assert sum(p["count"] for p in paths) <= 500 and paths == sorted(paths, key=lambda p: -p["count"])
+
+
+def test_init_from_a_static_checkpoint(digits_small: DatasetSplits, tmp_path: Path) -> None:
+    static = train(digits_config(tmp_path / "static", epochs=1), digits_small)
+    agents = train(digits_config(tmp_path / "agents", epochs=1, agents=True, init=str(static.checkpoint), lr=1e-9,
+                                 min_lr=0.0, warmup_epochs=0.0), digits_small)
+    a = load_checkpoint(static.checkpoint).state_dict()
+    b = load_checkpoint(agents.checkpoint).state_dict()
+    assert {k for k in b if k.startswith("agents.")} and all(k in b for k in a)
+    torch.testing.assert_close(a["blocks.0.mlp.fc1.weight"], b["blocks.0.mlp.fc1.weight"], atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="add --agents"):
+        digits_config(tmp_path / "x", init=str(static.checkpoint))

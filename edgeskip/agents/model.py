@@ -43,6 +43,7 @@ class SkipOutput(NamedTuple):
     probs: Tensor  # (B, L) agent probabilities (0 for removed layers)
     log_probs: Tensor | None  # (B, L) log pi(a | c) of the sampled actions (training only)
     states: Tensor | None  # (B, L, D) detached CLS tokens entering each layer (training only)
+    baselines: Tensor | None  # (B, L) learned baselines b_j(c_j) (training only; inside forward for DDP)
 
     def paths(self) -> list[str]:
         """One bit string per input, e.g. '110101101' (1 = layer executed)."""
@@ -150,12 +151,15 @@ class SkipViT(ViT):
             runs.append(run)
             probs.append(p.detach())
             log_probs.append(logp)
+        state_stack = torch.stack(states, dim=1) if sample else None
         return SkipOutput(
             logits=self.head(x),
             executed=torch.stack(runs, dim=1) if runs else torch.zeros(b, 0, dtype=torch.bool),
             probs=torch.stack(probs, dim=1),
             log_probs=torch.stack(log_probs, dim=1) if sample else None,
-            states=torch.stack(states, dim=1) if sample else None,
+            states=state_stack,
+            # Computed here, not by the caller, so DDP sees every parameter used in forward.
+            baselines=self.baseline_values(state_stack) if state_stack is not None else None,
         )
 
     def _run_rows(self, j: int, x: Tensor, run: Tensor) -> Tensor:

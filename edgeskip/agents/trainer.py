@@ -27,14 +27,14 @@ def joint_loss(
     model: SkipViT, out: SkipOutput, labels: Tensor, label_smoothing: float, gamma: float, epsilon: float
 ) -> tuple[Tensor, dict[str, float]]:
     """Cross-entropy on the sampled paths + REINFORCE policy loss + baseline MSE."""
-    if out.log_probs is None or out.states is None:
+    if out.log_probs is None or out.baselines is None:
         raise ValueError("joint_loss needs a sampled forward pass (model.train() or sample=True)")
     ce = F.cross_entropy(out.logits.float(), labels, label_smoothing=label_smoothing)
     with torch.autocast(device_type=labels.device.type, enabled=False):
         correct = out.logits.argmax(1) == labels
         reward = rewards(correct, out.executed, epsilon)
         returns = whiten(discounted_returns(reward, model.depth, gamma))
-        baseline = model.baseline_values(out.states)
+        baseline = out.baselines
         active = ~model.removed[None, :]
         rl = policy_loss(returns, baseline, out.log_probs, active) + baseline_loss(baseline, returns, active)
     return ce + rl, {"exec": float(out.executed.float().mean()), "reward": float(reward.mean())}
