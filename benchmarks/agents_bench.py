@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edgeskip.devices import describe_host
 
 from edgeskip.agents.model import SkipViT
 from edgeskip.agents.trainer import AgentTrainer
 from edgeskip.data import DatasetSplits, ImageDataset, load_cifar10
-from edgeskip.devices import describe_host
 from edgeskip.models.vit import ViT
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.loop import Trainer

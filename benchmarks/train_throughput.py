@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edgeskip.devices import describe_host
 
 from edgeskip.data import DatasetSplits, ImageDataset, load_cifar10
-from edgeskip.devices import describe_host
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.loop import Trainer
 

@@ -8,7 +8,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_training_curves"]
+__all__ = ["plot_training_curves", "save_figure"]
+
+
+def save_figure(fig: Any, out: str | Path) -> Path:
+    """Save a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return out
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], out: str | Path, title: str) -> Path:
@@ -30,13 +47,4 @@ def plot_training_curves(history: Sequence[dict[str, Any]], out: str | Path, tit
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    out = Path(out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return save_figure(fig, out)

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeskip.data import CIFAR10_CLASSES, ImageDataset, load_cifar10, load_dataset, load_digits
+from edgeskip.data import (
+    CIFAR10_CLASSES,
+    ImageDataset,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+)
 from edgeskip.data import cifar as cifar_module
 from edgeskip.data.safe_pickle import safe_loads
 from edgeskip.errors import DataError

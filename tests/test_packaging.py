@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 import tomllib
 import zipfile
 from pathlib import Path

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from edgeskip.agents.reinforce import baseline_loss, discounted_returns, policy_loss, rewards, whiten
+from edgeskip.agents.reinforce import (
+    baseline_loss,
+    discounted_returns,
+    policy_loss,
+    rewards,
+    whiten,
+)
 
 
 def test_reward_discount_and_whitening_by_hand() -> None:

@@ -12,7 +12,13 @@ import torch
 from edgeskip.agents import GeneCodec, SkipConfig
 from edgeskip.agents.model import SkipViT
 from edgeskip.agents.search import (
-    Evaluator, KeepOneLayer, OnePointCrossover, ReplaceGeneMutation, SearchResult, plot_front, search_skip_configs,
+    Evaluator,
+    KeepOneLayer,
+    OnePointCrossover,
+    ReplaceGeneMutation,
+    SearchResult,
+    plot_front,
+    search_skip_configs,
 )
 from edgeskip.agents.settings import SearchConfig
 from edgeskip.data import DatasetSplits, load_digits

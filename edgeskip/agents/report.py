@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from edgeskip.agents.model import SkipViT
 from edgeskip.data.dataset import ImageDataset
 from edgeskip.normalization import Normalization
-from edgeskip.train.evaluate import Normalizer, autocast, to_tensor
+from edgeskip.train.evaluate import Normalizer, autocast, rank_batches, to_tensor
 
 __all__ = ["SkipReport", "evaluate_skipping"]
 
@@ -79,9 +79,7 @@ def evaluate_skipping(
     correct, loss_sum, count = 0, 0.0, 0
     rate_sum = np.zeros(model.depth)
     paths: collections.Counter[str] = collections.Counter()
-    idx_all = np.arange(rank, len(data), world)
-    for start in range(0, len(idx_all), batch_size):
-        idx = idx_all[start : start + batch_size]
+    for idx in rank_batches(len(data), batch_size, rank, world):
         x = normalize(to_tensor(data.images[idx], device))
         y = torch.from_numpy(data.labels[idx]).to(device)
         with autocast(device, dtype):

@@ -39,18 +39,19 @@ from pymoo.optimize import minimize
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from edgeskip.agents.genes import DEFAULT_GRID, GeneCodec, SkipConfig
-from edgeskip.agents.settings import SearchConfig
 from edgeskip.agents.model import SkipViT
 from edgeskip.agents.reinforce import rewards
+from edgeskip.agents.settings import SearchConfig
 from edgeskip.agents.trainer import joint_loss
 from edgeskip.data.dataset import ImageDataset
 from edgeskip.errors import ConfigError
 from edgeskip.fsutil import atomic_write_json
 from edgeskip.normalization import Normalization
+from edgeskip.plots import save_figure
 from edgeskip.train.evaluate import Normalizer, autocast, to_tensor
 
-__all__ = ["SearchConfig", "SearchResult", "ParetoPoint", "SkipProblem", "Evaluator", "search_skip_configs",
-           "hypervolume", "REFERENCE_POINT"]
+__all__ = ["DEFAULT_GRID", "REFERENCE_POINT", "Evaluator", "ParetoPoint", "SearchConfig", "SearchResult",
+           "SkipProblem", "hypervolume", "plot_front", "search_skip_configs"]
 
 log = logging.getLogger(__name__)
 
@@ -236,13 +237,14 @@ def search_skip_configs(
     model: SkipViT,
     calibration: ImageDataset,
     norm: Normalization,
-    settings: SearchConfig = SearchConfig(),
+    settings: SearchConfig | None = None,
     *,
     train_data: ImageDataset | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> SearchResult:
     """Run NSGA-II over skip configurations of ``model`` and return the Pareto set."""
+    settings = settings or SearchConfig()
     if len(calibration) == 0:
         raise ConfigError("the calibration set is empty")
     if settings.joint and (train_data is None or len(train_data) == 0):
@@ -338,9 +340,6 @@ def _progress(total: int, enabled: bool) -> Any:
 
 def plot_front(result: SearchResult, out: str | Path, title: str) -> Path:
     """Accuracy vs mean executed layers: every Pareto point, and the 0.5 reference."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,17 +355,5 @@ def plot_front(result: SearchResult, out: str | Path, title: str) -> Path:
     ax.set(xlabel="mean executed layers", ylabel="accuracy (calibration set)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return save_figure(fig, out)
 
-
-__all__ += ["plot_front", "DEFAULT_GRID"]

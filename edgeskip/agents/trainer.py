@@ -11,7 +11,13 @@ from torch import Tensor
 
 from edgeskip.agents.genes import SkipConfig
 from edgeskip.agents.model import SkipOutput, SkipViT
-from edgeskip.agents.reinforce import baseline_loss, discounted_returns, policy_loss, rewards, whiten
+from edgeskip.agents.reinforce import (
+    baseline_loss,
+    discounted_returns,
+    policy_loss,
+    rewards,
+    whiten,
+)
 from edgeskip.agents.report import evaluate_skipping
 from edgeskip.errors import CheckpointError
 from edgeskip.models.vit import ViT

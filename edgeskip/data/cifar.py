@@ -24,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeskip.data.cache import default_cache_dir, load_cached, source_fingerprint, store_cached
+from edgeskip.data.cache import (
+    default_cache_dir,
+    load_cached,
+    source_fingerprint,
+    store_cached,
+)
 from edgeskip.data.dataset import DatasetSplits, ImageDataset
 from edgeskip.data.safe_pickle import safe_loads
 from edgeskip.errors import DataError

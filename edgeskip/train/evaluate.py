@@ -18,7 +18,7 @@ from edgeskip.devices.host import cpu_has_bf16
 from edgeskip.errors import ConfigError
 from edgeskip.normalization import Normalization
 
-__all__ = ["to_tensor", "Normalizer", "autocast_dtype", "autocast", "evaluate"]
+__all__ = ["to_tensor", "Normalizer", "autocast_dtype", "autocast", "evaluate", "rank_batches"]
 
 
 def to_tensor(images: npt.NDArray[np.uint8], device: torch.device) -> Tensor:
@@ -62,7 +62,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _batches(n: int, size: int, rank: int = 0, world: int = 1) -> Iterator[npt.NDArray[np.int64]]:
+def rank_batches(n: int, size: int, rank: int = 0, world: int = 1) -> Iterator[npt.NDArray[np.int64]]:
+    """Index batches over this rank's share (every ``world``-th item, from ``rank``)."""
     idx = np.arange(rank, n, world)
     for start in range(0, len(idx), size):
         yield idx[start : start + size]
@@ -89,7 +90,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss, count
-    for idx in _batches(len(data), batch_size, rank, world):
+    for idx in rank_batches(len(data), batch_size, rank, world):
         x = normalize(to_tensor(data.images[idx], device))
         y = torch.from_numpy(data.labels[idx]).to(device)
         with autocast(device, dtype):

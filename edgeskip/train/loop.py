@@ -28,10 +28,21 @@ from edgeskip.fsutil import atomic_write_json
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import get_normalization
 from edgeskip.train.augment import build_augmentation
-from edgeskip.train.checkpoint import LATEST_FILE, load_checkpoint, restore_optimizer, save_checkpoint
+from edgeskip.train.checkpoint import (
+    LATEST_FILE,
+    load_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+)
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.distributed import DistInfo, init_distributed, shard_indices
-from edgeskip.train.evaluate import Normalizer, autocast, autocast_dtype, evaluate, to_tensor
+from edgeskip.train.evaluate import (
+    Normalizer,
+    autocast,
+    autocast_dtype,
+    evaluate,
+    to_tensor,
+)
 from edgeskip.train.schedule import warmup_cosine
 from edgeskip.variants import model_config
 
