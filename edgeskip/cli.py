@@ -32,6 +32,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type[Any], *, skip: Sequence[str] = ()) -> None:
     """One ``--option`` per dataclass field, with the field's help and choices."""
     hints = typing.get_type_hints(cls)
@@ -117,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
     if data.test.image_shape[2] != ckpt.model_config.in_channels or len(data.test.classes) != ckpt.model_config.num_classes:
         raise EdgeskipError(f"{ckpt.path} ({ckpt.model_name}, {ckpt.dataset}) does not fit dataset {dataset}")
-    model = ckpt.build_model()
+    model = ckpt.build_model().to(torch_device())
     head = {"checkpoint": str(ckpt.path), "model": ckpt.model_name, "dataset": dataset}
     if ckpt.has_agents:
         from edgeskip.agents.model import SkipViT
@@ -149,6 +160,7 @@ def cmd_posttrain(args: argparse.Namespace) -> int:
     from edgeskip.train.evaluate import autocast_dtype
 
     ckpt, model = _load_skip_checkpoint(args.checkpoint)
+    model.to(torch_device())
     out = Path(args.out)
     if (out / "pareto.json").exists() and not args.force:
         raise EdgeskipError(f"{out / 'pareto.json'} exists: pass --force to replace it or choose another --out")
@@ -160,6 +172,19 @@ def cmd_posttrain(args: argparse.Namespace) -> int:
     result = search_skip_configs(model, data.test, ckpt.normalization, settings,
                                  train_data=data.train if settings.joint else None, dtype=dtype, progress=True)
     out.mkdir(parents=True, exist_ok=True)
+    source = args.checkpoint
+    if settings.joint:  # the points were measured on the fine-tuned weights: keep them
+        import shutil
+
+        from edgeskip.train.checkpoint import save_checkpoint
+
+        tuned = out / "finetuned"
+        if tuned.exists():
+            shutil.rmtree(tuned)
+        save_checkpoint(tuned, model, model_name=ckpt.model_name, model_config=ckpt.model_config, dataset=ckpt.dataset,
+                        normalization=ckpt.normalization, classes=ckpt.classes, train_config=ckpt.meta.get("train"),
+                        metrics={"fine_tuned_from": str(ckpt.path), "joint_search": True}, epoch=ckpt.meta.get("epoch"))
+        source = str(tuned)
     result.save(out / "pareto.json")
     plot = plot_front(result, out / "pareto.png", f"{ckpt.model_name} on {ckpt.dataset}: NSGA-II post-training")
     print(f"{len(result.points)} Pareto configurations from {result.evaluations} evaluations in {result.seconds:.0f} s; "
@@ -169,7 +194,7 @@ def cmd_posttrain(args: argparse.Namespace) -> int:
         genes = " ".join("-" if t is None else f"{t:.2f}" for t in p.config.thresholds)
         print(f"{i:>3} {p.accuracy:>9.4f} {p.mean_executed:>7.2f}  {genes}")
     print(f"wrote {out / 'pareto.json'} and {plot}; apply a point with: "
-          f"edgeskip apply-config --checkpoint {args.checkpoint} --pareto {out / 'pareto.json'} --point N --out CKPT")
+          f"edgeskip apply-config --checkpoint {source} --pareto {out / 'pareto.json'} --point N --out CKPT")
     return 0
 
 
@@ -177,16 +202,18 @@ def cmd_apply_config(args: argparse.Namespace) -> int:
     from edgeskip.agents.genes import SkipConfig
     from edgeskip.train.checkpoint import save_checkpoint
 
+    if Path(args.out).exists():
+        raise EdgeskipError(f"--out {args.out} already exists; choose a new folder")
     ckpt, model = _load_skip_checkpoint(args.checkpoint)
     if args.pareto:
         try:
             points = json.loads(Path(args.pareto).read_text())["pareto"]
-            chosen = points[args.point]
+            thresholds = points[args.point]["thresholds"]
         except FileNotFoundError:
             raise EdgeskipError(f"--pareto {args.pareto}: no such file") from None
         except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
-            raise EdgeskipError(f"--pareto {args.pareto}: cannot read point {args.point} ({exc})") from None
-        config = SkipConfig.from_dict({"thresholds": chosen["thresholds"]})
+            raise EdgeskipError(f"--pareto {args.pareto}: cannot read point {args.point} ({exc!r})") from None
+        config = SkipConfig.from_dict({"thresholds": thresholds})
     else:
         values = [v.strip() for v in args.thresholds.split(",")]
         try:
@@ -248,14 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="checkpoint folder or training run folder")
     ev.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
     ev.add_argument("--data", default=None, help="dataset copy (CIFAR-10 folder or .tar.gz)")
-    ev.add_argument("--limit-per-class", type=int, default=None, help="evaluate the first N test images per class")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--limit-per-class", type=positive_int, default=None, help="evaluate the first N test images per class")
+    ev.add_argument("--batch-size", type=positive_int, default=256)
     ev.add_argument("--json", action="store_true", help="print JSON")
-    ev.add_argument("--top", type=int, default=10, help="paths shown in the path table (agents)")
+    ev.add_argument("--top", type=positive_int, default=10, help="paths shown in the path table (agents)")
 
     qs = parsers["quickstart"]
     qs.add_argument("--out", default="edgeskip-quickstart", help="output folder (default: edgeskip-quickstart)")
-    qs.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
+    qs.add_argument("--epochs", type=positive_int, default=30, help="training epochs (default: 30)")
     qs.add_argument("--force", action="store_true", help="replace an existing quickstart folder")
 
     parsers["models"].add_argument("--json", action="store_true", help="print JSON")
@@ -265,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt = parsers["posttrain"]
     pt.add_argument("--checkpoint", required=True, help="agent checkpoint (or its training run folder)")
     pt.add_argument("--data", default=None, help="dataset copy (CIFAR-10 folder or .tar.gz)")
-    pt.add_argument("--limit-per-class", type=int, default=None, help="use the first N images per class")
+    pt.add_argument("--limit-per-class", type=positive_int, default=None, help="use the first N images per class")
     pt.add_argument("--out", default="posttrain", help="folder for pareto.json and pareto.png")
     pt.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"), help="evaluation precision")
     pt.add_argument("--force", action="store_true", help="replace an existing pareto.json")
@@ -276,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--pareto", help="pareto.json written by posttrain")
     which.add_argument("--thresholds", help="comma-separated per-layer thresholds, '-' removes a layer")
-    ap.add_argument("--point", type=int, default=0, help="index of the Pareto point (with --pareto)")
+    ap.add_argument("--point", type=int, default=0, help="index of the Pareto point (with --pareto; -1 = last)")
     ap.add_argument("--out", required=True, help="new checkpoint folder (must not exist)")
     return parser
 

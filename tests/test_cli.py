@@ -40,6 +40,8 @@ def test_help_lists_every_command() -> None:
         (["train", "--epochs", "0", "--dataset", "digits"], "epochs must be >= 1"),
         (["evaluate", "--checkpoint", "/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt does not exist"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["evaluate", "--checkpoint", "x", "--batch-size", "0"], "must be >= 1, got 0"),
+        (["quickstart", "--epochs", "-3"], "must be >= 1, got -3"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,5 +114,23 @@ def test_agents_posttrain_apply_evaluate(tmp_path: Path) -> None:
     assert report["paths"][0]["percent"] > 0 and len(report["layer_execution_rates"]) == 6
     bad = run("apply-config", "--checkpoint", str(tmp_path / "run"), "--thresholds", "0.5,0.5", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "2 layer(s), the model has 6" in bad.stderr
-    static = run("posttrain", "--checkpoint", str(tmp_path / "chosen" / ".." / "run" / "latest.json"))
-    assert static.returncode == 2
+    exists = run("apply-config", "--checkpoint", str(tmp_path / "run"), "--thresholds", "0.5," * 5 + "0.5",
+                 "--out", str(tmp_path / "chosen"))
+    assert exists.returncode == 2 and "already exists" in exists.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"pareto": [{"accuracy": 1.0}]}))
+    malformed = run("apply-config", "--checkpoint", str(tmp_path / "run"), "--pareto", str(broken), "--out",
+                    str(tmp_path / "y"))
+    assert malformed.returncode == 2 and "cannot read point 0" in malformed.stderr and "Traceback" not in malformed.stderr
+
+    # The joint variant fine-tunes the model: its points must be applied to the saved fine-tuned weights.
+    joint = run("posttrain", "--checkpoint", str(tmp_path / "run"), "--generations", "2", "--pop-size", "6",
+                "--evaluation", "fixed", "--joint", "--joint-steps", "2", "--out", str(tmp_path / "joint"))
+    assert joint.returncode == 0, joint.stderr[-2000:]
+    assert "--checkpoint " + str(tmp_path / "joint" / "finetuned") in joint.stdout
+    jp = json.loads((tmp_path / "joint" / "pareto.json").read_text())["pareto"][-1]
+    ap = run("apply-config", "--checkpoint", str(tmp_path / "joint" / "finetuned"), "--pareto",
+             str(tmp_path / "joint" / "pareto.json"), "--point", "-1", "--out", str(tmp_path / "joint-chosen"))
+    assert ap.returncode == 0, ap.stderr[-2000:]
+    report = json.loads(run("evaluate", "--checkpoint", str(tmp_path / "joint-chosen"), "--json").stdout)
+    assert report["accuracy"] == pytest.approx(jp["accuracy"])

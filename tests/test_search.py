@@ -113,3 +113,10 @@ def test_bad_search_input(agent_model: SkipViT, digits: DatasetSplits) -> None:
     for bad in ({"evaluation": "sometimes"}, {"pop_size": 1}, {"mutation_prob": 2.0}, {"grid_step": 0.0}):
         with pytest.raises(ConfigError):
             SearchConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_reference_is_evaluated_when_half_is_off_the_grid(agent_model: SkipViT, digits: DatasetSplits) -> None:
+    result = search_skip_configs(agent_model, digits.test, NORM,
+                                 SearchConfig(grid_step=0.2, generations=2, pop_size=6, evaluation="fixed"))
+    assert result.reference.genes == () and result.reference.config == SkipConfig.uniform(agent_model.depth, 0.5)
+    assert all(t is None or round(t / 0.2, 6).is_integer() for p in result.points for t in p.config.thresholds)

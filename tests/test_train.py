@@ -146,3 +146,21 @@ def test_init_from_a_static_checkpoint(digits_small: DatasetSplits, tmp_path: Pa
     torch.testing.assert_close(a["blocks.0.mlp.fc1.weight"], b["blocks.0.mlp.fc1.weight"], atol=1e-6, rtol=0)
     with pytest.raises(ConfigError, match="add --agents"):
         digits_config(tmp_path / "x", init=str(static.checkpoint))
+
+
+def test_a_nan_loss_stops_training_with_a_clear_error(digits_small: DatasetSplits, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeskip.errors import EdgeskipError
+    from edgeskip.train.loop import Trainer, TrainingDivergedError
+
+    original = Trainer.compute_loss
+
+    def nan_loss(self: Trainer, images: torch.Tensor, labels: torch.Tensor):  # type: ignore[no-untyped-def]
+        loss, logits, extra = original(self, images, labels)
+        return loss * float("nan"), logits, extra
+
+    monkeypatch.setattr(Trainer, "compute_loss", nan_loss)
+    with pytest.raises(TrainingDivergedError, match="lower --lr") as info:
+        train(digits_config(tmp_path / "run", epochs=1), digits_small)
+    assert isinstance(info.value, EdgeskipError)
+    assert not (tmp_path / "run" / "latest.json").exists()

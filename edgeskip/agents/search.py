@@ -267,6 +267,8 @@ def search_skip_configs(
 
     def per_generation(n_gen: int) -> None:
         bar.update()
+        if n_gen >= settings.generations:  # pymoo also notifies after the last generation
+            return
         if settings.evaluation == "fresh":
             problem.images, problem.labels = draw()
         if optimizer is not None and train_data is not None:
@@ -283,7 +285,7 @@ def search_skip_configs(
     # Re-evaluate the final front and the 0.5 reference on the whole calibration set.
     problem.images, problem.labels = calibration.images, calibration.labels
     genomes = np.unique(np.atleast_2d(res.pop.get("X")).astype(np.int64), axis=0)
-    points = [_point(codec, g, problem) for g in genomes]
+    points = [_point(codec.decode(g), problem, tuple(int(x) for x in g)) for g in genomes]
     F = np.asarray([_objectives(p, settings.joint) for p in points])
     front = NonDominatedSorting().do(F, only_non_dominated_front=True)
     # Genomes with identical objectives (e.g. thresholds 0 and 0.25 on a layer whose agent
@@ -292,7 +294,9 @@ def search_skip_configs(
     for i in sorted(front, key=lambda i: points[i].genes):
         unique.setdefault(tuple(F[i]), points[i])
     pareto = sorted(unique.values(), key=lambda p: (p.mean_executed, -p.accuracy))
-    reference = _point(codec, codec.encode(SkipConfig.uniform(model.depth, 0.5)), problem)
+    uniform = SkipConfig.uniform(model.depth, 0.5)
+    on_grid = 0.5 in codec.grid
+    reference = _point(uniform, problem, tuple(int(g) for g in codec.encode(uniform)) if on_grid else ())
     objectives = ("executed_fraction", "error") + (("-reward",) if settings.joint else ())
     return SearchResult(
         points=tuple(pareto), reference=reference,
@@ -302,10 +306,10 @@ def search_skip_configs(
     )
 
 
-def _point(codec: GeneCodec, genes: npt.NDArray[np.int64], problem: SkipProblem) -> ParetoPoint:
-    config = codec.decode(genes)
+def _point(config: SkipConfig, problem: SkipProblem, genes: tuple[int, ...]) -> ParetoPoint:
+    """Evaluate ``config`` on the problem's current images (``genes`` is () when off the grid)."""
     acc, executed, reward = problem.evaluator(config, problem.images, problem.labels)
-    return ParetoPoint(tuple(int(g) for g in genes), config, acc, executed, executed / codec.depth, reward)
+    return ParetoPoint(genes, config, acc, executed, executed / config.depth, reward)
 
 
 def _objectives(p: ParetoPoint, joint: bool) -> list[float]:

@@ -64,6 +64,11 @@ class AgentTrainer(Trainer):
             if ckpt.model_config != self.model_cfg:
                 raise CheckpointError(f"--init {cfg.init}: its model config differs from {cfg.model} on {cfg.dataset}")
             source = ckpt.build_model().state_dict()
+            target = model.state_dict()
+            wrong = [k for k, v in source.items() if k in target and v.shape != target[k].shape]
+            if wrong:
+                raise CheckpointError(f"--init {cfg.init}: tensors of another shape, e.g. {wrong[0]} "
+                                      f"(different --baseline-hidden?)")
             missing, unexpected = model.load_state_dict(source, strict=False)
             if unexpected or any(not k.startswith(("agents.", "baselines.")) for k in missing):
                 raise CheckpointError(f"--init {cfg.init}: weights do not fit (unexpected {unexpected[:3]})")

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from edgeskip.config import to_dict
 from edgeskip.data import DatasetSplits, load_dataset
-from edgeskip.errors import CheckpointError, ConfigError, DataError
+from edgeskip.errors import CheckpointError, ConfigError, DataError, EdgeskipError
 from edgeskip.fsutil import atomic_write_json
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import get_normalization
@@ -46,10 +46,14 @@ from edgeskip.train.evaluate import (
 from edgeskip.train.schedule import warmup_cosine
 from edgeskip.variants import model_config
 
-__all__ = ["Trainer", "TrainResult", "train"]
+__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "train"]
 
 log = logging.getLogger(__name__)
 BEST_FILE, HISTORY_FILE = "best.json", "history.json"
+
+
+class TrainingDivergedError(EdgeskipError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +201,7 @@ class Trainer:
                 y = torch.from_numpy(self.data.train.labels[idx]).to(self.device)
                 with autocast(self.device, self.dtype):
                     loss, logits, extra = self.compute_loss(x, y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; lower --lr")
+                self._check_finite(loss)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if cfg.grad_clip > 0:
@@ -216,7 +219,8 @@ class Trainer:
                                 img_s=f"{rate:.0f}", lr=f"{lr:.2e}", **{k: f"{v / sums[2]:.3f}" for k, v in extra_sums.items()})
                 bar.update()
         seconds = time.perf_counter() - start
-        totals = torch.tensor(sums, dtype=torch.float64)
+        names = sorted(extra_sums)
+        totals = torch.tensor([*sums, *(extra_sums[k] for k in names)], dtype=torch.float64)
         if d.enabled:
             dist.all_reduce(totals)
         stats = {
@@ -225,8 +229,18 @@ class Trainer:
             "epoch_seconds": seconds,
             "images_per_second": float(totals[2]) / seconds,
         }
-        stats.update({f"train_{k}": v / sums[2] for k, v in extra_sums.items()})
+        stats.update({f"train_{k}": float(totals[3 + i] / totals[2]) for i, k in enumerate(names)})
         return stats
+
+    def _check_finite(self, loss: Tensor) -> None:
+        """Stop on a NaN/inf loss; under DDP every rank learns of it and stops together."""
+        ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.dist.enabled:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item() < 1:
+            raise TrainingDivergedError(
+                f"the loss became NaN or infinite at step {self.step}: lower --lr (now {self.cfg.lr}) or use --grad-clip"
+            )
 
     def evaluate(self) -> dict[str, Any]:
         return evaluate(
