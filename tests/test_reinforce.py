@@ -62,3 +62,10 @@ def test_policy_and_baseline_losses_by_hand() -> None:
     mse = baseline_loss(baseline, returns)
     assert mse.item() == pytest.approx(((0.5 - 1) ** 2 + 1 + 1 + 0.25) / 4)
     assert baseline_loss(baseline, returns, active).item() == pytest.approx(((0.5 - 1) ** 2 + 1) / 2)
+
+
+def test_depth_penalty_scales_the_compute_term() -> None:
+    correct = torch.tensor([True, False])
+    executed = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool()
+    assert rewards(correct, executed, epsilon=0.0, penalty=0.25).tolist() == pytest.approx([1 - 0.125, -0.25])
+    assert rewards(correct, executed, epsilon=0.0).tolist() == pytest.approx([0.5, -1.0])

@@ -1,6 +1,6 @@
 """REINFORCE with a learned baseline, as pure functions (tested on hand-computed values).
 
-Reward per image: ``R = 1[correct] - executed / L + epsilon``. The return credited to layer
+Reward per image: ``R = 1[correct] - penalty * executed / L + epsilon`` (the thesis: penalty 1). The return credited to layer
 ``j`` of ``L`` is ``gamma ** (L - 1 - j) * R``; returns are whitened per layer across the
 batch. Policy loss: ``-(G - b) * log pi(a | c)`` summed over layers (mean over the batch);
 the baseline ``b_j(c_j)`` is fitted to ``G`` by mean squared error.
@@ -14,9 +14,9 @@ from torch import Tensor
 __all__ = ["rewards", "discounted_returns", "whiten", "policy_loss", "baseline_loss"]
 
 
-def rewards(correct: Tensor, executed: Tensor, epsilon: float = -1e-5) -> Tensor:
+def rewards(correct: Tensor, executed: Tensor, epsilon: float = -1e-5, penalty: float = 1.0) -> Tensor:
     """(B,) rewards from (B,) correctness and the (B, L) executed-layer mask."""
-    return correct.float() - executed.float().mean(dim=1) + epsilon
+    return correct.float() - penalty * executed.float().mean(dim=1) + epsilon
 
 
 def discounted_returns(reward: Tensor, depth: int, gamma: float = 0.99) -> Tensor:

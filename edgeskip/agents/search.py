@@ -104,12 +104,13 @@ class Evaluator:
     """Accuracy, executed layers and reward of one configuration on a set of images."""
 
     def __init__(self, model: SkipViT, norm: Normalization, *, batch_size: int = 256,
-                 dtype: torch.dtype | None = None, epsilon: float = -1e-5) -> None:
+                 dtype: torch.dtype | None = None, epsilon: float = -1e-5, penalty: float = 1.0) -> None:
         self.model = model
         self.normalize = Normalizer(norm).to(next(model.parameters()).device)
         self.batch_size = batch_size
         self.dtype = dtype
         self.epsilon = epsilon
+        self.penalty = penalty
         self.count = 0
 
     @torch.no_grad()
@@ -130,7 +131,7 @@ class Evaluator:
                 hit = out.logits.argmax(1) == y
                 correct += float(hit.sum())
                 executed += float(out.executed.sum())
-                reward += float(rewards(hit, out.executed, self.epsilon).sum())
+                reward += float(rewards(hit, out.executed, self.epsilon, self.penalty).sum())
         finally:
             model.set_skip_config(previous)
             model.train(was_training)
@@ -251,7 +252,7 @@ def search_skip_configs(
         raise ConfigError("the joint variant fine-tunes the model: pass train_data")
     start = time.perf_counter()
     codec = GeneCodec.with_step(model.depth, settings.grid_step)
-    evaluator = Evaluator(model, norm, dtype=dtype, epsilon=settings.reward_epsilon)
+    evaluator = Evaluator(model, norm, dtype=dtype, epsilon=settings.reward_epsilon, penalty=settings.depth_penalty)
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
 
@@ -329,7 +330,8 @@ def _fine_tune(model: SkipViT, optimizer: torch.optim.Optimizer, data: ImageData
         y = torch.from_numpy(data.labels[idx]).to(device)
         with autocast(device, dtype):
             out = model(x, sample=True)
-            loss, _ = joint_loss(model, out, y, settings.label_smoothing, settings.gamma, settings.reward_epsilon)
+            loss, _ = joint_loss(model, out, y, settings.label_smoothing, settings.gamma, settings.reward_epsilon,
+                                 settings.depth_penalty)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -36,6 +36,7 @@ class SearchConfig:
     label_smoothing: float = field(default=0.1, metadata=_h("joint: label smoothing of the cross-entropy"))
     gamma: float = field(default=0.99, metadata=_h("joint: reward discount"))
     reward_epsilon: float = field(default=-1e-5, metadata=_h("epsilon added to every reward"))
+    depth_penalty: float = field(default=1.0, metadata=_h("weight of executed/L in the reward (1 = thesis)"))
     seed: int = field(default=0, metadata=_h("random seed"))
 
     def __post_init__(self) -> None:
@@ -48,5 +49,7 @@ class SearchConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.batch_size < 1 or self.joint_steps < 0 or self.joint_batch_size < 1:
             raise ConfigError("batch_size and joint_batch_size must be >= 1, joint_steps >= 0")
+        if not self.depth_penalty >= 0.0:
+            raise ConfigError(f"depth_penalty must be >= 0, got {self.depth_penalty}")
         if not 0.0 < self.grid_step <= 1.0:
             raise ConfigError(f"grid_step must be in (0, 1], got {self.grid_step}")

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def joint_loss(
-    model: SkipViT, out: SkipOutput, labels: Tensor, label_smoothing: float, gamma: float, epsilon: float
+    model: SkipViT, out: SkipOutput, labels: Tensor, label_smoothing: float, gamma: float, epsilon: float,
+    penalty: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Cross-entropy on the sampled paths + REINFORCE policy loss + baseline MSE."""
     if out.log_probs is None or out.baselines is None:
@@ -38,7 +39,7 @@ def joint_loss(
     ce = F.cross_entropy(out.logits.float(), labels, label_smoothing=label_smoothing)
     with torch.autocast(device_type=labels.device.type, enabled=False):
         correct = out.logits.argmax(1) == labels
-        reward = rewards(correct, out.executed, epsilon)
+        reward = rewards(correct, out.executed, epsilon, penalty)
         returns = whiten(discounted_returns(reward, model.depth, gamma))
         baseline = out.baselines
         active = ~model.removed[None, :]
@@ -78,7 +79,8 @@ class AgentTrainer(Trainer):
     def compute_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
         cfg = self.cfg
         out = self.net(images)
-        loss, extra = joint_loss(self.model, out, labels, cfg.label_smoothing, cfg.gamma, cfg.reward_epsilon)
+        loss, extra = joint_loss(self.model, out, labels, cfg.label_smoothing, cfg.gamma, cfg.reward_epsilon,
+                                 cfg.depth_penalty)
         return loss, out.logits, extra
 
     def evaluate(self) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class TrainConfig:
     init: str | None = field(default=None, metadata=_opt("start from this (static) checkpoint's weights"))
     gamma: float = field(default=0.99, metadata=_opt("agents: discount; layer j gets gamma^(L-1-j) * R"))
     reward_epsilon: float = field(default=-1e-5, metadata=_opt("agents: epsilon added to every reward"))
+    depth_penalty: float = field(default=1.0, metadata=_opt(
+        "agents: weight of executed/L in the reward (1 = thesis; lower keeps more layers)"))
     baseline_hidden: int = field(default=64, metadata=_opt("agents: hidden width of each learned baseline"))
     agent_threshold: float = field(default=0.5, metadata=_opt("agents: execution threshold at evaluation"))
     progress: bool = field(default=True, metadata=_opt("show a progress bar"))
@@ -81,6 +83,8 @@ class TrainConfig:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if not 0.0 < self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not self.depth_penalty >= 0.0:
+            raise ConfigError(f"depth_penalty must be >= 0, got {self.depth_penalty}")
         if not 0.0 <= self.agent_threshold <= 1.0:
             raise ConfigError(f"agent_threshold must be in [0, 1], got {self.agent_threshold}")
         if self.baseline_hidden < 1:
