@@ -22,15 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from edgeskip.devices import describe_host
 
 from edgeskip.agents.model import SkipViT
 from edgeskip.agents.trainer import AgentTrainer
-from edgeskip.data import DatasetSplits, ImageDataset, load_cifar10
+from edgeskip.data import DatasetSplits
+from edgeskip.devices import describe_host
 from edgeskip.models.vit import ViT
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.loop import Trainer
 from edgeskip.variants import model_config
+
+from common import DEFAULT_DATA, benchmark_data  # benchmarks/common.py (run as a script)
+
 
 
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -115,7 +118,7 @@ def inference(args: argparse.Namespace, images: torch.Tensor) -> dict[str, objec
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit9")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-images.tar.gz"))
+    parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8, help="training steps per timed epoch")
     parser.add_argument("--repeats", type=int, default=3, help="timed training epochs per variant")
@@ -125,17 +128,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    n = args.batch_size * args.steps
-    if Path(args.data).exists():
-        full = load_cifar10(args.data, limit_per_class=-(-max(n, args.inference_batch) // 10))
-        train, source = full.train.subset(np.arange(n)), f"CIFAR-10 ({args.data})"
-        pixels = full.test.images[: args.inference_batch]
-    else:
-        rng = np.random.default_rng(0)
-        train = ImageDataset(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n),
-                             tuple(str(i) for i in range(10)))
-        source, pixels = "random images (no CIFAR-10 copy found)", train.images[: args.inference_batch]
-    data = DatasetSplits("cifar10", train, train.subset(np.arange(args.batch_size)))
+    data, pixels, source = benchmark_data(args.data, args.batch_size * args.steps, args.batch_size,
+                                          n_test=args.inference_batch)
     images = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
 
     print(f"{args.model} on {describe_host().cpu_model}, {torch.get_num_threads()} threads, torch {torch.__version__}")

@@ -16,19 +16,20 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from edgeskip.devices import describe_host
 
-from edgeskip.data import DatasetSplits, ImageDataset, load_cifar10
+from edgeskip.devices import describe_host
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.loop import Trainer
+
+from common import DEFAULT_DATA, benchmark_data  # benchmarks/common.py (run as a script)
+
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit9")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-images.tar.gz"))
+    parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8, help="optimiser steps per timed epoch")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per precision")
@@ -38,16 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    n = args.batch_size * args.steps
-    if Path(args.data).exists():
-        full = load_cifar10(args.data, limit_per_class=-(-n // 10), progress=True)
-        train, source = full.train.subset(np.arange(n)), f"CIFAR-10 ({args.data})"
-    else:
-        rng = np.random.default_rng(0)
-        train = ImageDataset(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                             rng.integers(0, 10, n).astype(np.int64), tuple(str(i) for i in range(10)))
-        source = "random uint8 images (no CIFAR-10 copy found)"
-    data = DatasetSplits("cifar10", train, train.subset(np.arange(args.batch_size)))
+    data, _, source = benchmark_data(args.data, args.batch_size * args.steps, args.batch_size)
 
     rates: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -102,6 +102,13 @@ class GeneCodec:
             raise ConfigError(f"genes must be integers in [0, {self.n_values - 1}], got {g.tolist()}")
         return SkipConfig(tuple(None if k == 0 else self.grid[int(k) - 1] for k in g))
 
+    def encode_or_none(self, config: SkipConfig) -> npt.NDArray[np.int64] | None:
+        """:meth:`encode`, or None when a threshold is not on the grid."""
+        try:
+            return self.encode(config)
+        except ConfigError:
+            return None
+
     def encode(self, config: SkipConfig) -> npt.NDArray[np.int64]:
         config.check_depth(self.depth)
         genes = []

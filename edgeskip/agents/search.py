@@ -170,8 +170,9 @@ class GeneSampling(Sampling):
         X = random_state.integers(0, self.codec.n_values, size=(n_samples, self.codec.depth))
         seeds = [SkipConfig.uniform(self.codec.depth, 0.5), SkipConfig.uniform(self.codec.depth, 0.0)]
         for i, cfg in enumerate(seeds[:n_samples]):
-            if all(any(np.isclose(g, t) for g in self.codec.grid) for t in cfg.thresholds if t is not None):
-                X[i] = self.codec.encode(cfg)
+            genes = self.codec.encode_or_none(cfg)
+            if genes is not None:
+                X[i] = genes
         return X
 
 
@@ -296,8 +297,8 @@ def search_skip_configs(
         unique.setdefault(tuple(F[i]), points[i])
     pareto = sorted(unique.values(), key=lambda p: (p.mean_executed, -p.accuracy))
     uniform = SkipConfig.uniform(model.depth, 0.5)
-    on_grid = 0.5 in codec.grid
-    reference = _point(uniform, problem, tuple(int(g) for g in codec.encode(uniform)) if on_grid else ())
+    genes = codec.encode_or_none(uniform)
+    reference = _point(uniform, problem, () if genes is None else tuple(int(g) for g in genes))
     objectives = ("executed_fraction", "error") + (("-reward",) if settings.joint else ())
     return SearchResult(
         points=tuple(pareto), reference=reference,
