@@ -231,6 +231,43 @@ def cmd_apply_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from edgeskip.data import load_dataset
+    from edgeskip.e2cm.pipeline import run_calibration
+    from edgeskip.e2cm.settings import CalibrateConfig
+    from edgeskip.train.checkpoint import load_checkpoint
+
+    settings = _config_from_args(CalibrateConfig, args)
+    out = Path(args.out)
+    if (out / "report.json").exists() and not args.force:
+        raise EdgeskipError(f"{out / 'report.json'} exists: pass --force to replace it or choose another --out")
+    if args.data is not None and not Path(args.data).exists():
+        raise EdgeskipError(f"--data {args.data}: no such file or directory")
+    ckpt = load_checkpoint(args.checkpoint)
+    splits = load_dataset(ckpt.dataset, args.data, progress=True)
+    report = run_calibration(ckpt, splits, settings, out, progress=not args.quiet)
+    print(f"E²CM on {ckpt.model_name} ({ckpt.dataset}): {report['calibration_images']} calibration images "
+          f"({settings.split}), {report['test_images']} held-out test images; compute is a fraction of the static model")
+    for feature, e in report["features"].items():
+        mb = e["means_bytes"][settings.means_dtype] / 2**20
+        print(f"\n[{feature}] class means {mb:.2f} MiB {settings.means_dtype} "
+              f"({100 * e['means_vs_model']:.1f}% of the fp32 model); static accuracy: "
+              f"calibration {e['calibration_static_accuracy']:.4f}, test {e['test_static_accuracy']:.4f}")
+        print(f"  {'budget':>7} {'calib compute':>14} {'calib acc':>10} {'test compute':>13} {'test acc':>9}")
+        for h in e["hull"]:
+            mark = " <- stored" if h["thresholds"] == e["e2cm"]["thresholds"] else ""
+            print(f"  {h['budget']:>7.3f} {h['calibration']['compute']:>14.3f} {h['calibration']['accuracy']:>10.4f} "
+                  f"{h['test']['compute']:>13.3f} {h['test']['accuracy']:>9.4f}{mark}")
+        if "agents" in e:
+            a, c, b = e["agents"], e["e2cm"]["test"], e["both"]["test"]
+            print(f"  on the test images:  agents alone: acc {a['accuracy']:.4f} compute {a['compute']:.3f} | "
+                  f"E²CM alone: acc {c['accuracy']:.4f} compute {c['compute']:.3f} | "
+                  f"both: acc {b['accuracy']:.4f} compute {b['compute']:.3f}")
+        print(f"  stored: {e['saved']}")
+    print(f"\nreport: {out / 'report.json'}; plot: {report['plot']}")
+    return 0
+
+
 def torch_device() -> Any:
     import torch
 
@@ -253,6 +290,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "evaluate": ("measure a checkpoint's test accuracy", cmd_evaluate),
     "posttrain": ("NSGA-II search of per-layer skip thresholds for an agent checkpoint", cmd_posttrain),
     "apply-config": ("save an agent checkpoint with a chosen skip configuration", cmd_apply_config),
+    "calibrate": ("E²CM: class means, budget sweep and thresholds for early exits", cmd_calibrate),
     "models": ("list the registered models with their sizes", cmd_models),
 }
 
@@ -305,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--thresholds", help="comma-separated per-layer thresholds, '-' removes a layer")
     ap.add_argument("--point", type=int, default=0, help="index of the Pareto point (with --pareto; -1 = last)")
     ap.add_argument("--out", required=True, help="new checkpoint folder (must not exist)")
+
+    from edgeskip.e2cm.settings import CalibrateConfig
+
+    ca = parsers["calibrate"]
+    ca.add_argument("--checkpoint", required=True, help="checkpoint folder or training run folder")
+    ca.add_argument("--data", default=None, help="dataset copy (CIFAR-10 folder or .tar.gz; not needed for digits)")
+    ca.add_argument("--out", default="e2cm", help="output folder (default: e2cm)")
+    ca.add_argument("--force", action="store_true", help="replace an existing calibration in --out")
+    add_dataclass_options(ca, CalibrateConfig)
     return parser
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory", "replace_directory"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -49,6 +49,30 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def replace_directory(path: str | Path) -> Iterator[Path]:
+    """Like :func:`atomic_directory`, but an existing ``path`` is replaced whole on success.
+
+    The old directory is moved aside, the new one renamed into place, then the old removed:
+    readers see the old complete directory or the new complete one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.rename(path, old / "x")
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -127,7 +127,8 @@ sys.meta_path.insert(0, Block())
 
 @pytest.mark.parametrize(
     "module",
-    ["edgeskip", "edgeskip.runtimes", "edgeskip.devices", "edgeskip.exporters", "edgeskip.data", "edgeskip.cli"],
+    ["edgeskip", "edgeskip.runtimes", "edgeskip.devices", "edgeskip.exporters", "edgeskip.data", "edgeskip.cli",
+     "edgeskip.agents", "edgeskip.e2cm", "edgeskip.e2cm.settings"],
 )
 def test_core_imports_without_torch(module: str) -> None:
     code = TORCH_BLOCKER + f"""

@@ -97,6 +97,12 @@ class SkipViT(ViT):
         with torch.autocast(device_type=cls.device.type, enabled=False):
             return self.agents[j](cls.detach().float()).squeeze(1)  # type: ignore[no-any-return]
 
+    def decide(self, j: int, x: Tensor) -> Tensor:
+        """Inference decision for layer ``j`` on tokens ``x`` entering it: (B,) bool, True = run."""
+        if bool(self.removed[j]):
+            return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        return torch.sigmoid(self.agent_logits(j, x[:, 0])) >= self.thresholds[j]
+
     def baseline_values(self, states: Tensor) -> Tensor:
         """(B, L) baseline predictions b_j(c_j) from the (B, L, D) states."""
         with torch.autocast(device_type=states.device.type, enabled=False):

@@ -1,0 +1,213 @@
+"""E²CM calibration with torch: class means and normalisers from forward passes only.
+
+Two passes over the calibration images: the first sums each exit's feature per class
+(float64) to get the class means ``c_j^k``; the second measures every image's distance
+to every mean, giving the normalisers ``mu_j^k`` (mean over *all* images of
+``||x_j - c_j^k||_2``) and, with them, each image's top exit probability and label at
+every exit (the :class:`~edgeskip.e2cm.thresholds.ExitCache` the threshold search replays).
+
+``path="static"`` runs every layer; ``path="agents"`` follows a skip model's decisions:
+the feature at exit j is then the residual stream after position j, whether layer j ran
+or was skipped, and a skipped layer makes no exit check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+
+from edgeskip.data.dataset import ImageDataset
+from edgeskip.e2cm.costs import FEATURES, CostModel, check_exits
+from edgeskip.e2cm.means import E2CM
+from edgeskip.e2cm.thresholds import ExitCache
+from edgeskip.errors import ConfigError, DataError
+from edgeskip.models.vit import ViT
+from edgeskip.normalization import Normalization
+from edgeskip.train.evaluate import Normalizer, to_tensor
+
+__all__ = ["Calibration", "calibrate", "collect_cache", "PATHS"]
+
+PATHS = ("static", "agents")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Calibration:
+    """One feature's calibrated exits (thresholds all 1.0 = disabled) and its calibration cache."""
+
+    e2cm: E2CM
+    cache: ExitCache
+
+
+def _check(model: ViT, data: ImageDataset, features: Sequence[str], path: str) -> None:
+    cfg = model.config
+    if len(data) == 0:
+        raise DataError("the calibration set is empty")
+    if data.image_shape != (cfg.image_size, cfg.image_size, cfg.in_channels):
+        raise DataError(f"images of shape {data.image_shape} do not fit {cfg.image_size}x{cfg.image_size}x{cfg.in_channels}")
+    for f in features:
+        if f not in FEATURES:
+            raise ConfigError(f"unknown E²CM feature {f!r}; choose from {', '.join(FEATURES)}")
+    if path not in PATHS:
+        raise ConfigError(f"unknown calibration path {path!r}; choose from {', '.join(PATHS)}")
+    if path == "agents" and not hasattr(model, "decide"):
+        raise ConfigError("path 'agents' needs a model with skip agents")
+
+
+def _torch_feature(tokens: Tensor, feature: str) -> Tensor:
+    if feature == "tokens":
+        return tokens.reshape(tokens.shape[0], -1)
+    return tokens[:, 0] if feature == "cls" else tokens.mean(dim=1)
+
+
+def _layer_outputs(model: ViT, x: Tensor, exits: tuple[int, ...], path: str) -> tuple[dict[int, Tensor], Tensor, Tensor]:
+    """Tokens after every exit layer, the head's logits and the (B, L) executed mask."""
+    x = model.embed(x)
+    outputs, runs = {}, []
+    for j in range(model.depth):
+        if path == "agents":
+            run = model.decide(j, x)  # type: ignore[operator]
+            x = model._run_rows(j, x, run)  # type: ignore[operator]
+        else:
+            run = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            x = model.blocks[j](x)
+        runs.append(run)
+        if j in exits:
+            outputs[j] = x.float()
+    return outputs, model.head(x).float(), torch.stack(runs, dim=1)
+
+
+def _batches(n: int, size: int) -> list[npt.NDArray[np.int64]]:
+    return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _distances(model: ViT, data: ImageDataset, norm: Normalization, means: dict[str, Tensor], exits: tuple[int, ...],
+               path: str, batch_size: int, bar: Any) -> tuple[dict[str, npt.NDArray[np.float64]], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """(N, J, K) distances per feature, the head's predictions and the executed masks."""
+    device = next(model.parameters()).device
+    normalize = Normalizer(norm).to(device)
+    dists: dict[str, list[npt.NDArray[np.float64]]] = {f: [] for f in means}
+    sq = {f: (m * m).sum(-1) for f, m in means.items()}  # (J, K)
+    preds, executed = [], []
+    for idx in _batches(len(data), batch_size):
+        outputs, logits, run = _layer_outputs(model, normalize(to_tensor(data.images[idx], device)), exits, path)
+        for f, m in means.items():
+            per_exit = []
+            for i, j in enumerate(exits):
+                x = _torch_feature(outputs[j], f).double()
+                d2 = (x * x).sum(1, keepdim=True) - 2.0 * x @ m[i].T + sq[f][i][None, :]
+                per_exit.append(d2.clamp_min_(0.0).sqrt_())
+            dists[f].append(torch.stack(per_exit, dim=1).cpu().numpy())
+        preds.append(logits.argmax(1).cpu().numpy())
+        executed.append(run.cpu().numpy())
+        if bar is not None:
+            bar.update(len(idx))
+    return ({f: np.concatenate(v) for f, v in dists.items()}, np.concatenate(preds).astype(np.int64),
+            np.concatenate(executed).astype(bool))
+
+
+def _top(dist: npt.NDArray[np.float64], normalisers: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    z = -dist / np.asarray(normalisers, dtype=np.float64)[None]
+    z -= z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    return p.max(axis=-1), p.argmax(axis=-1)
+
+
+def _has_agents(model: ViT) -> bool:
+    return hasattr(model, "decide")
+
+
+@torch.no_grad()
+def calibrate(model: ViT, data: ImageDataset, norm: Normalization, *, exits: Sequence[int] | None = None,
+              features: Sequence[str] = ("tokens",), path: str = "static", batch_size: int = 256,
+              progress: bool = False, meta: dict[str, Any] | None = None) -> dict[str, Calibration]:
+    """Calibrate E²CM exits for each of ``features`` in the same two passes over ``data``."""
+    _check(model, data, features, path)
+    exits = check_exits(exits, model.depth)
+    k = model.config.num_classes
+    counts = np.bincount(data.labels, minlength=k)
+    if len(counts) > k:
+        raise DataError(f"calibration labels go up to {len(counts) - 1} but the model has {k} classes")
+    missing = [int(c) for c in np.nonzero(counts == 0)[0]]
+    if missing:
+        names = [data.classes[c] if c < len(data.classes) else str(c) for c in missing]
+        raise DataError(f"the calibration set has no image of class(es) {missing} ({', '.join(names)}); "
+                        "every class needs at least one image for its class mean")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    normalize = Normalizer(norm).to(device)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=2 * len(data), desc="E²CM calibration", unit="img")
+    try:
+        sums: dict[str, Tensor] = {}
+        for idx in _batches(len(data), batch_size):
+            outputs, _, _ = _layer_outputs(model, normalize(to_tensor(data.images[idx], device)), exits, path)
+            y = torch.from_numpy(data.labels[idx]).to(device)
+            for f in features:
+                stacked = torch.stack([_torch_feature(outputs[j], f).double() for j in exits])  # (J, B, F)
+                if f not in sums:
+                    sums[f] = torch.zeros(len(exits), k, stacked.shape[-1], dtype=torch.float64, device=device)
+                sums[f].index_add_(1, y, stacked)
+            if bar is not None:
+                bar.update(len(idx))
+        n_k = torch.from_numpy(counts).to(device=device, dtype=torch.float64)
+        means = {f: s / n_k[None, :, None] for f, s in sums.items()}
+        dists, final_pred, executed = _distances(model, data, norm, means, exits, path, batch_size, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    result = {}
+    for f in features:
+        costs = CostModel.from_config(model.config, exits, f, agents=_has_agents(model))
+        normalisers = dists[f].mean(axis=0)  # (J, K): mean over ALL images
+        if not (normalisers > 0).all():
+            raise DataError(f"feature {f!r}: a class mean coincides with every image at some exit (zero normaliser)")
+        e2cm = E2CM(
+            feature=f, means=means[f].float().cpu().numpy(), normalisers=normalisers.astype(np.float32),
+            thresholds=np.ones(len(exits)), costs=costs,
+            meta={"path": path, "calibration_images": len(data), "class_counts": counts.tolist(), **(meta or {})},
+        )
+        top, pred = _top(dists[f], e2cm.normalisers)
+        cache = ExitCache.build(top, pred, final_pred, data.labels, executed, costs)
+        result[f] = Calibration(e2cm, cache)
+    return result
+
+
+@torch.no_grad()
+def collect_cache(model: ViT, e2cm: E2CM, data: ImageDataset, norm: Normalization, *, path: str = "static",
+                  batch_size: int = 256, progress: bool = False) -> ExitCache:
+    """One pass over ``data`` (e.g. held-out test images) recording ``e2cm``'s exit decisions."""
+    _check(model, data, (e2cm.feature,), path)
+    if max(e2cm.exits) >= model.depth - 1:
+        raise ConfigError(f"exits {list(e2cm.exits)} do not fit a {model.depth}-layer model")
+    if e2cm.num_classes != model.config.num_classes:
+        raise ConfigError(f"E²CM has {e2cm.num_classes} classes, the model {model.config.num_classes}")
+    costs = CostModel.from_config(model.config, e2cm.exits, e2cm.feature, agents=_has_agents(model))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(data), desc="E²CM exits", unit="img")
+    try:
+        means = {e2cm.feature: torch.from_numpy(e2cm.means.astype(np.float64)).to(device)}
+        dists, final_pred, executed = _distances(model, data, norm, means, e2cm.exits, path, batch_size, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    top, pred = _top(dists[e2cm.feature], e2cm.normalisers)
+    return ExitCache.build(top, pred, final_pred, data.labels, executed, costs)

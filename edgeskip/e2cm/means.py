@@ -1,0 +1,176 @@
+"""E²CM exits as data: class means, normalisers, thresholds, costs; the exit rule in numpy.
+
+At exit ``i`` (after layer ``exits[i]``) an input's feature ``x`` is compared with every
+class mean: ``d_k = ||x - c_k||_2 / mu_k``, ``p = softmax(-d)``; the input leaves when
+``max p > T_i`` (strictly) and is labelled ``argmax p``. A threshold of 1.0 can never fire
+(a softmax never exceeds 1), so such an exit is *disabled*: its check is not computed and
+costs nothing. Torch-free: this is the code the on-device runtime runs.
+
+On disk (a folder): ``e2cm.npz`` (means, normalisers, thresholds, exits; loaded with
+``allow_pickle=False``) and ``e2cm.json`` (feature, costs, provenance, sha256 of the npz).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeskip.e2cm.costs import FEATURES, CostModel
+from edgeskip.errors import ConfigError, DataError
+from edgeskip.fsutil import replace_directory
+
+__all__ = ["E2CM", "exit_features", "exit_probabilities", "check_thresholds", "FORMAT", "SCHEMA_VERSION"]
+
+FORMAT = "edgeskip.e2cm"
+SCHEMA_VERSION = 1
+NPZ, JSON = "e2cm.npz", "e2cm.json"
+
+
+def exit_features(tokens: npt.NDArray[Any], feature: str) -> npt.NDArray[np.float32]:
+    """(B, N, D) layer output -> (B, F) feature: all tokens flattened, the CLS token, or the token mean."""
+    if tokens.ndim != 3:
+        raise DataError(f"expected layer output of shape (B, tokens, width), got {tokens.shape}")
+    if feature == "tokens":
+        out = tokens.reshape(tokens.shape[0], -1)
+    elif feature == "cls":
+        out = tokens[:, 0]
+    elif feature == "mean":
+        out = tokens.mean(axis=1)
+    else:
+        raise ConfigError(f"unknown E²CM feature {feature!r}; choose one of {', '.join(FEATURES)}")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def exit_probabilities(features: npt.NDArray[Any], means: npt.NDArray[Any], normalisers: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """softmax(-||x - c_k|| / mu_k) over classes for (B, F) features, (K, F) means, (K,) normalisers."""
+    x = np.asarray(features, dtype=np.float64)
+    c = np.asarray(means, dtype=np.float64)
+    sq = (x * x).sum(1, keepdims=True) - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
+    d = np.sqrt(np.maximum(sq, 0.0)) / np.asarray(normalisers, dtype=np.float64)[None, :]
+    z = -d - (-d).max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def check_thresholds(thresholds: Sequence[float] | npt.NDArray[Any], n_exits: int) -> npt.NDArray[np.float64]:
+    """Thresholds as a float64 array, each in [0, 1] (1 disables the exit)."""
+    t = np.asarray(thresholds, dtype=np.float64) if not isinstance(thresholds, np.ndarray) else thresholds.astype(np.float64)
+    if t.shape != (n_exits,):
+        raise ConfigError(f"expected {n_exits} threshold(s), one per exit, got shape {t.shape}")
+    bad = [i for i, v in enumerate(t) if not math.isfinite(v) or not 0.0 <= v <= 1.0]
+    if bad:
+        raise ConfigError(f"threshold(s) of exit(s) {bad} must be finite and in [0, 1] (1 disables the exit), "
+                          f"got {[t[i] for i in bad]}")
+    return t
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class E2CM:
+    """Calibrated exits of one model: what an exporter bundles and the runtime evaluates."""
+
+    feature: str
+    means: npt.NDArray[np.floating[Any]]  # (J, K, F) float32 or float16
+    normalisers: npt.NDArray[np.float32]  # (J, K)
+    thresholds: npt.NDArray[np.float64]  # (J,) in [0, 1]; 1 = disabled
+    costs: CostModel
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.feature not in FEATURES:
+            raise ConfigError(f"unknown E²CM feature {self.feature!r}; choose one of {', '.join(FEATURES)}")
+        j = len(self.costs.exits)
+        if self.means.ndim != 3 or self.means.shape[0] != j:
+            raise ConfigError(f"class means must have shape ({j}, classes, features), got {self.means.shape}")
+        if self.means.dtype not in (np.float32, np.float16):
+            raise ConfigError(f"class means must be float32 or float16, got {self.means.dtype}")
+        if self.normalisers.shape != self.means.shape[:2]:
+            raise ConfigError(f"normalisers must have shape {self.means.shape[:2]}, got {self.normalisers.shape}")
+        if not np.isfinite(self.means).all() or not (np.isfinite(self.normalisers).all() and (self.normalisers > 0).all()):
+            raise ConfigError("class means must be finite and normalisers finite and > 0")
+        object.__setattr__(self, "thresholds", check_thresholds(self.thresholds, j))
+
+    @property
+    def exits(self) -> tuple[int, ...]:
+        return self.costs.exits
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.means.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored class means and normalisers."""
+        return int(self.means.nbytes + self.normalisers.nbytes)
+
+    def with_thresholds(self, thresholds: Sequence[float] | npt.NDArray[Any]) -> E2CM:
+        return dataclasses.replace(self, thresholds=check_thresholds(thresholds, len(self.exits)))
+
+    def astype(self, dtype: str) -> E2CM:
+        """The same exits with class means stored as ``float32`` or ``float16``."""
+        if dtype not in ("float32", "float16"):
+            raise ConfigError(f"class means are stored as float32 or float16, got {dtype!r}")
+        return dataclasses.replace(self, means=self.means.astype(dtype), meta={**self.meta, "means_dtype": dtype})
+
+    def probabilities(self, index: int, tokens: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """(B, K) exit probabilities at exit ``index`` for the (B, N, D) output of its layer."""
+        return exit_probabilities(exit_features(tokens, self.feature), self.means[index], self.normalisers[index])
+
+    def check(self, index: int, tokens: npt.NDArray[Any]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Exit rule at exit ``index``: (leaves, label, top probability) per input."""
+        p = self.probabilities(index, tokens)
+        top = p.max(axis=1)
+        return top > self.thresholds[index], p.argmax(axis=1), top
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def to_json(self, npz_sha256: str) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "schema_version": SCHEMA_VERSION, "feature": self.feature,
+            "exits": list(self.exits), "num_classes": self.num_classes, "means_dtype": str(self.means.dtype),
+            "thresholds": self.thresholds.tolist(), "costs": self.costs.to_dict(), "meta": self.meta,
+            "npz_sha256": npz_sha256,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path/e2cm.npz`` and ``path/e2cm.json`` atomically (replacing an older copy whole)."""
+        buf = io.BytesIO()
+        np.savez(buf, means=self.means, normalisers=self.normalisers.astype(np.float32),
+                 thresholds=self.thresholds, exits=np.asarray(self.exits, dtype=np.int64))
+        data = buf.getvalue()
+        with replace_directory(path) as tmp:
+            (tmp / NPZ).write_bytes(data)
+            (tmp / JSON).write_text(json.dumps(self.to_json(hashlib.sha256(data).hexdigest()), indent=2) + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> E2CM:
+        """Read a saved folder, verifying its schema and checksum."""
+        path = Path(path)
+        try:
+            info = json.loads((path / JSON).read_text())
+            data = (path / NPZ).read_bytes()
+        except FileNotFoundError as exc:
+            raise DataError(f"{path}: not an E²CM folder ({Path(exc.filename).name} is missing)") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path / JSON}: invalid JSON ({exc})") from None
+        if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("schema_version") != SCHEMA_VERSION:
+            raise DataError(f"{path / JSON}: not an {FORMAT} schema {SCHEMA_VERSION} file")
+        if hashlib.sha256(data).hexdigest() != info.get("npz_sha256"):
+            raise DataError(f"{path / NPZ}: checksum mismatch (changed or truncated after it was written)")
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            means, normalisers, thresholds = npz["means"], npz["normalisers"], npz["thresholds"]
+            exits = tuple(int(e) for e in npz["exits"])
+        costs = CostModel.from_dict(info.get("costs"))
+        if exits != costs.exits or list(exits) != info.get("exits"):
+            raise DataError(f"{path}: exits disagree between {NPZ} and {JSON}")
+        return cls(feature=str(info.get("feature")), means=means, normalisers=normalisers, thresholds=thresholds,
+                   costs=costs, meta=dict(info.get("meta") or {}))
