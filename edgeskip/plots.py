@@ -20,6 +20,7 @@ def save_figure(fig: Any, out: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         fig.savefig(tmp, dpi=120)
         os.replace(tmp, out)
     finally:
