@@ -9,7 +9,7 @@ threshold search, all shared with the runtime); calibration with torch lives in
 from __future__ import annotations
 
 from edgeskip.e2cm.costs import FEATURES, CostModel, check_exits, feature_size
-from edgeskip.e2cm.means import E2CM, exit_features, exit_probabilities
+from edgeskip.e2cm.means import E2CM, exit_features
 from edgeskip.e2cm.thresholds import (
     ExitCache,
     HullPoint,
@@ -24,5 +24,5 @@ from edgeskip.e2cm.thresholds import (
 
 __all__ = [
     "E2CM", "FEATURES", "CostModel", "ExitCache", "HullPoint", "Outcome", "Sweep", "check_exits", "exit_features",
-    "exit_probabilities", "feature_size", "plot_hulls", "search_thresholds", "simulate", "sweep", "upper_hull",
+    "feature_size", "plot_hulls", "search_thresholds", "simulate", "sweep", "upper_hull",
 ]

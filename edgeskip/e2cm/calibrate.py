@@ -31,7 +31,7 @@ from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
 from edgeskip.train.evaluate import Normalizer, to_tensor
 
-__all__ = ["Calibration", "calibrate", "collect_cache", "PATHS"]
+__all__ = ["PATHS", "Calibration", "calibrate", "collect_cache", "collect_caches"]
 
 PATHS = ("static", "agents")
 
@@ -87,8 +87,11 @@ def _batches(n: int, size: int) -> list[npt.NDArray[np.int64]]:
 
 
 def _distances(model: ViT, data: ImageDataset, norm: Normalization, means: dict[str, Tensor], exits: tuple[int, ...],
-               path: str, batch_size: int, bar: Any) -> tuple[dict[str, npt.NDArray[np.float64]], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """(N, J, K) distances per feature, the head's predictions and the executed masks."""
+               path: str, batch_size: int, bar: Any, features: dict[str, str] | None = None,
+               ) -> tuple[dict[str, npt.NDArray[np.float64]], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """(N, J, K) distances per key of ``means`` (its feature: ``features[key]``, default the key
+    itself), the head's predictions and the executed masks."""
+    features = features or {k: k for k in means}
     device = next(model.parameters()).device
     normalize = Normalizer(norm).to(device)
     dists: dict[str, list[npt.NDArray[np.float64]]] = {f: [] for f in means}
@@ -99,7 +102,7 @@ def _distances(model: ViT, data: ImageDataset, norm: Normalization, means: dict[
         for f, m in means.items():
             per_exit = []
             for i, j in enumerate(exits):
-                x = _torch_feature(outputs[j], f).double()
+                x = _torch_feature(outputs[j], features[f]).double()
                 d2 = (x * x).sum(1, keepdim=True) - 2.0 * x @ m[i].T + sq[f][i][None, :]
                 per_exit.append(d2.clamp_min_(0.0).sqrt_())
             dists[f].append(torch.stack(per_exit, dim=1).cpu().numpy())
@@ -184,16 +187,26 @@ def calibrate(model: ViT, data: ImageDataset, norm: Normalization, *, exits: Seq
     return result
 
 
-@torch.no_grad()
 def collect_cache(model: ViT, e2cm: E2CM, data: ImageDataset, norm: Normalization, *, path: str = "static",
                   batch_size: int = 256, progress: bool = False) -> ExitCache:
     """One pass over ``data`` (e.g. held-out test images) recording ``e2cm``'s exit decisions."""
-    _check(model, data, (e2cm.feature,), path)
-    if max(e2cm.exits) >= model.depth - 1:
-        raise ConfigError(f"exits {list(e2cm.exits)} do not fit a {model.depth}-layer model")
-    if e2cm.num_classes != model.config.num_classes:
-        raise ConfigError(f"E²CM has {e2cm.num_classes} classes, the model {model.config.num_classes}")
-    costs = CostModel.from_config(model.config, e2cm.exits, e2cm.feature, agents=_has_agents(model))
+    return collect_caches(model, {"e2cm": e2cm}, data, norm, path=path, batch_size=batch_size, progress=progress)["e2cm"]
+
+
+@torch.no_grad()
+def collect_caches(model: ViT, e2cms: dict[str, E2CM], data: ImageDataset, norm: Normalization, *,
+                   path: str = "static", batch_size: int = 256, progress: bool = False) -> dict[str, ExitCache]:
+    """:func:`collect_cache` for several calibrations with the same exits, in one pass over ``data``."""
+    exits = {e.exits for e in e2cms.values()}
+    if len(exits) != 1:
+        raise ConfigError(f"calibrations to collect together must share their exits, got {sorted(exits)}")
+    (shared,) = exits
+    for e2cm in e2cms.values():
+        _check(model, data, (e2cm.feature,), path)
+        if max(e2cm.exits) >= model.depth - 1:
+            raise ConfigError(f"exits {list(e2cm.exits)} do not fit a {model.depth}-layer model")
+        if e2cm.num_classes != model.config.num_classes:
+            raise ConfigError(f"E²CM has {e2cm.num_classes} classes, the model {model.config.num_classes}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -203,11 +216,16 @@ def collect_cache(model: ViT, e2cm: E2CM, data: ImageDataset, norm: Normalizatio
 
         bar = tqdm(total=len(data), desc="E²CM exits", unit="img")
     try:
-        means = {e2cm.feature: torch.from_numpy(e2cm.means.astype(np.float64)).to(device)}
-        dists, final_pred, executed = _distances(model, data, norm, means, e2cm.exits, path, batch_size, bar)
+        means = {k: torch.from_numpy(e.means.astype(np.float64)).to(device) for k, e in e2cms.items()}
+        features = {k: e.feature for k, e in e2cms.items()}
+        dists, final_pred, executed = _distances(model, data, norm, means, shared, path, batch_size, bar, features)
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
-    top, pred = _top(dists[e2cm.feature], e2cm.normalisers)
-    return ExitCache.build(top, pred, final_pred, data.labels, executed, costs)
+    out = {}
+    for key, e2cm in e2cms.items():
+        costs = CostModel.from_config(model.config, e2cm.exits, e2cm.feature, agents=_has_agents(model))
+        top, pred = _top(dists[key], e2cm.normalisers)
+        out[key] = ExitCache.build(top, pred, final_pred, data.labels, executed, costs)
+    return out

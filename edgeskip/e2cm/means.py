@@ -29,7 +29,7 @@ from edgeskip.e2cm.costs import FEATURES, CostModel
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.fsutil import replace_directory
 
-__all__ = ["E2CM", "exit_features", "exit_probabilities", "check_thresholds", "FORMAT", "SCHEMA_VERSION"]
+__all__ = ["E2CM", "FORMAT", "SCHEMA_VERSION", "check_thresholds", "exit_features"]
 
 FORMAT = "edgeskip.e2cm"
 SCHEMA_VERSION = 1
@@ -49,23 +49,6 @@ def exit_features(tokens: npt.NDArray[Any], feature: str) -> npt.NDArray[np.floa
     else:
         raise ConfigError(f"unknown E²CM feature {feature!r}; choose one of {', '.join(FEATURES)}")
     return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def exit_probabilities(features: npt.NDArray[Any], means: npt.NDArray[Any], normalisers: npt.NDArray[Any],
-                       means_sq: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
-    """softmax(-||x - c_k|| / mu_k) over classes for (B, F) features, (K, F) means, (K,) normalisers.
-
-    Distances use ``|x|^2 - 2 x.c + |c|^2`` in float64 (one matrix product, no (B, K, F)
-    temporary); ``means_sq`` (the ``|c_k|^2``) may be passed precomputed.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    c = np.asarray(means, dtype=np.float64)
-    c_sq = (c * c).sum(1) if means_sq is None else means_sq
-    sq = (x * x).sum(1, keepdims=True) - 2.0 * (x @ c.T) + c_sq[None, :]
-    d = np.sqrt(np.maximum(sq, 0.0)) / np.asarray(normalisers, dtype=np.float64)[None, :]
-    z = -d - (-d).max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
 
 
 def check_thresholds(thresholds: Sequence[float] | npt.NDArray[Any], n_exits: int) -> npt.NDArray[np.float64]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgeskip.data.dataset import DatasetSplits, ImageDataset
-from edgeskip.e2cm.calibrate import Calibration, calibrate, collect_cache
+from edgeskip.e2cm.calibrate import Calibration, calibrate, collect_caches
 from edgeskip.e2cm.settings import CalibrateConfig, parse_exits
 from edgeskip.e2cm.thresholds import (
     ExitCache,
@@ -106,10 +106,19 @@ def run_calibration(ckpt: Checkpoint, splits: DatasetSplits, settings: Calibrate
     }
     curves: list[tuple[str, list[tuple[float, float]], str, str]] = []
     marks: dict[str, tuple[float, float]] = {}
+    e2cms = {f: c.e2cm for f, c in cals.items()}
+    tests = collect_caches(model, e2cms, test, ckpt.normalization, path="static", batch_size=settings.batch_size,
+                           progress=progress)
+    if agents:  # every feature's decisions along the agents' own paths, calibration and test images
+        agent_caches = (
+            collect_caches(model, e2cms, calib, ckpt.normalization, path="agents", batch_size=settings.batch_size,
+                           progress=progress),
+            collect_caches(model, e2cms, test, ckpt.normalization, path="agents", batch_size=settings.batch_size,
+                           progress=progress),
+        )
     for feature, cal in cals.items():
         sw = _sweep(cal.cache, settings, f"thresholds ({feature})", progress)
-        test_cache = collect_cache(model, cal.e2cm, test, ckpt.normalization, path="static",
-                                   batch_size=settings.batch_size, progress=progress)
+        test_cache = tests[feature]
         chosen = _choose(sw, settings)
         static_test = simulate(test_cache, np.ones(test_cache.n_exits))
         entry: dict[str, Any] = {
@@ -126,7 +135,7 @@ def run_calibration(ckpt: Checkpoint, splits: DatasetSplits, settings: Calibrate
         curves.append((f"{feature}: test", [(h["test"]["compute"], h["test"]["accuracy"]) for h in entry["hull"]],
                        feature, "-"))
         if agents:
-            entry.update(_with_agents(model, cal, calib, test, ckpt, settings, progress, chosen))
+            entry.update(_with_agents(agent_caches[0][feature], agent_caches[1][feature], feature, settings, progress))
             hull_meta["hull_with_agents"] = entry.pop("_hull_with_agents")
             hull_meta["thresholds_with_agents"] = entry["both"]["thresholds"]
             curves.append((f"{feature}: agents + E²CM, test", entry.pop("_curve_both"), feature, ":"))
@@ -142,22 +151,16 @@ def run_calibration(ckpt: Checkpoint, splits: DatasetSplits, settings: Calibrate
     return report
 
 
-def _with_agents(model: Any, cal: Calibration, calib: ImageDataset, test: ImageDataset, ckpt: Checkpoint,
-                 settings: CalibrateConfig, progress: bool, chosen: HullPoint) -> dict[str, Any]:
+def _with_agents(calib_cache: ExitCache, test_cache: ExitCache, feature: str, settings: CalibrateConfig,
+                 progress: bool) -> dict[str, Any]:
     """Agents alone, and agents + E²CM (thresholds searched on the agents' own paths)."""
-    calib_cache = collect_cache(model, cal.e2cm, calib, ckpt.normalization, path="agents",
-                                batch_size=settings.batch_size, progress=progress)
-    test_cache = collect_cache(model, cal.e2cm, test, ckpt.normalization, path="agents",
-                               batch_size=settings.batch_size, progress=progress)
-    sw = _sweep(calib_cache, settings, f"thresholds ({cal.e2cm.feature}, with agents)", progress)
+    sw = _sweep(calib_cache, settings, f"thresholds ({feature}, with agents)", progress)
     alone = simulate(test_cache, np.ones(test_cache.n_exits))
-    both = sw.for_budget(settings.budget) if settings.budget is not None else sw.within_accuracy(settings.max_drop)
     hull = [_figures(p, test_cache) for p in sw.hull]
     return {
         "agents": {"compute": alone.compute, "accuracy": alone.accuracy, "mean_layers": alone.mean_layers},
-        "both": _figures(both, test_cache),
+        "both": _figures(_choose(sw, settings), test_cache),
         "both_hull": hull,
         "_hull_with_agents": [p.to_dict() for p in sw.hull],
         "_curve_both": [(h["test"]["compute"], h["test"]["accuracy"]) for h in hull],
-        "chosen_budget": chosen.budget,
     }
