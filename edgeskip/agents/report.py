@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from edgeskip.agents.model import SkipViT
 from edgeskip.data.dataset import ImageDataset
 from edgeskip.normalization import Normalization
-from edgeskip.train.evaluate import Normalizer, autocast, rank_batches, to_tensor
+from edgeskip.train.evaluate import autocast, eval_mode, image_batches
 
 __all__ = ["SkipReport", "evaluate_skipping"]
 
@@ -73,23 +73,19 @@ def evaluate_skipping(
 ) -> SkipReport:
     """Run ``model`` with its thresholds over ``data`` (every ``world``-th image per rank)."""
     device = device or next(model.parameters()).device
-    normalize = Normalizer(norm).to(device)
-    was_training = model.training
-    model.eval()
     correct, loss_sum, count = 0, 0.0, 0
     rate_sum = np.zeros(model.depth)
     paths: collections.Counter[str] = collections.Counter()
-    for idx in rank_batches(len(data), batch_size, rank, world):
-        x = normalize(to_tensor(data.images[idx], device))
-        y = torch.from_numpy(data.labels[idx]).to(device)
-        with autocast(device, dtype):
-            out = model(x, sample=False)
-        logits = out.logits.float()
-        correct += int((logits.argmax(1) == y).sum())
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        count += len(idx)
-        rate_sum += out.executed.sum(0).cpu().numpy()
-        paths.update(out.paths())
+    with eval_mode(model):
+        for idx, x, y in image_batches(data, norm, device, batch_size, rank, world):
+            with autocast(device, dtype):
+                out = model(x, sample=False)
+            logits = out.logits.float()
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            count += len(idx)
+            rate_sum += out.executed.sum(0).cpu().numpy()
+            paths.update(out.paths())
     if world > 1:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, (correct, loss_sum, count, rate_sum, paths))
@@ -98,7 +94,6 @@ def evaluate_skipping(
         count = sum(g[2] for g in gathered)
         rate_sum = sum(g[3] for g in gathered)
         paths = sum((g[4] for g in gathered), collections.Counter())
-    model.train(was_training)
     n = max(count, 1)
     rates = tuple(float(r) / n for r in rate_sum)
     return SkipReport(

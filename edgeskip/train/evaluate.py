@@ -18,7 +18,8 @@ from edgeskip.devices.host import cpu_has_bf16
 from edgeskip.errors import ConfigError
 from edgeskip.normalization import Normalization
 
-__all__ = ["to_tensor", "Normalizer", "autocast_dtype", "autocast", "evaluate", "rank_batches"]
+__all__ = ["to_tensor", "Normalizer", "autocast_dtype", "autocast", "evaluate", "rank_batches", "image_batches",
+           "eval_mode"]
 
 
 def to_tensor(images: npt.NDArray[np.uint8], device: torch.device) -> Tensor:
@@ -69,6 +70,25 @@ def rank_batches(n: int, size: int, rank: int = 0, world: int = 1) -> Iterator[n
         yield idx[start : start + size]
 
 
+def image_batches(data: ImageDataset, norm: Normalization, device: torch.device, batch_size: int, rank: int = 0,
+                  world: int = 1) -> Iterator[tuple[npt.NDArray[np.int64], Tensor, Tensor]]:
+    """(indices, normalised float images, labels) per batch of this rank's share of ``data``."""
+    normalize = Normalizer(norm).to(device)
+    for idx in rank_batches(len(data), batch_size, rank, world):
+        yield idx, normalize(to_tensor(data.images[idx], device)), torch.from_numpy(data.labels[idx]).to(device)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block, back in its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -86,21 +106,16 @@ def evaluate(
     Under DDP each rank evaluates every ``world``-th image and the sums are all-reduced.
     """
     device = device or next(model.parameters()).device
-    normalize = Normalizer(norm).to(device)
-    was_training = model.training
-    model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss, count
-    for idx in rank_batches(len(data), batch_size, rank, world):
-        x = normalize(to_tensor(data.images[idx], device))
-        y = torch.from_numpy(data.labels[idx]).to(device)
-        with autocast(device, dtype):
-            logits = model(x)
-        logits = logits.float()
-        sums[0] += (logits.argmax(1) == y).sum()
-        sums[1] += F.cross_entropy(logits, y, reduction="sum")
-        sums[2] += len(idx)
+    with eval_mode(model):
+        for idx, x, y in image_batches(data, norm, device, batch_size, rank, world):
+            with autocast(device, dtype):
+                logits = model(x)
+            logits = logits.float()
+            sums[0] += (logits.argmax(1) == y).sum()
+            sums[1] += F.cross_entropy(logits, y, reduction="sum")
+            sums[2] += len(idx)
     if world > 1:
         dist.all_reduce(sums)
-    model.train(was_training)
     count = max(float(sums[2]), 1.0)
     return {"accuracy": float(sums[0]) / count, "loss": float(sums[1]) / count, "count": float(sums[2])}
