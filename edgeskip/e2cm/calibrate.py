@@ -21,15 +21,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
+from edgeskip.agents.model import SkipViT
 from edgeskip.data.dataset import ImageDataset
 from edgeskip.e2cm.costs import FEATURES, CostModel, check_exits
-from edgeskip.e2cm.means import E2CM
+from edgeskip.e2cm.means import E2CM, exit_decisions
 from edgeskip.e2cm.thresholds import ExitCache
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
-from edgeskip.train.evaluate import Normalizer, to_tensor
+from edgeskip.train.evaluate import eval_mode, image_batches
 
 __all__ = ["PATHS", "Calibration", "calibrate", "collect_cache", "collect_caches"]
 
@@ -55,7 +57,7 @@ def _check(model: ViT, data: ImageDataset, features: Sequence[str], path: str) -
             raise ConfigError(f"unknown E²CM feature {f!r}; choose from {', '.join(FEATURES)}")
     if path not in PATHS:
         raise ConfigError(f"unknown calibration path {path!r}; choose from {', '.join(PATHS)}")
-    if path == "agents" and not hasattr(model, "decide"):
+    if path == "agents" and not isinstance(model, SkipViT):
         raise ConfigError("path 'agents' needs a model with skip agents")
 
 
@@ -70,9 +72,9 @@ def _layer_outputs(model: ViT, x: Tensor, exits: tuple[int, ...], path: str) -> 
     x = model.embed(x)
     outputs, runs = {}, []
     for j in range(model.depth):
-        if path == "agents":
-            run = model.decide(j, x)  # type: ignore[operator]
-            x = model._run_rows(j, x, run)  # type: ignore[operator]
+        if isinstance(model, SkipViT) and path == "agents":
+            run = model.decide(j, x)
+            x = model._run_rows(j, x, run)
         else:
             run = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             x = model.blocks[j](x)
@@ -82,23 +84,17 @@ def _layer_outputs(model: ViT, x: Tensor, exits: tuple[int, ...], path: str) -> 
     return outputs, model.head(x).float(), torch.stack(runs, dim=1)
 
 
-def _batches(n: int, size: int) -> list[npt.NDArray[np.int64]]:
-    return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-def _distances(model: ViT, data: ImageDataset, norm: Normalization, means: dict[str, Tensor], exits: tuple[int, ...],
-               path: str, batch_size: int, bar: Any, features: dict[str, str] | None = None,
+def _distances(model: ViT, data: ImageDataset, norm: Normalization, means: dict[str, Tensor], features: dict[str, str],
+               exits: tuple[int, ...], path: str, batch_size: int, bar: Any,
                ) -> tuple[dict[str, npt.NDArray[np.float64]], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """(N, J, K) distances per key of ``means`` (its feature: ``features[key]``, default the key
-    itself), the head's predictions and the executed masks."""
-    features = features or {k: k for k in means}
+    """(N, J, K) distances per key of ``means`` (whose feature is ``features[key]``), the
+    head's predictions and the executed masks."""
     device = next(model.parameters()).device
-    normalize = Normalizer(norm).to(device)
     dists: dict[str, list[npt.NDArray[np.float64]]] = {f: [] for f in means}
     sq = {f: (m * m).sum(-1) for f, m in means.items()}  # (J, K)
     preds, executed = [], []
-    for idx in _batches(len(data), batch_size):
-        outputs, logits, run = _layer_outputs(model, normalize(to_tensor(data.images[idx], device)), exits, path)
+    for idx, images, _ in image_batches(data, norm, device, batch_size):
+        outputs, logits, run = _layer_outputs(model, images, exits, path)
         for f, m in means.items():
             per_exit = []
             for i, j in enumerate(exits):
@@ -108,22 +104,17 @@ def _distances(model: ViT, data: ImageDataset, norm: Normalization, means: dict[
             dists[f].append(torch.stack(per_exit, dim=1).cpu().numpy())
         preds.append(logits.argmax(1).cpu().numpy())
         executed.append(run.cpu().numpy())
-        if bar is not None:
-            bar.update(len(idx))
+        bar.update(len(idx))
     return ({f: np.concatenate(v) for f, v in dists.items()}, np.concatenate(preds).astype(np.int64),
             np.concatenate(executed).astype(bool))
 
 
-def _top(dist: npt.NDArray[np.float64], normalisers: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    z = -dist / np.asarray(normalisers, dtype=np.float64)[None]
-    z -= z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
-    return p.max(axis=-1), p.argmax(axis=-1)
-
-
-def _has_agents(model: ViT) -> bool:
-    return hasattr(model, "decide")
+def _cache(model: ViT, e2cm: E2CM, distances: npt.NDArray[np.float64], final_pred: npt.NDArray[np.int64],
+           labels: npt.NDArray[np.int64], executed: npt.NDArray[np.bool_]) -> ExitCache:
+    """The exit decisions of ``e2cm`` from (N, J, K) raw distances, with the model's path costs."""
+    top, pred = exit_decisions(distances / e2cm.normalisers.astype(np.float64)[None])
+    costs = CostModel.from_config(model.config, e2cm.exits, e2cm.feature, agents=isinstance(model, SkipViT))
+    return ExitCache.build(top, pred, final_pred, labels, executed, costs)
 
 
 @torch.no_grad()
@@ -142,48 +133,33 @@ def calibrate(model: ViT, data: ImageDataset, norm: Normalization, *, exits: Seq
         names = [data.classes[c] if c < len(data.classes) else str(c) for c in missing]
         raise DataError(f"the calibration set has no image of class(es) {missing} ({', '.join(names)}); "
                         "every class needs at least one image for its class mean")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    normalize = Normalizer(norm).to(device)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=2 * len(data), desc="E²CM calibration", unit="img")
-    try:
+    with eval_mode(model), tqdm(total=2 * len(data), desc="E²CM calibration", unit="img", disable=not progress) as bar:
         sums: dict[str, Tensor] = {}
-        for idx in _batches(len(data), batch_size):
-            outputs, _, _ = _layer_outputs(model, normalize(to_tensor(data.images[idx], device)), exits, path)
-            y = torch.from_numpy(data.labels[idx]).to(device)
+        for idx, images, y in image_batches(data, norm, device, batch_size):
+            outputs, _, _ = _layer_outputs(model, images, exits, path)
             for f in features:
                 stacked = torch.stack([_torch_feature(outputs[j], f).double() for j in exits])  # (J, B, F)
                 if f not in sums:
                     sums[f] = torch.zeros(len(exits), k, stacked.shape[-1], dtype=torch.float64, device=device)
                 sums[f].index_add_(1, y, stacked)
-            if bar is not None:
-                bar.update(len(idx))
+            bar.update(len(idx))
         n_k = torch.from_numpy(counts).to(device=device, dtype=torch.float64)
         means = {f: s / n_k[None, :, None] for f, s in sums.items()}
-        dists, final_pred, executed = _distances(model, data, norm, means, exits, path, batch_size, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
+        dists, final_pred, executed = _distances(model, data, norm, means, {f: f for f in features}, exits, path,
+                                                 batch_size, bar)
     result = {}
     for f in features:
-        costs = CostModel.from_config(model.config, exits, f, agents=_has_agents(model))
         normalisers = dists[f].mean(axis=0)  # (J, K): mean over ALL images
         if not (normalisers > 0).all():
             raise DataError(f"feature {f!r}: a class mean coincides with every image at some exit (zero normaliser)")
         e2cm = E2CM(
             feature=f, means=means[f].float().cpu().numpy(), normalisers=normalisers.astype(np.float32),
-            thresholds=np.ones(len(exits)), costs=costs,
+            thresholds=np.ones(len(exits)),
+            costs=CostModel.from_config(model.config, exits, f, agents=isinstance(model, SkipViT)),
             meta={"path": path, "calibration_images": len(data), "class_counts": counts.tolist(), **(meta or {})},
         )
-        top, pred = _top(dists[f], e2cm.normalisers)
-        cache = ExitCache.build(top, pred, final_pred, data.labels, executed, costs)
-        result[f] = Calibration(e2cm, cache)
+        result[f] = Calibration(e2cm, _cache(model, e2cm, dists[f], final_pred, data.labels, executed))
     return result
 
 
@@ -201,31 +177,15 @@ def collect_caches(model: ViT, e2cms: dict[str, E2CM], data: ImageDataset, norm:
     if len(exits) != 1:
         raise ConfigError(f"calibrations to collect together must share their exits, got {sorted(exits)}")
     (shared,) = exits
+    _check(model, data, [e.feature for e in e2cms.values()], path)
+    if max(shared) >= model.depth - 1:
+        raise ConfigError(f"exits {list(shared)} do not fit a {model.depth}-layer model")
     for e2cm in e2cms.values():
-        _check(model, data, (e2cm.feature,), path)
-        if max(e2cm.exits) >= model.depth - 1:
-            raise ConfigError(f"exits {list(e2cm.exits)} do not fit a {model.depth}-layer model")
         if e2cm.num_classes != model.config.num_classes:
             raise ConfigError(f"E²CM has {e2cm.num_classes} classes, the model {model.config.num_classes}")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(data), desc="E²CM exits", unit="img")
-    try:
+    with eval_mode(model), tqdm(total=len(data), desc="E²CM exits", unit="img", disable=not progress) as bar:
         means = {k: torch.from_numpy(e.means.astype(np.float64)).to(device) for k, e in e2cms.items()}
-        features = {k: e.feature for k, e in e2cms.items()}
-        dists, final_pred, executed = _distances(model, data, norm, means, shared, path, batch_size, bar, features)
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    out = {}
-    for key, e2cm in e2cms.items():
-        costs = CostModel.from_config(model.config, e2cm.exits, e2cm.feature, agents=_has_agents(model))
-        top, pred = _top(dists[key], e2cm.normalisers)
-        out[key] = ExitCache.build(top, pred, final_pred, data.labels, executed, costs)
-    return out
+        dists, final_pred, executed = _distances(model, data, norm, means, {k: e.feature for k, e in e2cms.items()},
+                                                 shared, path, batch_size, bar)
+    return {key: _cache(model, e2cm, dists[key], final_pred, data.labels, executed) for key, e2cm in e2cms.items()}

@@ -27,9 +27,9 @@ import numpy.typing as npt
 
 from edgeskip.e2cm.costs import FEATURES, CostModel
 from edgeskip.errors import ConfigError, DataError
-from edgeskip.fsutil import replace_directory
+from edgeskip.fsutil import atomic_directory
 
-__all__ = ["E2CM", "FORMAT", "SCHEMA_VERSION", "check_thresholds", "exit_features"]
+__all__ = ["E2CM", "FORMAT", "SCHEMA_VERSION", "check_thresholds", "exit_decisions", "exit_features"]
 
 FORMAT = "edgeskip.e2cm"
 SCHEMA_VERSION = 1
@@ -49,6 +49,17 @@ def exit_features(tokens: npt.NDArray[Any], feature: str) -> npt.NDArray[np.floa
     else:
         raise ConfigError(f"unknown E²CM feature {feature!r}; choose one of {', '.join(FEATURES)}")
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def exit_decisions(distances: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Top exit probability and label from (..., K) normalised distances ``d_k / mu_k``.
+
+    ``max softmax(-d) = 1 / sum_k exp(d_min - d_k)``, the label is ``argmin d``: no full
+    softmax is formed.
+    """
+    label = distances.argmin(axis=-1)
+    top = 1.0 / np.exp(distances.min(axis=-1, keepdims=True) - distances).sum(axis=-1)
+    return top, label
 
 
 def check_thresholds(thresholds: Sequence[float] | npt.NDArray[Any], n_exits: int) -> npt.NDArray[np.float64]:
@@ -145,15 +156,8 @@ class E2CM:
         return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
 
     def check(self, index: int, tokens: npt.NDArray[Any]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """Exit rule at exit ``index``: (leaves, label, top probability) per input.
-
-        The top softmax value is ``1 / sum_k exp(d_min - d_k)``; no full softmax is formed.
-        """
-        d = self._distances(index, tokens)
-        label = d.argmin(axis=1)
-        np.subtract(d.min(axis=1, keepdims=True), d, out=d)
-        np.exp(d, out=d)
-        top = 1.0 / d.sum(axis=1)
+        """Exit rule at exit ``index``: (leaves, label, top probability) per input."""
+        top, label = exit_decisions(self._distances(index, tokens))
         return top > self.thresholds[index], label, top
 
     # -- persistence ---------------------------------------------------------------------------
@@ -172,7 +176,7 @@ class E2CM:
         np.savez(buf, means=self.means, normalisers=self.normalisers.astype(np.float32),
                  thresholds=self.thresholds, exits=np.asarray(self.exits, dtype=np.int64))
         data = buf.getvalue()
-        with replace_directory(path) as tmp:
+        with atomic_directory(path, replace=True) as tmp:
             (tmp / NPZ).write_bytes(data)
             (tmp / JSON).write_text(json.dumps(self.to_json(hashlib.sha256(data).hexdigest()), indent=2) + "\n")
         return Path(path)

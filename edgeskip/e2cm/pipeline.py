@@ -72,17 +72,10 @@ def _figures(point: HullPoint, test: ExitCache) -> dict[str, Any]:
 
 
 def _sweep(cache: ExitCache, settings: CalibrateConfig, desc: str, progress: bool) -> Sweep:
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=int(round(1 / settings.step)), desc=desc, unit="budget")
-    try:
-        return sweep(cache, step=settings.step, restarts=settings.restarts, seed=settings.seed,
-                     on_step=bar.update if bar is not None else None)  # type: ignore[arg-type]
-    finally:
-        if bar is not None:
-            bar.close()
+    with tqdm(total=round(1 / settings.step), desc=desc, unit="budget", disable=not progress) as bar:
+        return sweep(cache, step=settings.step, restarts=settings.restarts, seed=settings.seed, on_step=bar.update)
 
 
 def run_calibration(ckpt: Checkpoint, splits: DatasetSplits, settings: CalibrateConfig, out: str | Path, *,

@@ -8,6 +8,7 @@ from dataclasses import field
 from typing import Any
 
 from edgeskip.e2cm.costs import FEATURES
+from edgeskip.e2cm.thresholds import check_budget, check_step
 from edgeskip.errors import ConfigError
 
 __all__ = ["CalibrateConfig", "parse_exits"]
@@ -57,10 +58,9 @@ class CalibrateConfig:
         if self.feature not in (*FEATURES, "all"):
             raise ConfigError(f"feature must be one of {', '.join(FEATURES)} or all, got {self.feature!r}")
         parse_exits(self.exits)
-        if not 0.001 - 1e-12 <= self.step <= 1.0:
-            raise ConfigError(f"step must be in [0.001, 1], got {self.step}")
-        if self.budget is not None and not (math.isfinite(self.budget) and 0.0 < self.budget <= 1.0):
-            raise ConfigError(f"budget must be in (0, 1] (a fraction of the static model), got {self.budget}")
+        check_step(self.step)
+        if self.budget is not None:
+            check_budget(self.budget)
         if not (math.isfinite(self.max_drop) and 0.0 <= self.max_drop <= 1.0):
             raise ConfigError(f"max_drop must be in [0, 1], got {self.max_drop}")
         for name in ("calibration_per_class", "test_per_class"):

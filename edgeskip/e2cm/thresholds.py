@@ -33,7 +33,7 @@ from edgeskip.errors import ConfigError
 
 __all__ = [
     "ExitCache", "Outcome", "simulate", "search_thresholds", "sweep", "upper_hull", "HullPoint", "Sweep",
-    "check_budget", "plot_hulls",
+    "check_budget", "check_step", "plot_hulls",
 ]
 
 NOT_CHECKED = -1.0  # top probability recorded where a skipped layer makes no check
@@ -121,6 +121,12 @@ def check_budget(phi: float) -> float:
     if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not math.isfinite(phi) or not 0.0 < phi <= 1.0:
         raise ConfigError(f"compute budget must be in (0, 1] (a fraction of the static model), got {phi!r}")
     return float(phi)
+
+
+def check_step(step: float) -> float:
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0.001 - 1e-12 <= step <= 1.0:
+        raise ConfigError(f"budget step must be in [0.001, 1], got {step!r}")
+    return float(step)
 
 
 def _best_threshold(cache: ExitCache, t: npt.NDArray[np.float64], i: int, budget_total: float) -> float:
@@ -247,11 +253,9 @@ class Sweep:
 
 
 def sweep(cache: ExitCache, *, step: float = 0.01, restarts: int = 4, max_rounds: int = 20, seed: int = 0,
-          on_step: Callable[[], None] | None = None) -> Sweep:
+          on_step: Callable[[], object] | None = None) -> Sweep:
     """Search thresholds for every budget ``step, 2 step, ..., 1`` and keep the upper convex hull."""
-    if not 0.001 - 1e-12 <= step <= 1.0:
-        raise ConfigError(f"budget step must be in [0.001, 1], got {step}")
-    n = int(round(1.0 / step))
+    n = round(1.0 / check_step(step))
     budgets = [min(1.0, round((k + 1) * step, 6)) for k in range(n)]
     lowest = simulate(cache, np.zeros(cache.n_exits)).compute
     static = simulate(cache, np.ones(cache.n_exits))
