@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory", "replace_directory"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory"]
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
@@ -38,38 +38,21 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temp directory that becomes ``path`` when the block succeeds.
 
-    ``path`` must not exist yet: finished directories are immutable, so a crash leaves
-    either nothing or the complete directory (plus a ``.tmp`` folder to ignore).
+    By default ``path`` must not exist yet: finished directories are immutable, so a crash
+    leaves either nothing or the complete directory (plus a ``.tmp`` folder to ignore).
+    With ``replace=True`` an existing ``path`` is moved aside, the new one renamed into
+    place, then the old removed: readers see the old complete directory or the new one.
     """
     path = Path(path)
-    if path.exists():
+    if path.exists() and not replace:
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         os.chmod(tmp, DIR_MODE)  # mkdtemp makes 0700
-        yield tmp
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
-def replace_directory(path: str | Path) -> Iterator[Path]:
-    """Like :func:`atomic_directory`, but an existing ``path`` is replaced whole on success.
-
-    The old directory is moved aside, the new one renamed into place, then the old removed:
-    readers see the old complete directory or the new complete one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        os.chmod(tmp, DIR_MODE)
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from edgeskip.fsutil import atomic_write_bytes
 
 __all__ = ["plot_training_curves", "save_figure"]
 
@@ -15,18 +16,13 @@ def save_figure(fig: Any, out: str | Path) -> Path:
     """Save a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
+        fig.savefig(buf, format="png", dpi=120)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    atomic_write_bytes(out, buf.getvalue())
+    return Path(out)
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], out: str | Path, title: str) -> Path:
