@@ -135,9 +135,9 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     host = describe_host()
-    results: dict[str, object] = {"host": host.to_dict() if hasattr(host, "to_dict") else str(host),
+    results: dict[str, object] = {"host": host.to_dict(),
                                   "onnxruntime": ort.__version__, "torch": torch.__version__}
-    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.threads} threads, batch 1")
+    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.threads} threads")
     rows = []
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):

@@ -67,6 +67,12 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type[Any], *, sk
         )
 
 
+def check_data(data: str | None) -> None:
+    """A user's ``--data`` must exist (datasets that need no copy pass None)."""
+    if data is not None and not Path(data).exists():
+        raise EdgeskipError(f"--data {data}: no such file or directory")
+
+
 def _config_from_args(cls: type[Any], args: argparse.Namespace, **fixed: Any) -> Any:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**{**values, **fixed})
@@ -98,8 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(TrainConfig, args)
     if cfg.dataset == "cifar10" and cfg.data is None:
         raise EdgeskipError("--dataset cifar10 needs --data DIR (a CIFAR-10 folder or .tar.gz; see the README)")
-    if cfg.data is not None and not Path(cfg.data).exists():
-        raise EdgeskipError(f"--data {cfg.data}: no such file or directory")
+    check_data(cfg.data)
     from edgeskip.train.loop import train
 
     result = train(cfg)
@@ -123,8 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     dataset = args.dataset or ckpt.dataset
-    if args.data is not None and not Path(args.data).exists():
-        raise EdgeskipError(f"--data {args.data}: no such file or directory")
+    check_data(args.data)
     data = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
     if data.test.image_shape[2] != ckpt.model_config.in_channels or len(data.test.classes) != ckpt.model_config.num_classes:
         raise EdgeskipError(f"{ckpt.path} ({ckpt.model_name}, {ckpt.dataset}) does not fit dataset {dataset}")
@@ -165,8 +169,7 @@ def cmd_posttrain(args: argparse.Namespace) -> int:
     if (out / "pareto.json").exists() and not args.force:
         raise EdgeskipError(f"{out / 'pareto.json'} exists: pass --force to replace it or choose another --out")
     settings = _config_from_args(SearchConfig, args)
-    if args.data is not None and not Path(args.data).exists():
-        raise EdgeskipError(f"--data {args.data}: no such file or directory")
+    check_data(args.data)
     data = load_dataset(ckpt.dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
     dtype = autocast_dtype(args.precision, torch_device())
     result = search_skip_configs(model, data.test, ckpt.normalization, settings,
@@ -241,8 +244,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "report.json").exists() and not args.force:
         raise EdgeskipError(f"{out / 'report.json'} exists: pass --force to replace it or choose another --out")
-    if args.data is not None and not Path(args.data).exists():
-        raise EdgeskipError(f"--data {args.data}: no such file or directory")
+    check_data(args.data)
     ckpt = load_checkpoint(args.checkpoint)
     splits = load_dataset(ckpt.dataset, args.data, progress=True)
     report = run_calibration(ckpt, splits, settings, out, progress=not args.quiet)
