@@ -60,10 +60,11 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type[Any], *, sk
             continue
         if isinstance(kind, types.UnionType):  # "int | None" -> int
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        required = f.default is dataclasses.MISSING
         parser.add_argument(
-            flag, dest=f.name, type=kind, default=f.default, choices=f.metadata.get("choices"),
-            metavar=None if "choices" in f.metadata else f.name.upper(),
-            help=f"{help_text} (default: {f.default})",
+            flag, dest=f.name, type=kind, default=None if required else f.default, required=required,
+            choices=f.metadata.get("choices"), metavar=None if "choices" in f.metadata else f.name.upper(),
+            help=help_text if required else f"{help_text} (default: {f.default})",
         )
 
 
@@ -270,6 +271,45 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from edgeskip.exporters.export import export_bundle
+    from edgeskip.exporters.settings import ExportConfig
+
+    cfg = _config_from_args(ExportConfig, args)
+    check_data(cfg.data)
+    result = export_bundle(cfg, progress=not args.quiet)
+    m = result.manifest
+    if m.untrained:
+        print("\n" + "!" * 100 + "\n!! UNTRAINED WEIGHTS: no --checkpoint was given, so this bundle holds freshly initialised"
+              "\n!! weights (manifest: weights.untrained = true). Use it to check the toolchain and speed only."
+              "\n" + "!" * 100, file=sys.stderr)
+    fid = m.fidelity or {}
+    worst = max((v for k in ("onnx", "tflite") for v in fid.get(k, {}).values()), default=0.0)
+    gate = fid.get("gate", {})
+    print(f"bundle {result.path} ({m.model_name}, target {m.target}, {m.precision}; {len(m.files)} files, "
+          f"{sum(f['bytes'] for f in m.files.values()) / 2**20:.1f} MiB) in {result.seconds:.1f} s")
+    print(f"fidelity on {fid.get('images')}: max |exported - torch| per stage {worst:.2e}, monolithic "
+          f"{fid.get('monolithic', 0.0):.2e}; gate.onnx {gate.get('same_decisions')}/{gate.get('images')} identical "
+          f"decisions ({gate.get('ties')} ties), max logit error {gate.get('max_abs_logit_error', 0.0):.2e}")
+    if "tflite-fp16" in fid:
+        print(f"tflite fp16: max |tflite - torch| per stage {max(fid['tflite-fp16'].values()):.2e}")
+    if m.tensorrt:
+        print(f"TensorRT: build the engines on the device: 'edgeskip build-engines {result.path}' "
+              f"or 'bash {result.path}/{m.tensorrt['script']}'")
+    return 0
+
+
+def cmd_build_engines(args: argparse.Namespace) -> int:
+    from edgeskip.exporters.settings import parse_batch_sizes
+    from edgeskip.exporters.tensorrt import build_engines
+
+    engines = build_engines(Path(args.bundle), args.precision, parse_batch_sizes(args.batch_sizes),
+                            include_gate=args.gate, workspace_mb=args.workspace_mb)
+    for path in engines:
+        print(path)
+    return 0
+
+
 def torch_device() -> Any:
     import torch
 
@@ -293,6 +333,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "posttrain": ("NSGA-II search of per-layer skip thresholds for an agent checkpoint", cmd_posttrain),
     "apply-config": ("save an agent checkpoint with a chosen skip configuration", cmd_apply_config),
     "calibrate": ("E²CM: class means, budget sweep and thresholds for early exits", cmd_calibrate),
+    "export": ("write a deployable bundle (ONNX stages + gate graph, TFLite, TensorRT inputs)", cmd_export),
+    "build-engines": ("on a TensorRT device: build engines for every stage of a bundle", cmd_build_engines),
     "models": ("list the registered models with their sizes", cmd_models),
 }
 
@@ -354,6 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--out", default="e2cm", help="output folder (default: e2cm)")
     ca.add_argument("--force", action="store_true", help="replace an existing calibration in --out")
     add_dataclass_options(ca, CalibrateConfig)
+
+    from edgeskip.exporters.settings import ExportConfig
+
+    add_dataclass_options(parsers["export"], ExportConfig)
+    be = parsers["build-engines"]
+    be.add_argument("bundle", help="bundle directory exported with --target jetson")
+    be.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="engine precision (default: fp16)")
+    be.add_argument("--batch-sizes", default="1", help="static batch size of each engine profile, e.g. 1,8 (default: 1)")
+    be.add_argument("--gate", action="store_true", help="also build the gate-graph engine (measure its cost on the device)")
+    be.add_argument("--workspace-mb", type=positive_int, default=1024, help="builder workspace limit (default: 1024)")
     return parser
 
 

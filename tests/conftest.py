@@ -42,3 +42,29 @@ def cifar10_tarball() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def cifar_tiny_agents(cifar10_tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A vit-tiny with skip agents briefly trained on a CIFAR-10 subset, thresholds set so inputs take
+    different paths, and E²CM exits (CLS feature) calibrated for a budget at which inputs do exit.
+
+    Returns {"checkpoint", "e2cm", "data"}; exporters and runtimes test against it on real test images.
+    """
+    from edgeskip.cli import main
+    from edgeskip.data import DatasetSplits, load_cifar10
+    from edgeskip.train.config import TrainConfig
+    from edgeskip.train.loop import train
+
+    root = tmp_path_factory.mktemp("cifar-tiny")
+    full = load_cifar10(cifar10_tarball, limit_per_class=200, progress=False)
+    cfg = TrainConfig(model="vit-tiny", dataset="cifar10", out=str(root / "run"), epochs=4, batch_size=64,
+                      augment="none", lr=2e-3, warmup_epochs=0.5, progress=False, agents=True)
+    train(cfg, DatasetSplits("cifar10", full.train, full.test.per_class(20)))
+    # thresholds near the young agents' probabilities, so the paths differ between images
+    assert main(["-q", "apply-config", "--checkpoint", str(root / "run"), "--thresholds", "0.5,0.88,0.88,0.5",
+                 "--out", str(root / "ckpt")]) == 0
+    assert main(["-q", "calibrate", "--checkpoint", str(root / "ckpt"), "--data", str(cifar10_tarball),
+                 "--out", str(root / "e2cm"), "--feature", "cls", "--calibration-per-class", "50",
+                 "--test-per-class", "10", "--budget", "0.6", "--step", "0.05"]) == 0
+    return {"checkpoint": root / "ckpt", "e2cm": root / "e2cm" / "cls", "data": cifar10_tarball}

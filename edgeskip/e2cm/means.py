@@ -149,6 +149,10 @@ class E2CM:
         d *= inv_mu
         return d
 
+    def distances(self, index: int, tokens: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """(B, K) normalised distances ``||x - c_k|| / mu_k`` at exit ``index`` (float64)."""
+        return self._distances(index, tokens)
+
     def probabilities(self, index: int, tokens: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         """(B, K) exit probabilities at exit ``index`` for the (B, N, D) output of its layer."""
         z = -self._distances(index, tokens)

@@ -1,0 +1,104 @@
+"""Per-stage ONNX export: opset 17, a dynamic batch axis, checked and shape-inferred.
+
+Each stage module (see :mod:`edgeskip.exporters.stages`) is traced by torch's ONNX
+exporter, then ``onnx.checker`` (full check) and strict shape inference must pass; the
+saved file carries the inferred shapes (TensorRT's parser and the gate-graph builder read
+them). Fidelity against PyTorch is measured on the caller's images with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import torch
+from edgeskip.exporters.stages import BATCH, StageModule
+from torch import nn
+
+from edgeskip.errors import EdgeskipError
+from edgeskip.fsutil import atomic_write_bytes
+
+__all__ = ["OPSET", "ExportError", "to_onnx", "export_stage", "check_onnx", "ort_session", "run_onnx"]
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+class ExportError(EdgeskipError):
+    """An export produced a model that fails its own checks (ONNX checker, fidelity)."""
+
+
+def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str, *,
+            opset: int = OPSET) -> onnx.ModelProto:
+    """Trace ``module`` to a checked, shape-inferred ONNX model with a dynamic batch axis."""
+    buf = io.BytesIO()
+    module = module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        # torch 2.13 warns that the TorchScript-based exporter is deprecated; it is the one whose
+        # output we verify (plain MatMul/Softmax/LayerNormalization, opset 17, no dynamo guards).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), buf, input_names=[input_name], output_names=[output_name],
+            dynamic_axes={input_name: {0: BATCH}, output_name: {0: BATCH}}, opset_version=opset, dynamo=False,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    return check_onnx(model, name=type(module).__name__)
+
+
+def check_onnx(model: onnx.ModelProto, *, name: str) -> onnx.ModelProto:
+    """``onnx.checker`` (full) plus strict shape inference; returns the model with inferred shapes."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"ONNX for {name} fails the checker / shape inference: {exc}") from None
+    for out in inferred.graph.output:
+        if not out.type.tensor_type.HasField("shape"):
+            raise ExportError(f"ONNX for {name}: shape inference left output {out.name!r} without a shape")
+    return inferred
+
+
+def export_stage(stage: StageModule, path: Path, *, half: bool = False) -> onnx.ModelProto:
+    """Write ``stage`` as ONNX to ``path`` (atomically); ``half`` gives fp16 weights and I/O."""
+    module, example = stage.module, stage.example(2)
+    if half:
+        module, example = _half_copy(module), example.half()
+    model = to_onnx(module, example, stage.input.name, stage.output.name)
+    names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    if names != ([stage.input.name], [stage.output.name]):
+        raise ExportError(f"ONNX for {stage.name} has inputs/outputs {names}, expected "
+                          f"[{stage.input.name}] -> [{stage.output.name}]")
+    atomic_write_bytes(path, model.SerializeToString())
+    return model
+
+
+def _half_copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module).half()
+
+
+def ort_session(model: onnx.ModelProto | Path | bytes, threads: int = 1):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session with intra-op spinning off (see DESIGN: spinning pools fight)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
+        str(model) if isinstance(model, Path) else model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:  # type: ignore[no-untyped-def]
+    """Run a one-input, one-output session."""
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: x})[0]  # type: ignore[no-any-return]

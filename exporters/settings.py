@@ -1,0 +1,71 @@
+"""Settings of ``edgeskip export`` (torch-free, so the CLI builds its options cheaply)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any
+
+from edgeskip.errors import ConfigError
+
+__all__ = ["ExportConfig", "TARGETS", "parse_batch_sizes"]
+
+# target -> (default precision, formats written besides ONNX)
+TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cpu": ("fp32", ()),
+    "onnx": ("fp32", ()),
+    "tflite": ("fp32", ("tflite", "tflite-fp16")),
+    "jetson": ("fp16", ("onnx-fp16",)),
+}
+
+
+def _h(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"batch sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or any(b < 1 for b in sizes) or len(set(sizes)) != len(sizes):
+        raise ConfigError(f"batch sizes must be distinct integers >= 1, got {text!r}")
+    return sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What to export, for which target, from which weights."""
+
+    model: str = field(metadata=_h("model name (see 'edgeskip models')"))
+    target: str = field(default="cpu", metadata=_h("deployment target", choices=tuple(TARGETS)))
+    out: str | None = field(default=None, metadata=_h("bundle directory (default: bundles/<model>-<target>)"))
+    checkpoint: str | None = field(default=None, metadata=_h(
+        "checkpoint or training run to export (without it: freshly initialised weights, flagged as untrained)"))
+    e2cm: str | None = field(default=None, metadata=_h(
+        "E²CM folder written by 'edgeskip calibrate' (OUT/<feature>) to put the exits into the bundle"))
+    data: str | None = field(default=None, metadata=_h(
+        "dataset copy for the fidelity check on real test images (digits need none; without it: random images)"))
+    fidelity_images: int = field(default=32, metadata=_h("test images the export checks itself on"))
+    batch_sizes: str = field(default="1", metadata=_h("jetson: static batch sizes of the engine profiles, e.g. 1,8"))
+    seed: int = field(default=0, metadata=_h("seed of the random initialisation when no checkpoint is given"))
+    force: bool = field(default=False, metadata=_h("replace an existing bundle at --out (atomically)"))
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.fidelity_images < 1:
+            raise ConfigError(f"fidelity_images must be >= 1, got {self.fidelity_images}")
+        parse_batch_sizes(self.batch_sizes)
+
+    @property
+    def precision(self) -> str:
+        return TARGETS[self.target][0]
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return ("onnx", *TARGETS[self.target][1])
+
+    @property
+    def out_dir(self) -> str:
+        return self.out or f"bundles/{self.model}-{self.target}"

@@ -1,0 +1,310 @@
+"""Exporters: the bundle format, per-stage ONNX and the gate graph against PyTorch, tamper detection,
+atomic writes, and the command line's errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from edgeskip.exporters.export import export_bundle
+from edgeskip.exporters.fidelity import compare_paths, reference_paths
+from edgeskip.exporters.gate import DISABLED_LAYER, set_thresholds
+from edgeskip.exporters.onnx import ort_session
+from edgeskip.exporters.settings import ExportConfig
+
+from edgeskip.bundle import MANIFEST, Bundle, BundleError, Manifest
+from edgeskip.cli import main
+from edgeskip.normalization import preprocess
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained vit-tiny cpu bundle (agents at their initial thresholds)."""
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    export_bundle(ExportConfig(model="vit-tiny", out=str(out), fidelity_images=4))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cifar_bundle(cifar_tiny_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("b") / "cifar"
+    export_bundle(ExportConfig(model="vit-tiny", out=str(out), checkpoint=str(cifar_tiny_agents["checkpoint"]),
+                               e2cm=str(cifar_tiny_agents["e2cm"]), data=str(cifar_tiny_agents["data"]),
+                               fidelity_images=64))
+    return out
+
+
+def cifar_test_images(cifar_tiny_agents: dict[str, Path], n: int, offset: int = 100) -> torch.Tensor:
+    """Real CIFAR-10 test images (other than the ones the export checked itself on)."""
+    from edgeskip.data import load_cifar10
+    from edgeskip.normalization import get_normalization
+
+    test = load_cifar10(cifar_tiny_agents["data"], progress=False).test
+    return torch.from_numpy(preprocess(test.images[offset:offset + n], get_normalization("cifar10")))
+
+
+# -- the manifest -----------------------------------------------------------------------------------
+
+def test_manifest_round_trip(tiny_bundle: Path) -> None:
+    raw = json.loads((tiny_bundle / MANIFEST).read_text())
+    m = Manifest.from_dict(raw)
+    assert m.to_dict() == raw
+    assert m.untrained and m.weights["source"] == "random-init"
+    assert [s.name for s in m.stages[:6]] == ["embed", "layer_00", "layer_01", "layer_02", "layer_03", "head"]
+    assert [s.name for s in m.stages if s.kind == "agent"] == [f"agent_{j:02d}" for j in range(4)]
+    assert m.stage("layer_00").inputs[0].shape == ("batch", 65, 64)
+    assert set(m.referenced_files()) <= set(m.files)
+    assert m.gate is not None and m.gate["outputs"] == ["logits", "executed", "exit_layer"]
+
+
+def _mutated(raw: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(raw))
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    if value is _DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return out
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    (["schema_version"], 99, "schema version 99 is not supported"),
+    (["format"], "something", "not an edgeskip bundle"),
+    (["surprise"], 1, "unknown key"),
+    (["stages"], _DELETE, "required key 'stages'"),
+    (["target"], "mars", "unknown target"),
+    (["classes"], ["a"], "1 class names"),
+    (["stages", 0, "files", "onnx"], "../outside.onnx", "outside the bundle"),
+    (["stages", 0, "files", "onnx"], "/etc/passwd", "outside the bundle"),
+    (["stages", 1, "kind"], "mystery", "unknown kind"),
+    (["stages", 1], {"name": "layer_00"}, "malformed stage"),
+    (["removed"], [7], "removed layers"),
+    (["stages", 0, "files", "onnx"], "onnx/not-listed.onnx", "missing from the files table"),
+    (["agents", "thresholds"], [0.5], "4 thresholds"),
+    (["config", "depth"], "four", "positive integer"),
+])
+def test_manifest_schema_errors(tiny_bundle: Path, path: list[Any], value: Any, message: str) -> None:
+    raw = json.loads((tiny_bundle / MANIFEST).read_text())
+    with pytest.raises(BundleError, match=message):
+        Manifest.from_dict(_mutated(raw, path, value))
+
+
+# -- fidelity on real CIFAR-10 test images ----------------------------------------------------------------
+
+@pytest.mark.cifar10
+@pytest.mark.slow
+def test_export_reports_fidelity_within_tolerance(cifar_bundle: Path) -> None:
+    m = Bundle.open(cifar_bundle).manifest
+    fid = m.fidelity
+    assert fid is not None and "cifar10 test images" in fid["images"]
+    assert max(fid["onnx"].values()) <= 1e-4 and fid["monolithic"] <= 1e-4
+    assert fid["gate"]["different_decisions"] == 0 and fid["gate"]["max_abs_logit_error"] <= 1e-4
+    assert not m.untrained and m.e2cm is not None and m.agents is not None
+
+
+@pytest.mark.cifar10
+@pytest.mark.slow
+def test_every_stage_matches_torch_on_new_test_images(cifar_bundle: Path, cifar_tiny_agents: dict[str, Path]) -> None:
+    from edgeskip.exporters.fidelity import stage_inputs
+    from edgeskip.exporters.stages import agent_modules, stage_modules
+
+    from edgeskip.train.checkpoint import load_checkpoint
+
+    bundle = Bundle.open(cifar_bundle)
+    model = load_checkpoint(cifar_tiny_agents["checkpoint"]).build_model()
+    images = cifar_test_images(cifar_tiny_agents, 48)
+    inputs = stage_inputs(model, images)
+    with torch.no_grad():
+        for s in stage_modules(model) + agent_modules(model):
+            got = ort_session(bundle.stage_file(s.name)).run(None, {s.input.name: inputs[s.name].numpy()})[0]
+            want = s.module(inputs[s.name]).numpy()
+            assert got.shape == want.shape
+            assert np.abs(got - want).max() <= 1e-4, s.name
+
+
+def _gate_runs(session: Any, images: torch.Tensor) -> list[list[np.ndarray]]:
+    return [session.run(None, {"images": images[i:i + 1].numpy()}) for i in range(len(images))]
+
+
+@pytest.mark.cifar10
+@pytest.mark.slow
+def test_gate_graph_decisions_equal_the_torch_agent_rule(cifar_bundle: Path, cifar_tiny_agents: dict[str, Path]) -> None:
+    from edgeskip.e2cm import E2CM
+    from edgeskip.train.checkpoint import load_checkpoint
+
+    bundle = Bundle.open(cifar_bundle)
+    m = bundle.manifest
+    model = load_checkpoint(cifar_tiny_agents["checkpoint"]).build_model()
+    e2cm = E2CM.load(bundle.file("e2cm"))
+    images = cifar_test_images(cifar_tiny_agents, 96)
+    runs = _gate_runs(ort_session(bundle.file(m.gate["file"])), images)  # type: ignore[index]
+    thresholds = tuple(m.agents["thresholds"])  # type: ignore[index]
+    ref = reference_paths(model, images, thresholds=thresholds, e2cm=e2cm)
+    result = compare_paths(ref, [r[0] for r in runs], [r[1] for r in runs], [int(r[2]) for r in runs])
+    assert result["different_decisions"] == 0 and result["max_abs_logit_error"] <= 1e-4, result
+    assert result["same_decisions"] >= 90
+    # the test exercises the dynamic parts: several paths, some early exits, some through the head
+    exits = [int(r[2]) for r in runs]
+    assert len({tuple(r[1]) for r in runs}) >= 2 and -1 in exits and any(e >= 0 for e in exits), exits
+    # layers after an exit did not run
+    for r in runs:
+        if int(r[2]) >= 0:
+            assert not r[1][int(r[2]) + 1:].any()
+    # the reference's agent decisions are SkipViT's own (without exits)
+    ref_no_exit = reference_paths(model, images, thresholds=thresholds)
+    with torch.no_grad():
+        executed = model(images).executed.numpy()
+    assert np.array_equal(np.stack([p.executed for p in ref_no_exit]), executed)
+
+
+@pytest.mark.cifar10
+@pytest.mark.slow
+def test_gate_graph_runs_unchanged_in_the_onnx_reference_evaluator(cifar_bundle: Path,
+                                                                    cifar_tiny_agents: dict[str, Path]) -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    bundle = Bundle.open(cifar_bundle)
+    path = bundle.file(bundle.manifest.gate["file"])  # type: ignore[index]
+    evaluator = ReferenceEvaluator(onnx.load(path))
+    images = cifar_test_images(cifar_tiny_agents, 12)
+    for got, want in zip(_gate_runs(evaluator, images), _gate_runs(ort_session(path), images), strict=True):
+        assert np.array_equal(got[1], want[1]) and int(got[2]) == int(want[2])
+        assert np.abs(got[0] - want[0]).max() <= 1e-4
+
+
+def test_gate_thresholds_are_rewritable_initialisers(tiny_bundle: Path) -> None:
+    bundle = Bundle.open(tiny_bundle)
+    gate = onnx.load(bundle.file("onnx/gate.onnx"))
+    images = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    monolithic = ort_session(bundle.file("onnx/model.onnx")).run(None, {"images": images})[0]
+    every = ort_session(set_thresholds(gate, {j: 0.0 for j in range(4)})).run(None, {"images": images})
+    assert every[1].all() and int(every[2]) == -1 and np.abs(every[0] - monolithic).max() <= 1e-5
+    one_off = ort_session(set_thresholds(gate, {1: None})).run(None, {"images": images})
+    assert one_off[1].tolist() == [True, False, True, True]
+    assert DISABLED_LAYER > 1.0
+    with pytest.raises(Exception, match="no initialiser"):
+        set_thresholds(gate, exits=[0.5])  # this bundle has no E²CM exits
+
+
+# -- tampering, paths and atomic writes -------------------------------------------------------------------
+
+@pytest.fixture()
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+def test_verified_bundle_opens(bundle_copy: Path) -> None:
+    assert Bundle.open(bundle_copy).manifest.model_name == "vit-tiny"
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "append"])
+def test_tampered_files_are_rejected(bundle_copy: Path, damage: str) -> None:
+    f = bundle_copy / "onnx" / "layer_02.onnx"
+    data = f.read_bytes()
+    if damage == "flip":
+        f.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    elif damage == "truncate":
+        f.write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        f.unlink()
+    else:
+        f.write_bytes(data + b"\0")
+    with pytest.raises(BundleError, match="layer_02.onnx"):
+        Bundle.open(bundle_copy)
+
+
+def test_a_symlink_escaping_the_bundle_is_rejected(bundle_copy: Path, tmp_path: Path) -> None:
+    f = bundle_copy / "onnx" / "head.onnx"
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.move(f, outside)
+    os.symlink(outside, f)
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Bundle.open(bundle_copy)
+
+
+def test_a_failed_export_keeps_the_previous_bundle(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeskip.exporters.export as export_module
+
+    before = {p.relative_to(bundle_copy): p.read_bytes() for p in bundle_copy.rglob("*") if p.is_file()}
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C half way through
+
+    monkeypatch.setattr(export_module, "build_gate_graph", boom)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(ExportConfig(model="vit-tiny", out=str(bundle_copy), force=True, fidelity_images=2))
+    after = {p.relative_to(bundle_copy): p.read_bytes() for p in bundle_copy.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in bundle_copy.parent.iterdir()] == ["copy"]  # no temp folder left behind
+
+
+def test_an_interrupted_first_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeskip.exporters.export as export_module
+
+    monkeypatch.setattr(export_module, "atomic_write_json", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError, match="No space"):
+        export_bundle(ExportConfig(model="vit-tiny", out=str(tmp_path / "new"), fidelity_images=2))
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+
+def test_cli_export_untrained_warns_loudly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--model", "vit-tiny", "--out", str(tmp_path / "b"), "--fidelity-images", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "UNTRAINED WEIGHTS" in captured.err and "bundle" in captured.out
+    assert Bundle.open(tmp_path / "b").manifest.weights["untrained"] is True
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "vit11"], "unknown model 'vit11'"),
+    (["--model", "vit-tiny", "--checkpoint", "/nonexistent/ckpt"], "does not exist"),
+    (["--model", "vit-tiny", "--e2cm", "/nonexistent/e2cm"], "needs the --checkpoint"),
+    (["--model", "vit-tiny", "--batch-sizes", "1,x"], "batch sizes"),
+    (["--model", "vit-tiny", "--data", "/nonexistent/cifar"], "no such file"),
+])
+def test_cli_export_errors(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--out", str(tmp_path / "b"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_export_unknown_target(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--model", "vit-tiny", "--target", "mars"])
+    assert exc.value.code == 2 and "invalid choice: 'mars'" in capsys.readouterr().err
+
+
+def test_cli_export_refuses_an_existing_bundle_without_force(bundle_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (bundle_copy / MANIFEST).read_bytes()
+    assert main(["export", "--model", "vit-tiny", "--out", str(bundle_copy)]) == 2
+    assert "already exists: pass --force" in capsys.readouterr().err
+    assert (bundle_copy / MANIFEST).read_bytes() == before
+
+
+def test_cli_export_checkpoint_for_another_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeskip.models.vit import ViT
+    from edgeskip.normalization import get_normalization
+    from edgeskip.train.checkpoint import save_checkpoint
+    from edgeskip.variants import model_config
+
+    cfg = model_config("vit-digits")
+    save_checkpoint(tmp_path / "ckpt", ViT(cfg), model_name="vit-digits", model_config=cfg, dataset="digits",
+                    normalization=get_normalization("digits"), classes=tuple("0123456789"))
+    assert main(["export", "--model", "vit-tiny", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b")]) == 2
+    assert "holds a vit-digits model, not vit-tiny" in capsys.readouterr().err
