@@ -22,6 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import (  # benchmarks/common.py (run as a script)
+    DEFAULT_DATA,
+    benchmark_data,
+)
 
 from edgeskip.agents.model import SkipViT
 from edgeskip.agents.trainer import AgentTrainer
@@ -31,9 +35,6 @@ from edgeskip.models.vit import ViT
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.loop import Trainer
 from edgeskip.variants import model_config
-
-from common import DEFAULT_DATA, benchmark_data  # benchmarks/common.py (run as a script)
-
 
 
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:

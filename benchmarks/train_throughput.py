@@ -17,13 +17,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import (  # benchmarks/common.py (run as a script)
+    DEFAULT_DATA,
+    benchmark_data,
+)
 
 from edgeskip.devices import describe_host
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.loop import Trainer
-
-from common import DEFAULT_DATA, benchmark_data  # benchmarks/common.py (run as a script)
-
 
 
 def main() -> None:

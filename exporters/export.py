@@ -17,6 +17,18 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from tqdm.auto import tqdm
+
+from edgeskip import __version__
+from edgeskip.bundle import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    Bundle,
+    Manifest,
+    Stage,
+    sha256_file,
+)
+from edgeskip.errors import CheckpointError, ConfigError, EdgeskipError
 from edgeskip.exporters.fidelity import (
     compare_paths,
     reference_paths,
@@ -44,18 +56,6 @@ from edgeskip.exporters.stages import (
     agent_modules,
     stage_modules,
 )
-from tqdm.auto import tqdm
-
-from edgeskip import __version__
-from edgeskip.bundle import (
-    MANIFEST,
-    SCHEMA_VERSION,
-    Bundle,
-    Manifest,
-    Stage,
-    sha256_file,
-)
-from edgeskip.errors import CheckpointError, ConfigError, EdgeskipError
 from edgeskip.fsutil import atomic_directory, atomic_write_json
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization, get_normalization, preprocess

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from edgeskip.exporters.stages import StageModule
 
+from edgeskip.exporters.stages import StageModule
 from edgeskip.models.vit import ViT
 
 __all__ = ["TIE", "Path", "reference_paths", "stage_inputs", "stage_errors", "compare_paths"]
@@ -46,19 +46,20 @@ def reference_paths(model: ViT, images: torch.Tensor, *, thresholds: Sequence[fl
         x = model.embed(img[None])
         executed, margins, logits, exit_layer = np.zeros(cfg.depth, bool), [], None, -1
         for j in range(cfg.depth):
+            t = None if thresholds is None else thresholds[j]
             if thresholds is None:
                 ran = True
-            elif thresholds[j] is None:
+            elif t is None:
                 ran = False
             else:
                 p = float(torch.sigmoid(model.agent_logits(j, x[:, 0]))[0])  # type: ignore[operator]
-                ran = p >= thresholds[j]
-                margins.append(abs(p - thresholds[j]))  # type: ignore[operator]
+                ran = p >= t
+                margins.append(abs(p - t))
             if ran:
                 x = model.blocks[j](x)
                 executed[j] = True
             i = exits.get(j)
-            if ran and i is not None and e2cm.thresholds[i] < 1.0:
+            if ran and i is not None and e2cm is not None and e2cm.thresholds[i] < 1.0:
                 leaves, _, top = e2cm.check(i, x.numpy())
                 margins.append(abs(float(top[0]) - float(e2cm.thresholds[i])))
                 if leaves[0]:

@@ -17,10 +17,10 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import torch
-from edgeskip.exporters.stages import BATCH, StageModule
 from torch import nn
 
 from edgeskip.errors import EdgeskipError
+from edgeskip.exporters.stages import BATCH, StageModule
 from edgeskip.fsutil import atomic_write_bytes
 
 __all__ = ["OPSET", "ExportError", "to_onnx", "export_stage", "check_onnx", "ort_session", "run_onnx"]

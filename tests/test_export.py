@@ -13,14 +13,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
+from edgeskip.bundle import MANIFEST, Bundle, BundleError, Manifest
+from edgeskip.cli import main
 from edgeskip.exporters.export import export_bundle
 from edgeskip.exporters.fidelity import compare_paths, reference_paths
 from edgeskip.exporters.gate import DISABLED_LAYER, set_thresholds
 from edgeskip.exporters.onnx import ort_session
 from edgeskip.exporters.settings import ExportConfig
-
-from edgeskip.bundle import MANIFEST, Bundle, BundleError, Manifest
-from edgeskip.cli import main
 from edgeskip.normalization import preprocess
 
 
@@ -119,7 +119,6 @@ def test_export_reports_fidelity_within_tolerance(cifar_bundle: Path) -> None:
 def test_every_stage_matches_torch_on_new_test_images(cifar_bundle: Path, cifar_tiny_agents: dict[str, Path]) -> None:
     from edgeskip.exporters.fidelity import stage_inputs
     from edgeskip.exporters.stages import agent_modules, stage_modules
-
     from edgeskip.train.checkpoint import load_checkpoint
 
     bundle = Bundle.open(cifar_bundle)
@@ -308,3 +307,41 @@ def test_cli_export_checkpoint_for_another_model(tmp_path: Path, capsys: pytest.
                     normalization=get_normalization("digits"), classes=tuple("0123456789"))
     assert main(["export", "--model", "vit-tiny", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b")]) == 2
     assert "holds a vit-digits model, not vit-tiny" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("feature", ["mean", "tokens"])
+def test_static_model_with_e2cm_gate_graph(tmp_path: Path, feature: str) -> None:
+    """A model without agents: layers run unconditionally, exits (other features) still in the graph."""
+    from onnx.reference import ReferenceEvaluator
+
+    from edgeskip.data import load_digits
+    from edgeskip.models.vit import ViT
+    from edgeskip.normalization import get_normalization
+    from edgeskip.train.checkpoint import save_checkpoint
+    from edgeskip.variants import model_config
+
+    cfg = model_config("vit-digits")
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "ckpt", ViT(cfg), model_name="vit-digits", model_config=cfg, dataset="digits",
+                    normalization=get_normalization("digits"), classes=tuple("0123456789"))
+    assert main(["-q", "calibrate", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "e2cm"),
+                 "--feature", feature, "--calibration-per-class", "20", "--test-per-class", "5", "--budget", "0.5",
+                 "--step", "0.05"]) == 0
+    result = export_bundle(ExportConfig(model="vit-digits", out=str(tmp_path / "b"), checkpoint=str(tmp_path / "ckpt"),
+                                        e2cm=str(tmp_path / "e2cm" / feature), fidelity_images=64))
+    m = result.manifest
+    assert m.agents is None and m.e2cm is not None and m.e2cm["feature"] == feature
+    gate_fid = m.fidelity["gate"]  # type: ignore[index]
+    assert gate_fid["same_decisions"] + gate_fid["ties"] == 64 and gate_fid["different_decisions"] == 0
+    bundle = Bundle.open(result.path)
+    images = torch.from_numpy(preprocess(load_digits().test.images[64:80], get_normalization("digits")))
+    path = bundle.file("onnx/gate.onnx")
+    runs = _gate_runs(ort_session(path), images)
+    exits = [int(r[2]) for r in runs]
+    assert any(e >= 0 for e in exits), exits  # the budget makes inputs leave early
+    for r in runs:  # every layer up to the exit ran, none after it
+        last = int(r[2]) if int(r[2]) >= 0 else m.config.depth - 1
+        assert r[1][: last + 1].all() and not r[1][last + 1:].any()
+    reference = _gate_runs(ReferenceEvaluator(onnx.load(path)), images[:4])
+    for got, want in zip(reference, runs[:4], strict=False):
+        assert np.array_equal(got[1], want[1]) and int(got[2]) == int(want[2])
