@@ -152,6 +152,7 @@ class Manifest:
     monolithic: Mapping[str, Any] | None = None
     tensorrt: Mapping[str, Any] | None = None
     fidelity: Mapping[str, Any] | None = None
+    formats: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # format -> batch, weight/io types
     preprocessing: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -177,7 +178,7 @@ class Manifest:
             "files": {k: dict(v) for k, v in sorted(self.files.items())}, "weights": dict(self.weights),
             "removed": list(self.removed), "agents": _plain(self.agents), "e2cm": _plain(self.e2cm),
             "gate": _plain(self.gate), "monolithic": _plain(self.monolithic), "tensorrt": _plain(self.tensorrt),
-            "fidelity": _plain(self.fidelity), "preprocessing": dict(self.preprocessing),
+            "fidelity": _plain(self.fidelity), "formats": _plain(self.formats), "preprocessing": dict(self.preprocessing),
             "provenance": dict(self.provenance),
         }
 
@@ -209,7 +210,7 @@ class Manifest:
                 removed=tuple(_typed(data, "removed", list)),
                 agents=_optional(data, "agents"), e2cm=_optional(data, "e2cm"), gate=_optional(data, "gate"),
                 monolithic=_optional(data, "monolithic"), tensorrt=_optional(data, "tensorrt"),
-                fidelity=_optional(data, "fidelity"), preprocessing=data.get("preprocessing") or {},
+                fidelity=_optional(data, "fidelity"), formats=_optional(data, "formats") or {}, preprocessing=data.get("preprocessing") or {},
                 provenance=data.get("provenance") or {},
             )
         except ConfigError as exc:

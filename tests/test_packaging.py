@@ -128,7 +128,8 @@ sys.meta_path.insert(0, Block())
 @pytest.mark.parametrize(
     "module",
     ["edgeskip", "edgeskip.runtimes", "edgeskip.devices", "edgeskip.exporters", "edgeskip.data", "edgeskip.cli",
-     "edgeskip.agents", "edgeskip.e2cm", "edgeskip.e2cm.settings"],
+     "edgeskip.agents", "edgeskip.e2cm", "edgeskip.e2cm.settings", "edgeskip.bundle", "edgeskip.exporters.settings",
+     "edgeskip.exporters.gate", "edgeskip.exporters.tensorrt"],
 )
 def test_core_imports_without_torch(module: str) -> None:
     code = TORCH_BLOCKER + f"""
