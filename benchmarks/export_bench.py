@@ -6,8 +6,8 @@
 2. Latency at batch 1 in onnxruntime, every layer executing, side by side with interleaved
    repeats: the monolithic ONNX model, the per-stage loop (one session per stage), gate.onnx
    (agent thresholds rewritten to 0 so every layer runs; target: within 10% of monolithic),
-   and gate.onnx with E²CM checks after every layer but the last (all-tokens feature, the
-   costliest) that are computed but never fire, and with those checks disabled (T = 1).
+   and gate.onnx with E²CM checks after every layer but the last (each feature: all tokens,
+   cls, token mean) that are computed but never fire, and with those checks disabled (T = 1).
    The timing runs in a fresh process that never imports torch (torch's OpenMP threads
    spin after use and would steal the cores from onnxruntime).
 
@@ -64,7 +64,7 @@ def time_bundle(bundle_dir: Path, warmup: int, repeats: int, threads: int) -> di
     import onnx
 
     from edgeskip.bundle import Bundle
-    from edgeskip.e2cm import E2CM, CostModel
+    from edgeskip.e2cm import E2CM, FEATURES, CostModel
     from edgeskip.exporters.gate import build_gate_graph, set_thresholds
 
     bundle = Bundle.open(bundle_dir)
@@ -76,20 +76,18 @@ def time_bundle(bundle_dir: Path, warmup: int, repeats: int, threads: int) -> di
     agents = np.load(bundle.file("agents.npz"))
     rng = np.random.default_rng(0)
     exits = list(range(cfg.depth - 1))
-    feature = cfg.num_tokens * cfg.width
-    e2cm = E2CM("tokens", rng.normal(size=(len(exits), cfg.num_classes, feature)).astype(np.float32),
-                np.full((len(exits), cfg.num_classes), 50.0, np.float32), np.full(len(exits), 0.999999),
-                CostModel.from_config(cfg, exits, "tokens"))
     layers = {s.layer: load(s.name) for s in m.layer_stages()}
-    with_checks = build_gate_graph(load("embed"), layers, load("head"), cfg, agents=(agents["weights"], agents["biases"]),
-                                   thresholds=[0.0] * cfg.depth, e2cm=e2cm)
-    disabled = set_thresholds(onnx.ModelProto.FromString(with_checks.SerializeToString()), exits=[1.0] * len(exits))
-    sessions = {
-        "monolithic": _session(bundle.file("onnx/model.onnx"), threads),
-        "gate": _session(gate, threads),
-        "gate+e2cm checks": _session(with_checks, threads),
-        "gate+e2cm disabled": _session(disabled, threads),
-    }
+    sessions = {"monolithic": _session(bundle.file("onnx/model.onnx"), threads), "gate": _session(gate, threads)}
+    for feature in FEATURES:
+        size = cfg.num_tokens * cfg.width if feature == "tokens" else cfg.width
+        e2cm = E2CM(feature, rng.normal(size=(len(exits), cfg.num_classes, size)).astype(np.float32),
+                    np.full((len(exits), cfg.num_classes), 50.0, np.float32), np.full(len(exits), 0.999999),
+                    CostModel.from_config(cfg, exits, feature))
+        checks = build_gate_graph(load("embed"), layers, load("head"), cfg,
+                                  agents=(agents["weights"], agents["biases"]), thresholds=[0.0] * cfg.depth, e2cm=e2cm)
+        sessions[f"gate+checks ({feature})"] = _session(checks, threads)
+    disabled = set_thresholds(checks, exits=[1.0] * len(exits))
+    sessions["gate+checks disabled"] = _session(disabled, threads)
     per_stage = {name: _session(bundle.stage_file(name), threads) for name in stages}
     x = rng.normal(size=(1, cfg.in_channels, cfg.image_size, cfg.image_size)).astype(np.float32)
 
@@ -100,9 +98,10 @@ def time_bundle(bundle_dir: Path, warmup: int, repeats: int, threads: int) -> di
 
     calls = {name: (lambda s=s: s.run(None, {"images": x})) for name, s in sessions.items()}
     calls["per-stage loop"] = loop
-    out = calls["gate+e2cm checks"]()
-    if int(out[2]) != -1 or not out[1].all():
-        raise RuntimeError("the never-firing E²CM checks fired: the measurement would be wrong")
+    for feature in FEATURES:
+        out = calls[f"gate+checks ({feature})"]()
+        if int(out[2]) != -1 or not out[1].all():
+            raise RuntimeError("the never-firing E²CM checks fired: the measurement would be wrong")
     times: dict[str, list[float]] = {k: [] for k in calls}
     for r in range(warmup + repeats):
         for name, call in calls.items():
@@ -116,10 +115,12 @@ def time_bundle(bundle_dir: Path, warmup: int, repeats: int, threads: int) -> di
         med = statistics.median(t)
         result["variants"][name] = {"median_ms": med, "p90_ms": float(np.percentile(t, 90)),
                                     "vs_monolithic": med / base}
-    n_checks = len(exits)
-    result["check_cost_per_exit_vs_layer"] = (
-        (statistics.median(times["gate+e2cm checks"]) - statistics.median(times["gate+e2cm disabled"]))
-        / n_checks / ((base) / (cfg.depth + 1)))  # a layer ~ monolithic / (depth + 1) (embed + head ~ one layer)
+    # a layer ~ monolithic / (depth + 1) (embed + head ~ one more layer)
+    layer_ms = base / (cfg.depth + 1)
+    off = statistics.median(times["gate+checks disabled"])
+    result["check_cost_vs_layer"] = {
+        f: (statistics.median(times[f"gate+checks ({f})"]) - off) / len(exits) / layer_ms for f in FEATURES}
+    result["disabled_exit_cost_vs_layer"] = (off - statistics.median(times["gate"])) / len(exits) / layer_ms
     return result
 
 
@@ -159,8 +160,9 @@ def main() -> int:
         print(f"  {'variant':22} {'median ms':>10} {'p90 ms':>8} {'vs monolithic':>14}")
         for name, v in lat["variants"].items():
             print(f"  {name:22} {v['median_ms']:>10.3f} {v['p90_ms']:>8.3f} {v['vs_monolithic']:>14.3f}")
-        print(f"  one E²CM check (tokens feature) inside the graph costs {100 * lat['check_cost_per_exit_vs_layer']:.1f}% "
-              "of a layer")
+        costs = ", ".join(f"{f} {100 * c:.1f}%" for f, c in lat["check_cost_vs_layer"].items())
+        print(f"  one E²CM check inside the graph, per feature, as a share of one layer: {costs}; "
+              f"a disabled exit (T = 1): {100 * lat['disabled_exit_cost_vs_layer']:.1f}%")
     print("\n" + json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -345,3 +345,13 @@ def test_static_model_with_e2cm_gate_graph(tmp_path: Path, feature: str) -> None
     reference = _gate_runs(ReferenceEvaluator(onnx.load(path)), images[:4])
     for got, want in zip(reference, runs[:4], strict=False):
         assert np.array_equal(got[1], want[1]) and int(got[2]) == int(want[2])
+
+
+def test_every_registered_format_loads() -> None:
+    from edgeskip.exporters import EXPORTERS
+
+    assert set(EXPORTERS.names()) >= {"onnx", "tflite", "tensorrt"}
+    for name in EXPORTERS.names():
+        if name == "tflite":
+            pytest.importorskip("litert_torch", reason="the tflite format needs pip install 'edgeskip[tflite]'")
+        assert callable(EXPORTERS.get(name)())
