@@ -291,8 +291,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"fidelity on {fid.get('images')}: max |exported - torch| per stage {worst:.2e}, monolithic "
           f"{fid.get('monolithic', 0.0):.2e}; gate.onnx {gate.get('same_decisions')}/{gate.get('images')} identical "
           f"decisions ({gate.get('ties')} ties), max logit error {gate.get('max_abs_logit_error', 0.0):.2e}")
-    if "tflite-fp16" in fid:
-        print(f"tflite fp16: max |tflite - torch| per stage {max(fid['tflite-fp16'].values()):.2e}")
+    for fmt in ("onnx-fp16", "tflite-fp16"):
+        if fmt in fid:
+            print(f"{fmt}: max |{fmt} - torch fp32| per stage {max(fid[fmt].values()):.2e}")
     if m.tensorrt:
         print(f"TensorRT: build the engines on the device: 'edgeskip build-engines {result.path}' "
               f"or 'bash {result.path}/{m.tensorrt['script']}'")

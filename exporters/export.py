@@ -179,7 +179,7 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
     agents = agent_modules(model, removed)
     inputs = stage_inputs(model, images)
     steps = len(stages) + len(agents) + 2 + (len(stages) * 2 if "tflite" in cfg.formats else 0) \
-        + (len(stages) + len(agents) if "onnx-fp16" in cfg.formats else 0)
+        + (len(stages) if "onnx-fp16" in cfg.formats else 0)
     bar = tqdm(total=steps, desc=f"export {cfg.model} -> {cfg.target}", unit="file", disable=not progress)
     fidelity: dict[str, Any] = {"images": images_what, "tolerance_fp32": FP32_TOLERANCE}
     with atomic_directory(out, replace=cfg.force) as tmp:
@@ -215,19 +215,23 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
             raise ExportError(f"the gate graph disagrees with PyTorch: {fidelity['gate']}")
         bar.update()
 
-        if "onnx-fp16" in cfg.formats:
-            for s in stages + agents:
+        if "onnx-fp16" in cfg.formats:  # engines are built for embed, layers, head; agents run on the host
+            fp16 = {}
+            for s in stages:
                 rel = f"onnx/fp16/{s.name}.onnx"
-                export_stage(s, tmp / rel, half=True)
+                fp16[s.name] = ort_session(export_stage(s, tmp / rel, half=True))
                 files[s.name]["onnx-fp16"] = rel
                 bar.update()
+            errors = stage_errors(stages, inputs, lambda s, x: run_onnx(fp16[s.name], x.astype(np.float16)))
+            _require(_relative(errors, stages, inputs), FP16_TOLERANCE, "fp16 ONNX (relative to the output scale)")
+            fidelity["onnx-fp16"] = errors
         if "tflite" in cfg.formats:
             fidelity.update(_export_tflite(stages, inputs, tmp, files, bar))
         if agent_params is not None:
             np.savez(tmp / "agents.npz", weights=agent_params[0], biases=agent_params[1])
         if e2cm is not None:
             e2cm.save(tmp / "e2cm")
-        tensorrt = _tensorrt_section(cfg, tmp, stages + agents, files, batch_sizes) if cfg.target == "jetson" else None
+        tensorrt = _tensorrt_section(cfg, tmp, stages, files, batch_sizes) if cfg.target == "jetson" else None
         bar.close()
 
         manifest = Manifest(
@@ -286,6 +290,13 @@ def _require(errors: dict[str, float], tolerance: float, what: str) -> None:
         raise ExportError(f"{what} differs from PyTorch by more than {tolerance:g}: {bad}")
 
 
+@torch.no_grad()
+def _relative(errors: dict[str, float], stages: list[StageModule], inputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Errors divided by each stage's output scale (max |torch output|): the fp16 measure."""
+    scale = {s.name: float(s.module(inputs[s.name]).abs().max()) for s in stages}
+    return {k: v / max(scale[k], 1e-12) for k, v in errors.items()}
+
+
 def _stage_entry(s: StageModule, files: dict[str, str]) -> Stage:
     return Stage(s.name, s.kind, s.layer, (s.input,), (s.output,), dict(files))
 
@@ -338,10 +349,7 @@ def _export_tflite(stages: list[StageModule], inputs: dict[str, torch.Tensor], t
         if precision == "fp32":
             _require(errors, FP32_TOLERANCE, "TFLite fp32 (LiteRT interpreter)")
         else:
-            with torch.no_grad():
-                scale = {s.name: float(s.module(inputs[s.name]).abs().max()) for s in stages}
-            _require({k: v / max(scale[k], 1e-12) for k, v in errors.items()}, FP16_TOLERANCE,
-                     "TFLite fp16 (relative to the output scale)")
+            _require(_relative(errors, stages, inputs), FP16_TOLERANCE, "TFLite fp16 (relative to the output scale)")
         out[fmt] = errors
     return out
 
@@ -354,7 +362,7 @@ def _tensorrt_section(cfg: ExportConfig, tmp: Path, stages: list[StageModule], f
         trtexec_script,
     )
 
-    for rel in [f for s in stages for f in files[s.name].values()] + ["onnx/gate.onnx"]:
+    for rel in [f for s in stages for f in files[s.name].values()] + ["onnx/gate.onnx"]:  # agents run on the host
         require_tensorrt_compatible(onnx.load(tmp / rel), rel)
     jobs = [EngineJob(s.name, files[s.name]["onnx"], files[s.name]["onnx-fp16"], s.input.name,
                       tuple(int(d) for d in s.input.shape[1:])) for s in stages]

@@ -391,9 +391,11 @@ def engine_file(stage: str, batch: int, precision: str) -> str:
 def engine_jobs(bundle: Bundle, *, include_gate: bool = False) -> list[EngineJob]:
     """One job per stage of ``bundle`` (and the gate graph if asked), input name and shape read from its ONNX."""
     m = bundle.manifest
+    # agents (one dot product each) run on the host in numpy: an engine launch would cost more
+    stages = [s for s in m.stages if s.kind != "agent"]
     items: list[tuple[str, str, str | None]] = [(s.name, s.files["onnx"], s.files.get("onnx-fp16"))
-                                                for s in m.stages if "onnx" in s.files]
-    missing = [s.name for s in m.stages if "onnx" not in s.files]
+                                                for s in stages if "onnx" in s.files]
+    missing = [s.name for s in stages if "onnx" not in s.files]
     if missing:
         raise TensorRTError(f"stages {', '.join(missing)} have no ONNX file: re-export the bundle")
     if include_gate:

@@ -355,3 +355,26 @@ def test_every_registered_format_loads() -> None:
         if name == "tflite":
             pytest.importorskip("litert_torch", reason="the tflite format needs pip install 'edgeskip[tflite]'")
         assert callable(EXPORTERS.get(name)())
+
+
+def test_jetson_bundle_is_what_tensorrt_parses(tmp_path: Path) -> None:
+    from edgeskip.exporters.tensorrt import check_onnx_for_tensorrt, engine_jobs
+
+    result = export_bundle(ExportConfig(model="vit-tiny", target="jetson", out=str(tmp_path / "b"),
+                                        batch_sizes="1,8", fidelity_images=4))
+    bundle = Bundle.open(result.path)
+    m = bundle.manifest
+    assert m.precision == "fp16" and m.tensorrt is not None and m.tensorrt["batch_sizes"] == [1, 8]
+    assert (result.path / m.tensorrt["script"]).stat().st_mode & 0o111
+    for s in m.stages:
+        for fmt, rel in s.files.items():
+            model = onnx.load(bundle.file(rel))
+            assert check_onnx_for_tensorrt(model) == [], (s.name, fmt)
+            assert model.opset_import[0].version == 17
+    assert check_onnx_for_tensorrt(onnx.load(bundle.file("onnx/gate.onnx"))) == []
+    # fp16 copies of the engine stages, checked against torch (relative to the output scale)
+    assert {s.name for s in m.stages if "onnx-fp16" in s.files} == {s.name for s in m.stages if s.kind != "agent"}
+    assert max(m.fidelity["onnx-fp16"].values()) < 0.05  # type: ignore[index]
+    jobs = engine_jobs(bundle)
+    assert [j.stage for j in jobs] == ["embed", "layer_00", "layer_01", "layer_02", "layer_03", "head"]
+    assert jobs[1].input_name == "tokens" and jobs[1].input_shape == (65, 64)
