@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from edgeskip.config import ViTConfig
 from edgeskip.errors import (
+    BackendError,
     BackendUnavailableError,
     CheckpointError,
     ConfigError,
     DataError,
     EdgeskipError,
+    InputError,
     UnknownNameError,
 )
 from edgeskip.normalization import Normalization, get_normalization, preprocess
@@ -20,13 +22,28 @@ from edgeskip.variants import list_models, model_config
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``edgeskip.Runtime`` and ``edgeskip.Policy``, imported on first use (they live in edgeskip.runtimes)."""
+    if name in ("Runtime", "Policy", "RuntimeOutput"):
+        import importlib
+
+        return getattr(importlib.import_module("edgeskip.runtimes"), name)
+    raise AttributeError(f"module 'edgeskip' has no attribute {name!r}")
+
+
 __all__ = [
+    "BackendError",
     "BackendUnavailableError",
     "CheckpointError",
     "ConfigError",
     "DataError",
     "EdgeskipError",
+    "InputError",
     "Normalization",
+    "Policy",
+    "Runtime",
+    "RuntimeOutput",
     "UnknownNameError",
     "ViTConfig",
     "__version__",

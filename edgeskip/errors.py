@@ -14,6 +14,8 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "BackendUnavailableError",
+    "InputError",
+    "BackendError",
 ]
 
 
@@ -42,3 +44,12 @@ class CheckpointError(EdgeskipError):
 
 class BackendUnavailableError(EdgeskipError, ImportError):
     """An optional SDK (torch, TensorRT, LiteRT, ...) is needed but not installed."""
+
+
+class InputError(DataError, ValueError):
+    """An input given to the runtime has the wrong rank, shape, dtype or channel count, is empty,
+    or holds NaN or infinite values. Nothing was run; the runtime stays usable."""
+
+
+class BackendError(EdgeskipError):
+    """An inference backend failed on a model or input that passed edgeskip's own checks."""

@@ -60,7 +60,8 @@ from edgeskip.fsutil import atomic_directory, atomic_write_json
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization, get_normalization, preprocess
 
-__all__ = ["export_bundle", "ExportResult", "FP32_TOLERANCE", "FP16_TOLERANCE", "UNTRAINED_WARNING"]
+__all__ = ["export_bundle", "ExportResult", "FP32_TOLERANCE", "FP16_TOLERANCE", "UNTRAINED_WARNING",
+           "state_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,22 @@ class _Source:
     classes: tuple[str, ...]
     thresholds: tuple[float | None, ...] | None
     weights: dict[str, Any]
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """A fingerprint of a model's weights: sha256 over every tensor (name, dtype, shape, bytes) in name order.
+
+    Recorded in the manifest (``weights.state_sha256``) so the torch reference backend can prove it
+    rebuilt exactly the weights the bundle was exported from.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _load_source(cfg: ExportConfig) -> _Source:
@@ -239,7 +256,7 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
             normalization=src.normalization, target=cfg.target, precision=cfg.precision,
             stages=tuple(_stage_entry(s, files[s.name]) for s in stages + agents if s.kind != "agent")
             + tuple(_stage_entry(s, files[s.name]) for s in agents),
-            files=_files_table(tmp), weights=src.weights, removed=removed,
+            files=_files_table(tmp), weights={**src.weights, "state_sha256": state_sha256(model)}, removed=removed,
             agents=None if agent_params is None else {
                 "file": "agents.npz", "thresholds": list(src.thresholds or ()),
                 "stages": [s.name for s in agents], "rule": "run layer j when sigmoid(w_j . cls + b_j) >= threshold_j",

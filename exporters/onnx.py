@@ -85,14 +85,13 @@ def _half_copy(module: nn.Module) -> nn.Module:
 
 
 def ort_session(model: onnx.ModelProto | Path | bytes, threads: int = 1):  # type: ignore[no-untyped-def]
-    """An onnxruntime CPU session with intra-op spinning off (see DESIGN: spinning pools fight)."""
+    """An onnxruntime CPU session: intra-op spinning off, or the process's global thread pool when a
+    Runtime made one (onnxruntime then refuses per-session pools; see edgeskip.runtimes.ort_backend)."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
+    from edgeskip.runtimes.ort_backend import session_options
+
+    opts, _ = session_options(threads, "auto")
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
         str(model) if isinstance(model, Path) else model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])

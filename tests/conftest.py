@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,26 @@ def cifar_tiny_agents(cifar10_tarball: Path, tmp_path_factory: pytest.TempPathFa
                  "--out", str(root / "e2cm"), "--feature", "cls", "--calibration-per-class", "50",
                  "--test-per-class", "10", "--budget", "0.6", "--step", "0.05"]) == 0
     return {"checkpoint": root / "ckpt", "e2cm": root / "e2cm" / "cls", "data": cifar10_tarball}
+
+
+@pytest.fixture(scope="session")
+def cifar_tiny_bundle(cifar_tiny_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained vit-tiny of ``cifar_tiny_agents`` exported for TFLite (so it holds ONNX, the gate
+    graph and .tflite files) with its agents and E²CM exits."""
+    from edgeskip.exporters.export import export_bundle
+    from edgeskip.exporters.settings import ExportConfig
+
+    out = tmp_path_factory.mktemp("bundle") / "vit-tiny-tflite"
+    export_bundle(ExportConfig(model="vit-tiny", target="tflite", out=str(out),
+                               checkpoint=str(cifar_tiny_agents["checkpoint"]), e2cm=str(cifar_tiny_agents["e2cm"]),
+                               data=str(cifar_tiny_agents["data"]), fidelity_images=16))
+    return out
+
+
+@pytest.fixture(scope="session")
+def cifar_test_uint8(cifar_tiny_agents: dict[str, Path]) -> Any:
+    """128 real CIFAR-10 test images (not the ones exports check themselves on) as an application
+    has them: uint8 NHWC."""
+    from edgeskip.data import load_cifar10
+
+    return load_cifar10(cifar_tiny_agents["data"], progress=False).test.images[200:328]

@@ -1,0 +1,88 @@
+"""The one interface every inference backend implements (small enough to add one in one file).
+
+A backend runs a bundle's *stages* (``embed``, ``layer_NN``, ``head``) on float32 batches of
+any size; the :class:`~edgeskip.runtimes.Runtime` does everything else on the host (input
+preparation, agent decisions, E²CM exits, gather/scatter, telemetry). To add a backend::
+
+    class MyBackend(Backend):
+        name = "mine"
+        def __init__(self, bundle, stages, **options): ...   # load the stage files
+        def run(self, stage, x): ...                         # (B, ...) float32 -> float32
+        def info(self): ...                                  # what actually runs
+
+    register_backend("mine", lambda: MyBackend)             # in edgeskip.runtimes
+
+A backend imports its SDK inside ``__init__`` and raises
+:class:`~edgeskip.errors.BackendUnavailableError` naming what to install when it is missing.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeskip.bundle import Bundle
+from edgeskip.errors import ConfigError
+
+__all__ = ["Backend", "check_options", "check_threads", "in_fixed_batches"]
+
+
+class Backend(abc.ABC):
+    """Runs the stages of one verified bundle; safe to call from several threads at once."""
+
+    name: ClassVar[str]
+
+    def __init__(self, bundle: Bundle, stages: Sequence[str]) -> None:
+        self.bundle = bundle
+        self.stages = tuple(stages)
+
+    @abc.abstractmethod
+    def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run ``stage`` on a (B, ...) float32 batch (any B >= 1) and return its float32 output."""
+
+    @abc.abstractmethod
+    def info(self) -> dict[str, Any]:
+        """What actually runs (provider, precision, threads, versions): recorded with every figure."""
+
+    def static_runner(self) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None:
+        """A one-call runner of the whole static model (images -> logits, every bundle layer), when this
+        backend has one; the Runtime uses it for a policy without decisions. None: loop over stages."""
+        return None
+
+    def close(self) -> None:
+        """Release sessions, interpreters or device memory (the backend is unusable afterwards)."""
+
+
+def check_options(backend: str, options: Mapping[str, Any], known: Sequence[str]) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"backend {backend!r} has no option(s) {', '.join(unknown)} "
+                          f"(its options: {', '.join(known) or 'none'})")
+
+
+def check_threads(threads: Any) -> int | None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer or None (the backend's default), got {threads!r}")
+    return threads  # type: ignore[no-any-return]
+
+
+def in_fixed_batches(run: Callable[[npt.NDArray[Any]], npt.NDArray[Any]], x: npt.NDArray[Any],
+                     batch: int) -> npt.NDArray[Any]:
+    """Run a model compiled for exactly ``batch`` rows on any number of rows: chunks of ``batch``,
+    the last one padded with zero rows whose outputs are dropped."""
+    n = x.shape[0]
+    if n == batch:
+        return run(x)
+    outs = []
+    for start in range(0, n, batch):
+        chunk = x[start:start + batch]
+        if chunk.shape[0] < batch:
+            pad = np.zeros((batch - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
+            outs.append(run(np.concatenate([chunk, pad]))[: chunk.shape[0]])
+        else:
+            outs.append(run(chunk))
+    return np.concatenate(outs)

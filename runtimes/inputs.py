@@ -1,0 +1,135 @@
+"""What an application passes to the runtime, turned into the model's input (numpy only).
+
+Accepted, as an application has them:
+
+* ``uint8`` images, channels last: one image ``(H, W, C)`` or a batch ``(B, H, W, C)``
+  (``(H, W)`` / ``(B, H, W)`` for a one-channel model). They are resized (bilinear) when
+  ``H, W`` differ from the model's size, then scaled and normalised exactly as training did
+  (:func:`edgeskip.normalization.preprocess`).
+* floating-point tensors already normalised as the model expects, channels first: ``(C, H, W)``
+  or ``(B, C, H, W)`` (what :func:`edgeskip.preprocess` returns); resized when needed.
+
+Anything else (another rank, dtype or channel count, an empty batch, NaN or infinite values)
+is an :class:`~edgeskip.errors.InputError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeskip.errors import InputError
+from edgeskip.normalization import Normalization, preprocess
+
+__all__ = ["InputSpec", "prepare", "resize_bilinear"]
+
+_FLOATS = (np.float16, np.float32, np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """The model input a bundle expects: image size, channels and normalisation."""
+
+    image_size: int
+    channels: int
+    normalization: Normalization
+
+    @classmethod
+    def from_manifest(cls, preprocessing: Mapping[str, Any], image_size: int, channels: int,
+                      normalization: Normalization) -> InputSpec:
+        if preprocessing.get("layout", "NCHW") != "NCHW":
+            raise InputError(f"the bundle's model takes layout {preprocessing.get('layout')!r}; this runtime "
+                             "feeds NCHW models only")
+        return cls(int(preprocessing.get("image_size", image_size)), int(preprocessing.get("channels", channels)),
+                   normalization)
+
+
+def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
+    """Application images -> contiguous float32 ``(B, C, S, S)``; one image becomes a batch of one."""
+    if not isinstance(images, np.ndarray):
+        try:
+            images = np.asarray(images)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"images must be a numpy array (or convertible to one): {exc}") from None
+    if images.dtype == np.uint8:
+        x = _uint8_batch(images, spec)
+    elif images.dtype in _FLOATS:
+        x = _float_batch(images, spec)
+    else:
+        raise InputError(f"images must be uint8 (channels last) or float16/32/64 (normalised, channels first), "
+                         f"got dtype {images.dtype}")
+    if x.shape[0] == 0:
+        raise InputError("empty batch: pass at least one image")
+    if x.dtype != np.uint8 and not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1))
+        raise InputError(f"images contain NaN or infinite values (batch rows {bad[:8].tolist()}"
+                         f"{' ...' if bad.size > 8 else ''})")
+    if x.shape[-1] != spec.image_size or x.shape[-2] != spec.image_size:
+        x = resize_bilinear(x, spec.image_size)
+    if x.dtype == np.uint8:  # (B, S, S, C) uint8 -> normalised NCHW
+        return preprocess(x, spec.normalization)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _uint8_batch(images: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8]:
+    c = spec.channels
+    x = images
+    if c == 1 and x.ndim in (2, 3) and (x.ndim == 2 or x.shape[-1] != 1):
+        x = x[..., None]  # (H, W) or (B, H, W): a one-channel image without its channel axis
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise InputError(f"uint8 images must be (H, W, {c}) or (B, H, W, {c}), got shape {images.shape}")
+    if x.shape[-1] != c:
+        hint = " (channels first? uint8 images are channels last)" if x.shape[1] == c else ""
+        raise InputError(f"expected {c} channel(s) in the last axis of uint8 images, got shape {images.shape}{hint}")
+    if min(x.shape[1:3], default=0) < 1 and x.shape[0]:
+        raise InputError(f"images have an empty spatial axis: shape {images.shape}")
+    # resize works on NCHW; keep uint8 semantics by resizing the float values and rounding back
+    return x
+
+
+def _float_batch(images: npt.NDArray[Any], spec: InputSpec) -> npt.NDArray[Any]:
+    c = spec.channels
+    x = images[None] if images.ndim == 3 else images
+    if x.ndim != 4:
+        raise InputError(f"float images must be ({c}, H, W) or (B, {c}, H, W) (normalised, channels first), "
+                         f"got shape {images.shape}")
+    if x.shape[1] != c:
+        hint = " (channels last? float images are channels first)" if x.shape[-1] == c else ""
+        raise InputError(f"expected {c} channel(s) in axis 1 of float images, got shape {images.shape}{hint}")
+    if min(x.shape[2:], default=0) < 1 and x.shape[0]:
+        raise InputError(f"images have an empty spatial axis: shape {images.shape}")
+    return x
+
+
+def _axis_weights(n_in: int, n_out: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+    """Half-pixel-centre bilinear sampling positions (the convention of OpenCV and PIL without antialias)."""
+    pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    pos = np.clip(pos, 0.0, n_in - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (pos - lo).astype(np.float32)
+
+
+def resize_bilinear(x: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
+    """Resize the two spatial axes to ``size`` x ``size``: NHWC for uint8 (rounded back to uint8), NCHW otherwise."""
+    channels_last = x.dtype == np.uint8
+    h_axis, w_axis = (1, 2) if channels_last else (2, 3)
+    y0, y1, wy = _axis_weights(x.shape[h_axis], size)
+    x0, x1, wx = _axis_weights(x.shape[w_axis], size)
+    f = x.astype(np.float32)
+    shape_y = [1, 1, 1, 1]
+    shape_y[h_axis] = size
+    shape_x = [1, 1, 1, 1]
+    shape_x[w_axis] = size
+    wy_b, wx_b = wy.reshape(shape_y), wx.reshape(shape_x)
+    rows = np.take(f, y0, axis=h_axis) * (1 - wy_b) + np.take(f, y1, axis=h_axis) * wy_b
+    out = np.take(rows, x0, axis=w_axis) * (1 - wx_b) + np.take(rows, x1, axis=w_axis) * wx_b
+    if channels_last:
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return out.astype(x.dtype if x.dtype != np.float16 else np.float32)

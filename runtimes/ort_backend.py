@@ -1,0 +1,234 @@
+"""The onnxruntime backend: one session per stage, or the single-file gate graph.
+
+Threads. One session per stage must not mean one thread pool per stage: measured on a 2-core
+x86 CPU (onnxruntime 1.32, vit9, batch 1), per-session pools with spinning on ran 35 ms
+against 3.5 ms with one pool; per-session pools with spinning off ran the per-stage loop
+about 35% slower, and with spinning stopped after each run (``session.force_spinning_stop``)
+about 8% slower than onnxruntime's *global* thread pool. So by default every session of every
+Runtime in the process shares the global pool (``thread_pool="global"``), sized once per
+process by the first Runtime that makes it (``threads``, default: the CPUs this process may
+use). A later Runtime asking for another size gets the existing pool and a logged warning;
+``info()`` reports the size in use.
+
+The global pool is process-wide: once it exists, onnxruntime refuses any new session with its
+own pool. edgeskip's own sessions follow (:func:`session_options` with ``"auto"``); an
+application that makes other onnxruntime sessions in the same process should build their
+options with :func:`session_options` too, or give every Runtime ``thread_pool="per-session"``
+(a pool of ``threads`` per session, spinning off) before any global pool exists.
+
+Calls go straight to the session's compiled ``run`` (``InferenceSession._sess``), skipping the
+Python wrapper's per-call input validation: that wrapper cost about 15 us a call, 4-5% of a
+vit9 forward pass at batch 1 split into 11 stages. The Runtime validates inputs itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeskip.bundle import Bundle, BundleError
+from edgeskip.errors import BackendError, BackendUnavailableError, ConfigError
+from edgeskip.runtimes.backend import Backend, check_options, check_threads
+
+__all__ = ["OnnxRuntimeBackend", "GateGraph", "default_threads", "session", "session_options"]
+
+log = logging.getLogger(__name__)
+
+THREAD_POOLS = ("global", "per-session")
+_pool_lock = threading.Lock()
+_global_pool_threads: int | None = None
+
+
+def default_threads() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError("the onnxruntime backend needs onnxruntime: pip install onnxruntime") from None
+    return onnxruntime
+
+
+def session_options(threads: int | None = None, thread_pool: str = "auto") -> tuple[Any, str]:
+    """onnxruntime SessionOptions for a CPU session, and a description of its thread pool.
+
+    ``global``: share the process-wide pool (made now with ``threads`` if it does not exist);
+    ``per-session``: a pool of ``threads`` for this session, spinning off; ``auto``: the global
+    pool when this process has one, else ``per-session``.
+    """
+    global _global_pool_threads
+    if thread_pool not in (*THREAD_POOLS, "auto"):
+        raise ConfigError(f"thread_pool must be one of {', '.join(THREAD_POOLS)}, got {thread_pool!r}")
+    ort = _ort()
+    threads = check_threads(threads) or default_threads()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    with _pool_lock:
+        if thread_pool == "auto":
+            thread_pool = "per-session" if _global_pool_threads is None else "global"
+        if thread_pool == "global":
+            if _global_pool_threads is None:
+                ort.set_global_thread_pool_sizes(threads, 1)
+                _global_pool_threads = threads
+            elif _global_pool_threads != threads:
+                log.warning("onnxruntime's global thread pool already has %d thread(s) in this process; %d "
+                            "requested", _global_pool_threads, threads)
+            opts.use_per_session_threads = False
+            return opts, f"global ({_global_pool_threads} threads)"
+        if _global_pool_threads is not None:
+            raise ConfigError("onnxruntime's global thread pool already exists in this process (made by an earlier "
+                              "Runtime), and onnxruntime then refuses per-session pools: use thread_pool='global', "
+                              "or 'per-session' for every Runtime from the start")
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts, f"per-session ({threads} threads, no spinning)"
+
+
+def session(source: str | bytes, *, threads: int | None = None, thread_pool: str = "auto",
+            providers: Sequence[str] = ("CPUExecutionProvider",)) -> tuple[Any, str]:
+    """An InferenceSession and a description of the thread pool it really uses."""
+    ort = _ort()
+    opts, pool = session_options(threads, thread_pool)
+    try:
+        return ort.InferenceSession(source, opts, providers=list(providers)), pool
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        where = source if isinstance(source, str) else "model"
+        raise BackendError(f"onnxruntime cannot load {where}: {exc}") from None
+
+
+class _Stage:
+    """One session with its input and output names, run through the compiled entry point."""
+
+    def __init__(self, sess: Any) -> None:
+        self.session = sess
+        self.input = sess.get_inputs()[0].name
+        self.outputs = [o.name for o in sess.get_outputs()]
+        self._run = getattr(sess, "_sess", sess).run
+
+    def __call__(self, x: npt.NDArray[np.float32]) -> list[npt.NDArray[Any]]:
+        try:
+            return self._run(self.outputs, {self.input: x}, None)  # type: ignore[no-any-return]
+        except Exception as exc:  # onnxruntime's own exception types
+            raise BackendError(f"onnxruntime failed on input of shape {x.shape}: {exc}") from None
+
+
+class OnnxRuntimeBackend(Backend):
+    """Per-stage onnxruntime sessions (CPU by default; ``providers`` for others)."""
+
+    name = "onnxruntime"
+    OPTIONS = ("threads", "thread_pool", "providers", "format")
+
+    def __init__(self, bundle: Bundle, stages: Sequence[str], **options: Any) -> None:
+        super().__init__(bundle, stages)
+        check_options(self.name, options, self.OPTIONS)
+        self.threads = check_threads(options.get("threads")) or default_threads()
+        self.thread_pool = options.get("thread_pool", "global")
+        if self.thread_pool not in THREAD_POOLS:
+            raise ConfigError(f"thread_pool must be one of {', '.join(THREAD_POOLS)}, got {self.thread_pool!r}")
+        self._static: _Stage | None = None
+        self.providers = tuple(options.get("providers") or ("CPUExecutionProvider",))
+        self.format = options.get("format", "onnx")
+        if self.format not in ("onnx", "onnx-fp16"):
+            raise ConfigError(f"format must be 'onnx' or 'onnx-fp16', got {self.format!r}")
+        self.dtype = np.float16 if self.format == "onnx-fp16" else np.float32
+        ort = _ort()
+        self.version = ort.__version__
+        self._stages: dict[str, _Stage] = {}
+        for name in self.stages:
+            sess, self.pool = session(str(bundle.stage_file(name, self.format)), threads=self.threads,
+                                      thread_pool=self.thread_pool, providers=self.providers)
+            self._stages[name] = _Stage(sess)
+        self.active_providers = tuple(next(iter(self._stages.values())).session.get_providers())
+
+    def static_runner(self) -> Any:
+        """The bundle's monolithic model (``onnx/model.onnx``) in one session, made on first use."""
+        mono = self.bundle.manifest.monolithic
+        if mono is None or self.format != "onnx":
+            return None
+        if self._static is None:
+            sess, _ = session(str(self.bundle.file(mono["file"])), threads=self.threads, thread_pool=self.thread_pool,
+                              providers=self.providers)
+            self._static = _Stage(sess)
+        stage = self._static
+        return lambda x: stage(x)[0]
+
+    def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if self.dtype is np.float16:
+            return self._stages[stage](x.astype(np.float16))[0].astype(np.float32)  # type: ignore[no-any-return]
+        return self._stages[stage](x)[0]  # type: ignore[no-any-return]
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "onnxruntime": self.version, "providers": list(self.active_providers),
+                "format": self.format, "precision": "fp16" if self.format == "onnx-fp16" else "fp32",
+                "thread_pool": self.pool, "threads": self.threads}
+
+    def close(self) -> None:
+        self._stages.clear()
+        self._static = None
+
+
+class GateGraph:
+    """``onnx/gate.onnx``: the whole dynamic network in one session, one input at a time.
+
+    The graph takes one decision per layer for its whole batch, so the Runtime feeds it one
+    input per call (exact per-input decisions). Thresholds are initialisers: a new
+    configuration rewrites them in memory and makes a new session from the same bytes (the
+    bundle is not read again).
+    """
+
+    def __init__(self, bundle: Bundle, *, threads: int | None = None, thread_pool: str = "global",
+                 providers: Sequence[str] | None = None) -> None:
+        if bundle.manifest.gate is None:
+            raise BundleError(f"{bundle.path}: this bundle has no gate graph")
+        import onnx  # the onnx package ships with edgeskip (a core dependency)
+
+        self.threads = check_threads(threads) or default_threads()
+        if thread_pool not in THREAD_POOLS:
+            raise ConfigError(f"thread_pool must be one of {', '.join(THREAD_POOLS)}, got {thread_pool!r}")
+        self.thread_pool = thread_pool
+        self.providers = tuple(providers or ("CPUExecutionProvider",))
+        self._model = onnx.load(str(bundle.file(bundle.manifest.gate["file"])))
+        self._lock = threading.Lock()
+        self._stage: _Stage | None = None
+        self._key: tuple[Any, ...] | None = None
+        self.pool = ""
+
+    def configure(self, layers: Mapping[int, float | None], exits: Sequence[float]) -> None:
+        """Set per-layer thresholds (None: never runs; layers without an agent are ignored) and exit thresholds."""
+        import onnx
+
+        from edgeskip.exporters.gate import layer_threshold_name, set_thresholds  # torch-free (onnx + numpy)
+
+        names = {t.name for t in self._model.graph.initializer}
+        layers = {j: t for j, t in layers.items() if layer_threshold_name(j) in names}
+        key = (tuple(sorted(layers.items())), tuple(exits))
+        with self._lock:
+            if key == self._key:
+                return
+            model = onnx.ModelProto()
+            model.CopyFrom(self._model)
+            set_thresholds(model, layers, exits)
+            sess, self.pool = session(model.SerializeToString(), threads=self.threads, thread_pool=self.thread_pool,
+                                      providers=self.providers)
+            self._stage, self._key = _Stage(sess), key
+
+    def run(self, image: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], int]:
+        """(logits (1, K), executed (L,), exit layer or -1) for one preprocessed image (1, C, S, S)."""
+        stage = self._stage
+        if stage is None:
+            raise BackendError("the gate graph is not configured (call configure first)")
+        logits, executed, exit_layer = stage(image)
+        return logits, executed, int(exit_layer)

@@ -1,0 +1,153 @@
+"""What runs for an input: which layers may run, under which agent thresholds, and which exits fire.
+
+A :class:`Policy` is small, frozen data; :func:`resolve` checks it against a bundle and
+turns it into the :class:`Plan` the runtime's loop follows. Named policies:
+
+* ``static``: every layer in the bundle runs (layers removed at export stay removed);
+* ``agent``: each layer runs for an input when its agent's probability >= the threshold;
+* ``e2cm``: every layer runs, and an input leaves at the first E²CM exit it is confident at;
+* ``agent+e2cm``: both (an exit is checked only after a layer that ran);
+* ``auto``: everything the bundle has (the default).
+
+Any explicit configuration works too: ``Policy.config(layers=[0.5, None, ...], exits=[...])``
+or NSGA-II genes with ``Policy.from_genes``; a threshold of ``None`` removes that layer, an exit
+threshold of 1.0 disables that exit (and its check).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeskip.agents.genes import DEFAULT_GRID, GeneCodec, SkipConfig
+from edgeskip.bundle import Manifest
+from edgeskip.errors import ConfigError
+
+__all__ = ["POLICIES", "Policy", "Plan", "resolve"]
+
+POLICIES = ("auto", "static", "agent", "e2cm", "agent+e2cm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Per-layer agent thresholds (``None`` entry: the layer never runs; ``layers=None``: no agents,
+    every layer runs) and per-exit E²CM thresholds (``exits=None``: no exits)."""
+
+    name: str
+    layers: tuple[float | None, ...] | None = None
+    exits: tuple[float, ...] | None = None
+
+    @classmethod
+    def config(cls, layers: Sequence[float | None] | SkipConfig | None = None,
+               exits: Sequence[float] | None = None) -> Policy:
+        """An explicit configuration, e.g. a point of a Pareto front."""
+        if isinstance(layers, SkipConfig):
+            layers = layers.thresholds
+        return cls("config", None if layers is None else tuple(layers), None if exits is None else tuple(exits))
+
+    @classmethod
+    def from_genes(cls, genes: Sequence[int], grid: Sequence[float] = DEFAULT_GRID,
+                   exits: Sequence[float] | None = None) -> Policy:
+        """NSGA-II genes (0 = remove the layer, k >= 1 = ``grid[k - 1]``) as a policy."""
+        return cls.config(GeneCodec(len(genes), grid).decode(np.asarray(genes)), exits)
+
+    @classmethod
+    def from_point(cls, point: Mapping[str, Any]) -> Policy:
+        """A point of ``pareto.json`` (its ``thresholds``, and ``exit_thresholds`` when present)."""
+        if not isinstance(point, Mapping) or "thresholds" not in point:
+            raise ConfigError(f"a Pareto point needs 'thresholds', got {point!r}")
+        return cls.config(point["thresholds"], point.get("exit_thresholds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "layers": None if self.layers is None else list(self.layers),
+                "exits": None if self.exits is None else list(self.exits)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A policy resolved against one bundle: what the runtime's loop does at each layer."""
+
+    policy: Policy
+    steps: tuple[tuple[int, float | None], ...]  # (layer, agent threshold or None = always runs)
+    exits: Mapping[int, tuple[int, float]]  # layer -> (exit index, threshold < 1): enabled exits only
+    layer_thresholds: tuple[float | None, ...]  # per layer, for the gate graph: None = never runs, 0.0 = always
+    exit_thresholds: tuple[float, ...]  # per exit, 1.0 = disabled
+
+    @property
+    def static(self) -> bool:
+        """No decision to take: every bundle layer runs for every input, no exit is checked."""
+        return not self.exits and all(t is None for _, t in self.steps)
+
+
+def _named(name: str, manifest: Manifest) -> Policy:
+    agents = manifest.agents is not None
+    e2cm = manifest.e2cm is not None
+    if name == "auto":
+        name = "agent+e2cm" if agents and e2cm else "agent" if agents else "e2cm" if e2cm else "static"
+    if name not in POLICIES:
+        raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}, or pass a Policy")
+    want_agents, want_e2cm = "agent" in name, "e2cm" in name
+    if want_agents and not agents:
+        raise ConfigError(f"policy {name!r} needs skip agents, and this bundle's model has none "
+                          "(export a checkpoint trained with --agents)")
+    if want_e2cm and not e2cm:
+        raise ConfigError(f"policy {name!r} needs E²CM exits, and this bundle has none "
+                          "(export with --e2cm DIR from 'edgeskip calibrate')")
+    layers = tuple(manifest.agents["thresholds"]) if want_agents and manifest.agents else None
+    exits = tuple(manifest.e2cm["thresholds"]) if want_e2cm and manifest.e2cm else None
+    return Policy(name, layers, exits)
+
+
+def resolve(policy: str | Policy | SkipConfig, manifest: Manifest) -> Plan:
+    """Check ``policy`` against the bundle and build its :class:`Plan`; a mismatch is a ConfigError."""
+    if isinstance(policy, str):
+        policy = _named(policy, manifest)
+    elif isinstance(policy, SkipConfig):
+        policy = Policy.config(policy)
+    elif not isinstance(policy, Policy):
+        raise ConfigError(f"a policy is a name ({', '.join(POLICIES)}), a Policy or a SkipConfig; "
+                          f"got {type(policy).__name__}")
+    depth, removed = manifest.config.depth, set(manifest.removed)
+    layer_t: list[float | None]
+    if policy.layers is None:
+        layer_t = [None if j in removed else 0.0 for j in range(depth)]
+        steps = tuple((j, None) for j in range(depth) if j not in removed)
+    else:
+        if manifest.agents is None:
+            raise ConfigError("per-layer thresholds need skip agents, and this bundle's model has none")
+        if len(policy.layers) != depth:
+            raise ConfigError(f"the policy gives {len(policy.layers)} layer threshold(s); the model has {depth} layers")
+        layer_t = []
+        for j, t in enumerate(policy.layers):
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                                  or not 0.0 <= t <= 1.0):
+                raise ConfigError(f"threshold of layer {j} must be in [0, 1] or None (removed), got {t!r}")
+            if j in removed and t is not None:
+                raise ConfigError(f"layer {j} was removed at export and is not in the bundle: its threshold must be None")
+            layer_t.append(None if t is None else float(t))
+        if all(t is None for t in layer_t):
+            raise ConfigError("the policy removes every layer: keep at least one")
+        steps = tuple((j, t) for j, t in enumerate(layer_t) if t is not None)
+    exits: dict[int, tuple[int, float]] = {}
+    exit_t: tuple[float, ...] = ()
+    if manifest.e2cm is not None:
+        layers_of_exits = list(manifest.e2cm["exits"])
+        exit_t = (1.0,) * len(layers_of_exits)
+        if policy.exits is not None:
+            if len(policy.exits) != len(layers_of_exits):
+                raise ConfigError(f"the policy gives {len(policy.exits)} exit threshold(s); the bundle has "
+                                  f"{len(layers_of_exits)} exits (after layers {layers_of_exits})")
+            bad = [i for i, t in enumerate(policy.exits) if isinstance(t, bool) or not isinstance(t, (int, float))
+                   or not math.isfinite(t) or not 0.0 <= t <= 1.0]
+            if bad:
+                raise ConfigError(f"exit threshold(s) {bad} must be in [0, 1] (1 disables the exit), "
+                                  f"got {[policy.exits[i] for i in bad]}")
+            exit_t = tuple(float(t) for t in policy.exits)
+            exits = {layer: (i, t) for i, (layer, t) in enumerate(zip(layers_of_exits, exit_t)) if t < 1.0}
+    elif policy.exits is not None:
+        raise ConfigError("exit thresholds need E²CM exits, and this bundle has none")
+    return Plan(policy, steps, exits, tuple(layer_t), exit_t)

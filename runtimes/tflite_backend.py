@@ -1,0 +1,68 @@
+"""The TFLite backend: one LiteRT interpreter per stage (``tflite/<stage>.fp32|fp16.tflite``).
+
+Runs with ``ai_edge_litert`` or ``tflite_runtime`` (same Interpreter API), whichever is
+installed. The files have a fixed batch (1 with litert-torch 0.10, recorded in the manifest's
+``formats``), so a batch runs as chunks of that size; per-input gating is unchanged. An
+interpreter is not safe to call from two threads at once: each stage has its own lock, so
+concurrent calls pipeline through different stages.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeskip.bundle import Bundle, BundleError
+from edgeskip.errors import ConfigError
+from edgeskip.runtimes.backend import Backend, check_options, check_threads, in_fixed_batches
+
+__all__ = ["TFLiteBackend"]
+
+FORMATS = {"fp32": "tflite", "fp16": "tflite-fp16"}
+
+
+class TFLiteBackend(Backend):
+    """Per-stage .tflite files through the LiteRT interpreter (XNNPACK on CPUs)."""
+
+    name = "tflite"
+    OPTIONS = ("threads", "precision")
+
+    def __init__(self, bundle: Bundle, stages: Sequence[str], **options: Any) -> None:
+        super().__init__(bundle, stages)
+        check_options(self.name, options, self.OPTIONS)
+        # torch-free by design: the runner functions import numpy and the interpreter only
+        from edgeskip.exporters.tflite import interpreter_class, load_interpreter, run_interpreter
+
+        interpreter = interpreter_class()  # a missing LiteRT says what to install before anything else
+        self.precision = options.get("precision", "fp32")
+        if self.precision not in FORMATS:
+            raise ConfigError(f"tflite precision must be one of {', '.join(FORMATS)}, got {self.precision!r}")
+        self.format = FORMATS[self.precision]
+        if self.format not in bundle.manifest.formats:
+            raise BundleError(f"{bundle.path} has no {self.format} files (export it with --target tflite)")
+        self.batch = int(bundle.manifest.formats[self.format].get("batch", 1))
+        self.threads = check_threads(options.get("threads"))
+        self.interpreter = f"{interpreter.__module__}.{interpreter.__name__}"
+        self._run_interpreter = run_interpreter
+        self._stages = {name: (load_interpreter(bundle.stage_file(name, self.format), num_threads=self.threads),
+                               threading.Lock()) for name in self.stages}
+
+    def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        interpreter, lock = self._stages[stage]
+
+        def once(chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            return self._run_interpreter(interpreter, chunk)
+
+        with lock:
+            return in_fixed_batches(once, x, self.batch)
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "interpreter": self.interpreter, "format": self.format,
+                "precision": self.precision, "batch": self.batch, "threads": self.threads or "default"}
+
+    def close(self) -> None:
+        self._stages.clear()

@@ -1,0 +1,95 @@
+"""The torch backend: the PyTorch modules themselves, as the reference the other backends match.
+
+Only where torch is installed (a workstation, CI). The weights come from the checkpoint the
+bundle was exported from: ``checkpoint=`` when given, else the path the manifest recorded;
+a bundle of freshly initialised weights is rebuilt from its recorded seed. Either way the
+rebuilt weights must match the manifest's ``weights.state_sha256`` fingerprint, so the
+reference can never silently run other weights than the bundle's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeskip.bundle import Bundle
+from edgeskip.errors import BackendUnavailableError, CheckpointError
+from edgeskip.runtimes.backend import Backend, check_options, check_threads
+
+__all__ = ["TorchBackend", "reference_model"]
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailableError("the torch backend needs PyTorch: pip install 'edgeskip[train]'") from None
+    return torch
+
+
+def reference_model(bundle: Bundle, checkpoint: str | Path | None = None) -> Any:
+    """The PyTorch model (eval mode) whose weights the bundle holds, verified by fingerprint."""
+    torch = _torch()
+    from edgeskip.exporters.export import state_sha256
+
+    m = bundle.manifest
+    weights = m.weights
+    source = checkpoint if checkpoint is not None else weights.get("checkpoint")
+    if source is not None:
+        from edgeskip.train.checkpoint import load_checkpoint
+
+        if not Path(source).exists():
+            raise CheckpointError(f"the torch backend needs the checkpoint {bundle.path} was exported from; "
+                                  f"{source} does not exist here: pass checkpoint=PATH")
+        ckpt = load_checkpoint(source)
+        if ckpt.model_name != m.model_name:
+            raise CheckpointError(f"checkpoint {source} holds a {ckpt.model_name} model, the bundle a {m.model_name}")
+        model = ckpt.build_model()
+    elif weights.get("source") == "random-init" and "seed" in weights:
+        from edgeskip.agents.model import SkipViT
+
+        torch.manual_seed(int(weights["seed"]))
+        model = SkipViT(m.config)
+    else:
+        raise CheckpointError(f"{bundle.path}: the manifest records no checkpoint or seed: pass checkpoint=PATH")
+    recorded = weights.get("state_sha256")
+    if recorded is None:
+        raise CheckpointError(f"{bundle.path} records no weights fingerprint (exported by an older edgeskip): "
+                              "export it again to use the torch backend")
+    if state_sha256(model) != recorded:
+        raise CheckpointError(f"the weights rebuilt from {source or 'the recorded seed'} are not the ones in "
+                              f"{bundle.path} (weights fingerprint differs): pass the checkpoint it was exported from")
+    return model.eval()
+
+
+class TorchBackend(Backend):
+    """PyTorch eager, fp32, on the CPU: embed, blocks[j] and head of the reference model."""
+
+    name = "torch"
+    OPTIONS = ("checkpoint", "threads")
+
+    def __init__(self, bundle: Bundle, stages: Sequence[str], **options: Any) -> None:
+        super().__init__(bundle, stages)
+        check_options(self.name, options, self.OPTIONS)
+        torch = self._torch = _torch()
+        threads = check_threads(options.get("threads"))
+        if threads is not None:
+            torch.set_num_threads(threads)  # process-wide in PyTorch
+        self.model = reference_model(bundle, options.get("checkpoint"))
+        self._modules = {"embed": self.model.embed, "head": self.model.head}
+        for j, block in enumerate(self.model.blocks):
+            self._modules[f"layer_{j:02d}"] = block
+
+    def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        torch = self._torch
+        with torch.inference_mode():
+            return self._modules[stage](torch.from_numpy(np.ascontiguousarray(x))).numpy()  # type: ignore[no-any-return]
+
+    def info(self) -> dict[str, Any]:
+        torch = self._torch
+        return {"backend": self.name, "torch": torch.__version__, "device": "cpu", "precision": "fp32",
+                "threads": torch.get_num_threads()}
