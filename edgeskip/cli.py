@@ -311,6 +311,41 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from edgeskip.fsutil import atomic_write_json
+    from edgeskip.runtimes.bench import BenchConfig, format_table, run_bench
+
+    bundle = args.bundle or args.bundle_opt
+    if not bundle:
+        raise EdgeskipError("name the bundle to measure: edgeskip bench BUNDLE")
+    check_data(args.data)
+    cfg = BenchConfig(bundle=bundle, data=args.data, images=args.images, batch=args.batch,
+                      batch_images=args.batch_images, rounds=args.rounds, workload_rounds=args.workload_rounds,
+                      warmup=args.warmup, threads=args.threads, checkpoint=args.checkpoint, torch=not args.no_torch)
+    with tqdm(total=5, desc="bench", unit="part", disable=args.quiet) as bar:
+        started: list[str] = []
+
+        def step(message: str) -> None:  # called as each of the five parts starts
+            if started:
+                bar.update()
+            started.append(message)
+            bar.set_postfix_str(message)
+
+        report = run_bench(cfg, progress=step)
+        bar.update()
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+        print(format_table(report), file=sys.stderr)
+        return 0
+    print(format_table(report))
+    if args.json:
+        atomic_write_json(args.json, report)
+        print(f"\nJSON: {args.json}")
+    return 0
+
+
 def torch_device() -> Any:
     import torch
 
@@ -336,6 +371,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "calibrate": ("E²CM: class means, budget sweep and thresholds for early exits", cmd_calibrate),
     "export": ("write a deployable bundle (ONNX stages + gate graph, TFLite, TensorRT inputs)", cmd_export),
     "build-engines": ("on a TensorRT device: build engines for every stage of a bundle", cmd_build_engines),
+    "bench": ("measure a bundle's runtime speed on this machine: static vs dynamic, ratios in one run", cmd_bench),
     "models": ("list the registered models with their sizes", cmd_models),
 }
 
@@ -407,6 +443,22 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-sizes", default="1", help="static batch size of each engine profile, e.g. 1,8 (default: 1)")
     be.add_argument("--gate", action="store_true", help="also build the gate-graph engine (measure its cost on the device)")
     be.add_argument("--workspace-mb", type=positive_int, default=1024, help="builder workspace limit (default: 1024)")
+
+    bn = parsers["bench"]
+    bn.add_argument("bundle", nargs="?", help="bundle directory")
+    bn.add_argument("--bundle", dest="bundle_opt", help=argparse.SUPPRESS)
+    bn.add_argument("--data", default=None, help="dataset copy for the agent workload (e.g. CIFAR-10 .tar.gz); "
+                                                 "without it the workload is random images")
+    bn.add_argument("--images", type=positive_int, default=64, help="inputs of the batch-1 agent workload (default: 64)")
+    bn.add_argument("--batch", type=positive_int, default=64, help="batch size of the batched workload (default: 64)")
+    bn.add_argument("--batch-images", type=positive_int, default=256, help="inputs of the batched workload (default: 256)")
+    bn.add_argument("--rounds", type=positive_int, default=50, help="interleaved rounds at batch 1 (default: 50)")
+    bn.add_argument("--workload-rounds", type=positive_int, default=7, help="rounds over the workloads (default: 7)")
+    bn.add_argument("--warmup", type=int, default=10, help="warm-up calls per variant (default: 10)")
+    bn.add_argument("--threads", type=positive_int, default=None, help="inference threads (default: usable CPUs)")
+    bn.add_argument("--checkpoint", default=None, help="the checkpoint the bundle came from (PyTorch comparison)")
+    bn.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
+    bn.add_argument("--json", default=None, help="also write the report as JSON to this file ('-': JSON on stdout)")
     return parser
 
 

@@ -53,7 +53,7 @@ class Backend(abc.ABC):
         backend has one; the Runtime uses it for a policy without decisions. None: loop over stages."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release explicitly
         """Release sessions, interpreters or device memory (the backend is unusable afterwards)."""
 
 

@@ -64,7 +64,7 @@ def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
                          f"got dtype {images.dtype}")
     if x.shape[0] == 0:
         raise InputError("empty batch: pass at least one image")
-    if x.dtype != np.uint8 and not np.isfinite(x).all():
+    if x.dtype != np.uint8 and not _all_finite(x):
         bad = np.flatnonzero(~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1))
         raise InputError(f"images contain NaN or infinite values (batch rows {bad[:8].tolist()}"
                          f"{' ...' if bad.size > 8 else ''})")
@@ -73,6 +73,14 @@ def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
     if x.dtype == np.uint8:  # (B, S, S, C) uint8 -> normalised NCHW
         return preprocess(x, spec.normalization)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _all_finite(x: npt.NDArray[Any]) -> bool:
+    """One reduction, no temporary array: NaN and inf survive a sum; a sum that overflows gets the full check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(x, axis=None)):
+            return True
+    return bool(np.isfinite(x).all())
 
 
 def _uint8_batch(images: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8]:
@@ -87,9 +95,8 @@ def _uint8_batch(images: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[
     if x.shape[-1] != c:
         hint = " (channels first? uint8 images are channels last)" if x.shape[1] == c else ""
         raise InputError(f"expected {c} channel(s) in the last axis of uint8 images, got shape {images.shape}{hint}")
-    if min(x.shape[1:3], default=0) < 1 and x.shape[0]:
+    if min(x.shape[1:3]) < 1 and x.shape[0]:
         raise InputError(f"images have an empty spatial axis: shape {images.shape}")
-    # resize works on NCHW; keep uint8 semantics by resizing the float values and rounding back
     return x
 
 
@@ -102,7 +109,7 @@ def _float_batch(images: npt.NDArray[Any], spec: InputSpec) -> npt.NDArray[Any]:
     if x.shape[1] != c:
         hint = " (channels last? float images are channels first)" if x.shape[-1] == c else ""
         raise InputError(f"expected {c} channel(s) in axis 1 of float images, got shape {images.shape}{hint}")
-    if min(x.shape[2:], default=0) < 1 and x.shape[0]:
+    if min(x.shape[2:]) < 1 and x.shape[0]:
         raise InputError(f"images have an empty spatial axis: shape {images.shape}")
     return x
 

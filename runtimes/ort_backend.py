@@ -201,6 +201,7 @@ class GateGraph:
         self.thread_pool = thread_pool
         self.providers = tuple(providers or ("CPUExecutionProvider",))
         self._model = onnx.load(str(bundle.file(bundle.manifest.gate["file"])))
+        self._removed = set(bundle.manifest.removed)
         self._lock = threading.Lock()
         self._stage: _Stage | None = None
         self._key: tuple[Any, ...] | None = None
@@ -213,6 +214,11 @@ class GateGraph:
         from edgeskip.exporters.gate import layer_threshold_name, set_thresholds  # torch-free (onnx + numpy)
 
         names = {t.name for t in self._model.graph.initializer}
+        fixed = [j for j, t in layers.items()
+                 if layer_threshold_name(j) not in names and t != 0.0 and j not in self._removed]
+        if fixed:  # a layer without an agent in the graph always runs (or was removed at export)
+            raise ConfigError(f"the gate graph has no agent for layer(s) {fixed}: it cannot skip them "
+                              "(use graph='stages', which can)")
         layers = {j: t for j, t in layers.items() if layer_threshold_name(j) in names}
         key = (tuple(sorted(layers.items())), tuple(exits))
         with self._lock:

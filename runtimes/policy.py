@@ -76,11 +76,7 @@ class Plan:
     exits: Mapping[int, tuple[int, float]]  # layer -> (exit index, threshold < 1): enabled exits only
     layer_thresholds: tuple[float | None, ...]  # per layer, for the gate graph: None = never runs, 0.0 = always
     exit_thresholds: tuple[float, ...]  # per exit, 1.0 = disabled
-
-    @property
-    def static(self) -> bool:
-        """No decision to take: every bundle layer runs for every input, no exit is checked."""
-        return not self.exits and all(t is None for _, t in self.steps)
+    static: bool  # no decision to take: every layer of the bundle runs for every input, no exit is checked
 
 
 def _named(name: str, manifest: Manifest) -> Policy:
@@ -113,12 +109,11 @@ def resolve(policy: str | Policy | SkipConfig, manifest: Manifest) -> Plan:
                           f"got {type(policy).__name__}")
     depth, removed = manifest.config.depth, set(manifest.removed)
     layer_t: list[float | None]
+    steps: tuple[tuple[int, float | None], ...]
     if policy.layers is None:
         layer_t = [None if j in removed else 0.0 for j in range(depth)]
         steps = tuple((j, None) for j in range(depth) if j not in removed)
     else:
-        if manifest.agents is None:
-            raise ConfigError("per-layer thresholds need skip agents, and this bundle's model has none")
         if len(policy.layers) != depth:
             raise ConfigError(f"the policy gives {len(policy.layers)} layer threshold(s); the model has {depth} layers")
         layer_t = []
@@ -131,7 +126,11 @@ def resolve(policy: str | Policy | SkipConfig, manifest: Manifest) -> Plan:
             layer_t.append(None if t is None else float(t))
         if all(t is None for t in layer_t):
             raise ConfigError("the policy removes every layer: keep at least one")
-        steps = tuple((j, t) for j, t in enumerate(layer_t) if t is not None)
+        if manifest.agents is None and any(t not in (None, 0.0) for t in layer_t):
+            raise ConfigError("agent thresholds above 0 need skip agents, and this bundle's model has none "
+                              "(without agents a layer either runs, threshold 0, or is removed, None)")
+        # a threshold of 0 always runs (a probability is >= 0): no agent needs to be asked
+        steps = tuple((j, None if t == 0.0 else t) for j, t in enumerate(layer_t) if t is not None)
     exits: dict[int, tuple[int, float]] = {}
     exit_t: tuple[float, ...] = ()
     if manifest.e2cm is not None:
@@ -147,7 +146,8 @@ def resolve(policy: str | Policy | SkipConfig, manifest: Manifest) -> Plan:
                 raise ConfigError(f"exit threshold(s) {bad} must be in [0, 1] (1 disables the exit), "
                                   f"got {[policy.exits[i] for i in bad]}")
             exit_t = tuple(float(t) for t in policy.exits)
-            exits = {layer: (i, t) for i, (layer, t) in enumerate(zip(layers_of_exits, exit_t)) if t < 1.0}
+            exits = {layer: (i, t) for i, (layer, t) in enumerate(zip(layers_of_exits, exit_t, strict=True)) if t < 1.0}
     elif policy.exits is not None:
         raise ConfigError("exit thresholds need E²CM exits, and this bundle has none")
-    return Plan(policy, steps, exits, tuple(layer_t), exit_t)
+    static = not exits and all(t is None for _, t in steps) and len(steps) == depth - len(removed)
+    return Plan(policy, steps, exits, tuple(layer_t), exit_t, static)

@@ -1,8 +1,11 @@
 """Running counters of what a Runtime did: inputs, executed layers, exits, paths, latency.
 
-Thread-safe: every call records under one lock, ``snapshot`` copies under it. Latency keeps
-the most recent :data:`LATENCY_WINDOW` calls (percentiles over a sliding window); the path
-table keeps at most :data:`MAX_PATHS` distinct paths and counts the rest as ``"other"``.
+Recording is cheap on the hot path: a call appends its arrays to a pending list under one lock
+(about a microsecond; counting there cost 120 us a call after a model run had cooled the caches,
+3.5% of a vit9 batch-1 call), and the counting happens vectorised over many calls at once, every
+:data:`FLUSH_EVERY` calls and whenever :meth:`Telemetry.snapshot` is asked. Latency keeps the
+most recent :data:`LATENCY_WINDOW` calls (percentiles over a sliding window); the path table keeps
+at most :data:`MAX_PATHS` distinct paths and counts the rest as ``"other"``.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RuntimeStats", "Telemetry", "LATENCY_WINDOW", "MAX_PATHS"]
+__all__ = ["RuntimeStats", "Telemetry", "LATENCY_WINDOW", "MAX_PATHS", "FLUSH_EVERY"]
 
 LATENCY_WINDOW = 10_000
 MAX_PATHS = 1024
+FLUSH_EVERY = 256
 OTHER = "other"
 
 
@@ -72,27 +76,41 @@ class Telemetry:
             self._exits: collections.Counter[str] = collections.Counter()
             self._paths: collections.Counter[str] = collections.Counter()
             self._latency: collections.deque[tuple[float, int]] = collections.deque(maxlen=LATENCY_WINDOW)
+            self._pending: list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]] = []
 
     def record(self, executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64], latency_ms: float) -> None:
-        counts = executed.sum(axis=1)
-        bits = np.where(executed, "1", "0")
-        paths = collections.Counter("".join(row) for row in bits)
-        exits = collections.Counter("head" if e < 0 else f"layer_{int(e):02d}" for e in exit_layer)
+        """Note one call: (B, L) executed layers, (B,) exit layers, its latency."""
+        executed, exit_layer = executed.copy(), exit_layer.copy()  # the caller owns the originals
         with self._lock:
             self._calls += 1
             self._inputs += executed.shape[0]
-            self._executed += np.bincount(counts, minlength=self.depth + 1)
-            self._layers += executed.sum(axis=0)
-            self._exits.update(exits)
-            for path, n in paths.items():
-                if path in self._paths or len(self._paths) < MAX_PATHS:
-                    self._paths[path] += n
-                else:
-                    self._paths[OTHER] += n
             self._latency.append((latency_ms, executed.shape[0]))
+            self._pending.append((executed, exit_layer))
+            if len(self._pending) >= FLUSH_EVERY:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Count the pending calls (vectorised; the lock is held)."""
+        if not self._pending:
+            return
+        executed = np.concatenate([e for e, _ in self._pending])
+        exit_layer = np.concatenate([x for _, x in self._pending])
+        self._pending = []
+        self._executed += np.bincount(executed.sum(axis=1), minlength=self.depth + 1)
+        self._layers += executed.sum(axis=0)
+        for e, n in zip(*np.unique(exit_layer, return_counts=True), strict=True):
+            self._exits["head" if e < 0 else f"layer_{int(e):02d}"] += int(n)
+        rows, counts = np.unique(executed, axis=0, return_counts=True)
+        for row, n in zip(rows, counts, strict=True):
+            path = "".join("1" if bit else "0" for bit in row)
+            if path in self._paths or len(self._paths) < MAX_PATHS:
+                self._paths[path] += int(n)
+            else:
+                self._paths[OTHER] += int(n)
 
     def snapshot(self) -> RuntimeStats:
         with self._lock:
+            self._flush()
             lat = np.array([ms for ms, _ in self._latency], np.float64)
             per_input = np.array([ms / b for ms, b in self._latency], np.float64)
             return RuntimeStats(

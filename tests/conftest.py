@@ -11,6 +11,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Prepended to a subprocess's code: any import of torch fails there, as on an edge device.
+TORCH_BLOCKER = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is hidden for this test")
+sys.meta_path.insert(0, Block())
+"""
+
 
 def cifar10_source() -> Path | None:
     """``$EDGESKIP_CIFAR10`` or ../shared/data/cifar10-images.tar.gz beside the repository."""
@@ -92,3 +102,20 @@ def cifar_test_uint8(cifar_tiny_agents: dict[str, Path]) -> Any:
     from edgeskip.data import load_cifar10
 
     return load_cifar10(cifar_tiny_agents["data"], progress=False).test.images[200:328]
+
+
+@pytest.fixture(scope="session")
+def torch_blocker() -> str:
+    """Code that hides torch from the subprocess it is prepended to."""
+    return TORCH_BLOCKER
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained vit-tiny cpu bundle (agents at their initial thresholds); read-only for tests."""
+    from edgeskip.exporters.export import export_bundle
+    from edgeskip.exporters.settings import ExportConfig
+
+    out = tmp_path_factory.mktemp("b") / "tiny"
+    export_bundle(ExportConfig(model="vit-tiny", out=str(out), fidelity_images=4))
+    return out

@@ -25,14 +25,6 @@ from edgeskip.normalization import preprocess
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained vit-tiny cpu bundle (agents at their initial thresholds)."""
-    out = tmp_path_factory.mktemp("b") / "bundle"
-    export_bundle(ExportConfig(model="vit-tiny", out=str(out), fidelity_images=4))
-    return out
-
-
-@pytest.fixture(scope="module")
 def cifar_bundle(cifar_tiny_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("b") / "cifar"
     export_bundle(ExportConfig(model="vit-tiny", out=str(out), checkpoint=str(cifar_tiny_agents["checkpoint"]),

@@ -115,24 +115,15 @@ def test_mypy_checks_every_installed_module(installed: Path, repo_root: Path, tm
     assert re.search(rf"in {len(modules)} source files", proc.stdout), proc.stdout
 
 
-TORCH_BLOCKER = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is hidden for this test")
-sys.meta_path.insert(0, Block())
-"""
-
-
 @pytest.mark.parametrize(
     "module",
     ["edgeskip", "edgeskip.runtimes", "edgeskip.devices", "edgeskip.exporters", "edgeskip.data", "edgeskip.cli",
      "edgeskip.agents", "edgeskip.e2cm", "edgeskip.e2cm.settings", "edgeskip.bundle", "edgeskip.exporters.settings",
-     "edgeskip.exporters.gate", "edgeskip.exporters.tensorrt"],
+     "edgeskip.exporters.gate", "edgeskip.exporters.tensorrt", "edgeskip.runtimes.runtime", "edgeskip.runtimes.bench",
+     "edgeskip.runtimes.ort_backend", "edgeskip.runtimes.tflite_backend", "edgeskip.runtimes.tensorrt_backend"],
 )
-def test_core_imports_without_torch(module: str) -> None:
-    code = TORCH_BLOCKER + f"""
+def test_core_imports_without_torch(torch_blocker: str, module: str) -> None:
+    code = torch_blocker + f"""
 import importlib
 importlib.import_module({module!r})
 import edgeskip
@@ -145,14 +136,14 @@ assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "to
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_blocker_really_hides_torch() -> None:
-    proc = subprocess.run([sys.executable, "-c", TORCH_BLOCKER + "import edgeskip.models"],
+def test_blocker_really_hides_torch(torch_blocker: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", torch_blocker + "import edgeskip.models"],
                           capture_output=True, text=True, timeout=120, cwd=NEUTRAL)
     assert proc.returncode != 0 and "torch is hidden" in proc.stderr
 
 
-def test_cli_help_without_torch() -> None:
-    code = TORCH_BLOCKER + "import sys; from edgeskip.cli import main; sys.argv=['edgeskip','--help']; main()"
+def test_cli_help_without_torch(torch_blocker: str) -> None:
+    code = torch_blocker + "import sys; from edgeskip.cli import main; sys.argv=['edgeskip','--help']; main()"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=NEUTRAL)
     assert proc.returncode == 0 and "quickstart" in proc.stdout, proc.stderr[-2000:]
 

@@ -31,13 +31,6 @@ NEUTRAL = tempfile.gettempdir()
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("rt") / "tiny"
-    export_bundle(ExportConfig(model="vit-tiny", out=str(out), fidelity_images=4))
-    return out
-
-
-@pytest.fixture(scope="module")
 def tiny(tiny_bundle: Path) -> Runtime:
     return Runtime(tiny_bundle)
 
@@ -207,6 +200,15 @@ def test_static_model_has_no_agent_policy(tmp_path: Path) -> None:
     assert np.abs(out.logits - want).max() <= 1e-4
     torch_rt = Runtime(tmp_path / "b", backend="torch")
     assert np.abs(torch_rt(_images(3)).logits - want).max() <= 1e-5
+    # without agents a configuration can still run or remove layers (threshold 0 or None)
+    rt.set_policy(Policy.config([0.0, None, 0.0, 0.0]))
+    assert rt(_images(3)).executed.tolist() == [[True, False, True, True]] * 3
+    with pytest.raises(ConfigError, match="need skip agents"):
+        rt.set_policy(Policy.config([0.5, None, 0.0, 0.0]))
+    gate = Runtime(tmp_path / "b", graph="gate")
+    assert np.abs(gate(_images(3)).logits - want).max() <= 1e-4
+    with pytest.raises(ConfigError, match="no agent for layer"):
+        gate.set_policy(Policy.config([0.0, None, 0.0, 0.0]))
 
 
 # -- inputs ----------------------------------------------------------------------------------------------
@@ -220,6 +222,11 @@ def test_input_forms_give_the_same_result(tiny: Runtime) -> None:
     assert np.abs(single.logits[0] - batch.logits[0]).max() <= 1e-5 and single.logits.shape == (1, 10)
     assert np.array_equal(tiny(preprocess(images, tiny.manifest.normalization)[0].astype(np.float64)).labels,
                           batch.labels[:1])
+
+
+def test_huge_finite_values_are_not_mistaken_for_infinite(tiny: Runtime) -> None:
+    x = np.full((2, 3, 32, 32), 3e38, np.float32)  # their sum overflows; every value is finite
+    assert len(tiny(x)) == 2
 
 
 def test_images_of_another_size_are_resized_bilinearly(tiny: Runtime) -> None:
@@ -245,6 +252,7 @@ def test_images_of_another_size_are_resized_bilinearly(tiny: Runtime) -> None:
     (np.full((2, 3, 32, 32), np.nan, np.float32), "NaN or infinite"),
     (np.where(np.arange(2 * 3 * 32 * 32).reshape(2, 3, 32, 32) == 5, np.inf, 0).astype(np.float32), r"rows \[0\]"),
     (np.zeros((2, 3, 0, 32), np.float32), "empty spatial axis"),
+    (np.concatenate([np.zeros((1, 3, 32, 32)), np.full((1, 3, 32, 32), -np.inf)]).astype(np.float16), r"rows \[1\]"),
     ("not an image", "dtype <U"),
     ([[1, 2], [3]], "numpy array"),
 ])
@@ -394,7 +402,7 @@ def test_telemetry_counts_add_up(cifar_tiny_bundle: Path, cifar_test_uint8: np.n
     exits = np.concatenate([o.exit_layer for o in outs])
     assert stats.calls == 4 and stats.inputs == 43
     assert sum(stats.executed_layers.values()) == 43
-    assert stats.executed_layers == {int(k): int(v) for k, v in zip(*np.unique(executed.sum(1), return_counts=True))}
+    assert stats.executed_layers == {int(k): int(v) for k, v in zip(*np.unique(executed.sum(1), return_counts=True), strict=True)}
     assert stats.layer_counts == tuple(executed.sum(0).tolist())
     assert sum(stats.exits.values()) == 43 and stats.exits.get("head", 0) == int((exits == -1).sum())
     paths = [p for o in outs for p in o.paths()]
@@ -409,19 +417,9 @@ def test_telemetry_counts_add_up(cifar_tiny_bundle: Path, cifar_test_uint8: np.n
 
 # -- torch-free, engines ----------------------------------------------------------------------------------
 
-TORCH_BLOCKER = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is hidden for this test")
-sys.meta_path.insert(0, Block())
-"""
-
-
 @pytest.mark.parametrize("backend", ["onnxruntime", "tflite"])
-def test_runtime_runs_where_torch_is_hidden(cifar_tiny_bundle: Path, backend: str) -> None:
-    code = TORCH_BLOCKER + f"""
+def test_runtime_runs_where_torch_is_hidden(torch_blocker: str, cifar_tiny_bundle: Path, backend: str) -> None:
+    code = torch_blocker + f"""
 import numpy as np
 import edgeskip
 rt = edgeskip.Runtime({str(cifar_tiny_bundle)!r}, backend={backend!r})

@@ -661,3 +661,25 @@ def test_real_engines_match_onnxruntime(real_trt: Any, bundle_copy: Path, precis
         (out,) = got.values()
         scale = float(np.abs(want).max())
         assert np.abs(out - want).max() <= tol * max(scale, 1.0), stage
+
+
+@pytest.mark.slow
+def test_runtime_on_real_engines_matches_onnxruntime(real_trt: Any, bundle_copy: Path) -> None:
+    """The tensorrt backend: per-stage fp32 engines of batch 1 and 2, gated on the host, against the
+    onnxruntime backend on the same inputs (batch 3 covers chunking with padding)."""
+    pytest.importorskip("cuda", reason="the tensorrt backend needs cuda-python (pip install cuda-python)")
+    if parse_trt_version(real_trt.__version__) < (8, 6, 0):
+        pytest.skip("opset-17 LayerNormalization needs TensorRT 8.6 or newer")
+    from edgeskip.runtimes import Runtime
+
+    build_engines(bundle_copy, "fp32", [1, 2])
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for policy in ("static", "agent"):
+        want = Runtime(bundle_copy, policy=policy)(images)
+        rt = Runtime(bundle_copy, backend="tensorrt", policy=policy)
+        got = rt(images)
+        assert rt.info()["backend"] == "tensorrt" and rt.info()["precision"] == "fp32"
+        assert np.array_equal(got.executed, want.executed)
+        assert np.abs(got.logits - want.logits).max() <= 1e-3 * max(float(np.abs(want.logits).max()), 1.0)
+        one = rt(images[:1])
+        assert np.abs(one.logits[0] - got.logits[0]).max() <= 1e-3 * max(float(np.abs(want.logits).max()), 1.0)

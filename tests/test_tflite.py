@@ -157,18 +157,8 @@ def test_bad_arguments(stages: list[StageModule], tmp_path: Path) -> None:
     assert not (tmp_path / "x.tflite").exists()
 
 
-TORCH_BLOCKER = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is hidden for this test")
-sys.meta_path.insert(0, Block())
-"""
-
-
-def test_runner_needs_no_torch(fp32_files: dict[str, Path], tmp_path: Path) -> None:
-    code = TORCH_BLOCKER + f"""
+def test_runner_needs_no_torch(torch_blocker: str, fp32_files: dict[str, Path], tmp_path: Path) -> None:
+    code = torch_blocker + f"""
 import numpy as np
 from edgeskip.exporters.tflite import interpreter_class, run_tflite
 interpreter_class()
