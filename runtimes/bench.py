@@ -38,6 +38,7 @@ __all__ = ["BenchConfig", "run_bench", "format_table", "skip_pattern", "interlea
 
 log = logging.getLogger(__name__)
 
+SETTLE_S = 0.5  # a pause between PyTorch and onnxruntime calls, so neither framework's spinning workers hit the other
 TARGETS = {"loop": 1.05, "gate": 1.10, "skip": 0.95, "agents_b1": 0.95, "agents_b64": 0.90}
 
 
@@ -63,8 +64,14 @@ class BenchConfig:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
 
 
-def interleaved(variants: Mapping[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, npt.NDArray[np.float64]]:
-    """Seconds per call of each variant over ``rounds`` rounds, the order rotating every round."""
+def interleaved(variants: Mapping[str, Callable[[], Any]], rounds: int, warmup: int,
+                settle_s: float = 0.0) -> dict[str, npt.NDArray[np.float64]]:
+    """Seconds per call of each variant over ``rounds`` rounds, the order rotating every round.
+
+    ``settle_s``: a pause before each timed call, for variants from different frameworks whose
+    idle worker threads keep spinning for a while after a call (PyTorch's OpenMP pool does) and
+    would otherwise steal the cores from the next variant.
+    """
     names = list(variants)
     for _ in range(warmup):
         for name in names:
@@ -73,6 +80,8 @@ def interleaved(variants: Mapping[str, Callable[[], Any]], rounds: int, warmup: 
     for r in range(rounds):
         for k in range(len(names)):
             name = names[(r + k) % len(names)]
+            if settle_s:
+                time.sleep(settle_s)
             start = time.perf_counter()
             variants[name]()
             times[name][r] = time.perf_counter() - start
@@ -285,7 +294,7 @@ def _torch_comparison(cfg: BenchConfig, bundle: Bundle, agent: Runtime, images: 
         agree = all(np.array_equal(model(tc).executed.numpy(), agent(c).executed)
                     for tc, c in zip(tensors[:4], calls[:4], strict=True))
         t = interleaved({"torch": run_torch, "edgeskip": functools.partial(_each, agent, calls)},
-                        cfg.workload_rounds, 1)
+                        cfg.workload_rounds, 1, settle_s=SETTLE_S)
         n = sum(len(c) for c in calls)
         out[key] = {"edgeskip_over_torch": _ratio(t["edgeskip"], t["torch"]), "same_paths_first_calls": agree,
                     "torch_per_input": _lat(t["torch"], n), "edgeskip_per_input": _lat(t["edgeskip"], n)}

@@ -189,8 +189,12 @@ class GateGraph:
     bundle is not read again).
     """
 
-    def __init__(self, bundle: Bundle, *, threads: int | None = None, thread_pool: str = "global",
-                 providers: Sequence[str] | None = None) -> None:
+    OPTIONS = ("threads", "thread_pool", "providers")
+
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
+        check_options("onnxruntime (gate graph)", options, self.OPTIONS)
+        threads, thread_pool = options.get("threads"), options.get("thread_pool", "global")
+        providers: Sequence[str] | None = options.get("providers")
         if bundle.manifest.gate is None:
             raise BundleError(f"{bundle.path}: this bundle has no gate graph")
         import onnx  # the onnx package ships with edgeskip (a core dependency)

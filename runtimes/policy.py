@@ -17,11 +17,13 @@ threshold of 1.0 disables that exit (and its check).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edgeskip.agents.genes import DEFAULT_GRID, GeneCodec, SkipConfig
 from edgeskip.bundle import Manifest
@@ -67,7 +69,7 @@ class Policy:
                 "exits": None if self.exits is None else list(self.exits)}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Plan:
     """A policy resolved against one bundle: what the runtime's loop does at each layer."""
 
@@ -77,6 +79,20 @@ class Plan:
     layer_thresholds: tuple[float | None, ...]  # per layer, for the gate graph: None = never runs, 0.0 = always
     exit_thresholds: tuple[float, ...]  # per exit, 1.0 = disabled
     static: bool  # no decision to take: every layer of the bundle runs for every input, no exit is checked
+
+    @functools.cached_property
+    def cuts(self) -> tuple[tuple[int, float | None], ...]:
+        """The steps with each agent threshold as a cut on the logit: ``p >= t`` iff ``z >= log(t / (1 - t))``
+        (``inf`` for t = 1, which the runtime decides on the float32 sigmoid as PyTorch does)."""
+        return tuple((j, None if t is None else math.inf if t >= 1.0 else math.log(t) - math.log1p(-t))
+                     for j, t in self.steps)
+
+    @functools.cached_property
+    def static_row(self) -> npt.NDArray[np.bool_]:
+        """(L,) the layers a static plan runs."""
+        row = np.array([t is not None for t in self.layer_thresholds], bool)
+        row.flags.writeable = False
+        return row
 
 
 def _named(name: str, manifest: Manifest) -> Policy:

@@ -30,7 +30,9 @@ Runtime never writes to the bundle.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,9 @@ class RuntimeOutput:
     """What one call returns, one row per input."""
 
     logits: npt.NDArray[np.float32]  # (B, K); at an E²CM exit the class-mean logits -d/mu
-    labels: npt.NDArray[np.int64]  # (B,) argmax of the logits
-    executed: npt.NDArray[np.bool_]  # (B, L): layer j ran for input b
-    exit_layer: npt.NDArray[np.int64]  # (B,): the layer after which the input left; -1 = the head
+    labels: npt.NDArray[np.intp]  # (B,) argmax of the logits
+    executed: npt.NDArray[np.bool_]  # (B, L), read-only: layer j ran for input b
+    exit_layer: npt.NDArray[np.int64]  # (B,), read-only: the layer after which the input left; -1 = the head
     latency_ms: float  # the whole call, input preparation included
 
     def paths(self) -> list[str]:
@@ -96,6 +98,7 @@ class Runtime:
             raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
         self.graph = graph
         self.depth, self.num_classes = m.config.depth, m.config.num_classes
+        self._layer_names = [stage_name(j) for j in range(self.depth)]
         self.input_spec = InputSpec.from_manifest(m.preprocessing, m.config.image_size, m.config.in_channels,
                                                   m.normalization)
         self._agents = self._load_agents()
@@ -177,71 +180,95 @@ class Runtime:
             logits, executed, exit_layer = self._run_gate(x)
         else:
             logits, executed, exit_layer = self._run_stages(x, plan)
+        executed.flags.writeable = False  # read-only: the telemetry keeps them until it counts them
+        exit_layer.flags.writeable = False  # (a no-op on the shared, already read-only arrays)
         latency_ms = (time.perf_counter() - start) * 1e3
         self._telemetry.record(executed, exit_layer, latency_ms)
-        return RuntimeOutput(logits, logits.argmax(axis=1).astype(np.int64), executed, exit_layer, latency_ms)
+        return RuntimeOutput(logits, logits.argmax(axis=1), executed, exit_layer, latency_ms)
 
     def _run_stages(self, x: npt.NDArray[np.float32], plan: Plan) -> tuple[
             npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+        # As few numpy calls as possible per call and per layer: after a layer has streamed its
+        # weights through the caches, each small call costs 10-50 us on a small CPU (measured
+        # here), so arrays are made only when a call needs them.
         backend = self._backend
         assert backend is not None
         b = x.shape[0]
-        executed = np.zeros((b, self.depth), bool)
-        exit_layer = np.full(b, -1, np.int64)
         if plan.static and self._whole_static and self._static_runner is not None:
-            executed[:, [j for j, _ in plan.steps]] = True
-            return self._static_runner(x), executed, exit_layer
-        logits = np.empty((b, self.num_classes), np.float32)
+            return self._static_runner(x), np.broadcast_to(plan.static_row, (b, self.depth)), _no_exits(b)
+        executed = np.zeros((b, self.depth), bool)
         tokens = backend.run("embed", x)
-        ids = np.arange(b)  # the input each row of ``tokens`` belongs to
-        for j, threshold in plan.steps:
-            if threshold is None:
-                ran = None
+        ids = None  # the input of each row of ``tokens``; None until an input leaves: row r is input r
+        everyone_ran: list[int] = []  # layers every input ran, marked in one call at the end
+        left: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.float32], int]] = []  # (inputs, logits, layer)
+        for j, cut in plan.cuts:
+            rows = tokens.shape[0]
+            if cut is None:
+                ran, n = None, rows
             else:
                 assert self._agents is not None
-                w, bias = self._agents
-                z = tokens[:, 0] @ w[j] + bias[j]
-                with np.errstate(over="ignore"):  # exp overflow -> probability 0, as intended
-                    ran = 1.0 / (1.0 + np.exp(-z)) >= np.float32(threshold)
-            if ran is None or ran.all():
-                tokens = backend.run(stage_name(j), tokens)
-                rows = ids
-            elif ran.any():
+                z = tokens[:, 0] @ self._agents[0][j] + self._agents[1][j]
+                ran = _runs(z, cut)
+                n = int(np.count_nonzero(ran))
+            if n == 0:
+                continue
+            if n == rows:
+                tokens = backend.run(self._layer_names[j], tokens)
+                if ids is None:
+                    everyone_ran.append(j)
+                else:
+                    executed[ids, j] = True
+                ran = None
+            else:
+                assert ran is not None
                 idx = np.flatnonzero(ran)
                 if not tokens.flags.writeable:
                     tokens = tokens.copy()
-                tokens[idx] = backend.run(stage_name(j), tokens[idx])
-                rows = ids[idx]
-            else:
-                continue
-            executed[rows, j] = True
+                tokens[idx] = backend.run(self._layer_names[j], tokens[idx])
+                executed[idx if ids is None else ids[idx], j] = True
             exit_here = plan.exits.get(j)
             if exit_here is not None and self._e2cm is not None:
-                tokens, ids = self._check_exit(exit_here, j, tokens, ids, ran, logits, exit_layer)
-                if ids.size == 0:
-                    break
-        if ids.size:
+                tokens, ids, gone = self._check_exit(exit_here, tokens, ids, ran)
+                if gone is not None:
+                    left.append((*gone, j))
+                    if tokens.shape[0] == 0:
+                        break
+        if everyone_ran:
+            executed[:, everyone_ran] = True
+        if not left:  # nobody left early: the head's output is every input's, in order
+            return backend.run("head", tokens), executed, _no_exits(b)
+        logits = np.empty((b, self.num_classes), np.float32)
+        exit_layer = np.full(b, -1, np.int64)
+        for inputs, exit_logits, j in left:
+            logits[inputs] = exit_logits
+            exit_layer[inputs] = j
+        if tokens.shape[0]:
             logits[ids] = backend.run("head", tokens)
         return logits, executed, exit_layer
 
-    def _check_exit(self, exit_here: tuple[int, float], j: int, tokens: npt.NDArray[np.float32],
-                    ids: npt.NDArray[np.intp], ran: npt.NDArray[np.bool_] | None, logits: npt.NDArray[np.float32],
-                    exit_layer: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
-        """E²CM at the exit after layer j, for the rows that ran layer j; returns the rows that stay."""
+    def _check_exit(self, exit_here: tuple[int, float], tokens: npt.NDArray[np.float32],
+                    ids: npt.NDArray[np.intp] | None, ran: npt.NDArray[np.bool_] | None) -> tuple[
+            npt.NDArray[np.float32], npt.NDArray[np.intp] | None,
+            tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]] | None]:
+        """E²CM at an exit, for the rows that ran its layer (all rows when ``ran`` is None).
+
+        Returns the rows that stay (tokens, their inputs) and, when some left, (their inputs,
+        their class-mean logits ``-d / mu``).
+        """
         assert self._e2cm is not None
         i, threshold = exit_here
-        checked = np.arange(ids.size) if ran is None or ran.all() else np.flatnonzero(ran)
-        d = self._e2cm.distances(i, tokens[checked] if checked.size != ids.size else tokens)
+        checked = None if ran is None else np.flatnonzero(ran)
+        d = self._e2cm.distances(i, tokens if checked is None else tokens[checked])
         top, _ = exit_decisions(d)
         leave = top > threshold
         if not leave.any():
-            return tokens, ids
-        gone = checked[leave]
-        logits[ids[gone]] = -d[leave]
-        exit_layer[ids[gone]] = j
-        keep = np.ones(ids.size, bool)
+            return tokens, ids, None
+        gone = np.flatnonzero(leave) if checked is None else checked[leave]
+        if ids is None:
+            ids = np.arange(tokens.shape[0])
+        keep = np.ones(tokens.shape[0], bool)
         keep[gone] = False
-        return tokens[keep], ids[keep]
+        return tokens[keep], ids[keep], (ids[gone], (-d[leave]).astype(np.float32))
 
     def _run_gate(self, x: npt.NDArray[np.float32]) -> tuple[
             npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
@@ -286,6 +313,23 @@ class Runtime:
     def __repr__(self) -> str:
         return (f"Runtime({str(self.bundle.path)!r}, backend={self.backend_info.get('backend')!r}, "
                 f"policy={self.policy.name!r}, graph={self.graph!r})")
+
+
+@functools.lru_cache(maxsize=64)
+def _no_exits(batch: int) -> npt.NDArray[np.int64]:
+    """A read-only (batch,) array of -1 (every input went through the head), shared between calls."""
+    out = np.full(batch, -1, np.int64)
+    out.flags.writeable = False
+    return out
+
+
+def _runs(z: npt.NDArray[np.float32], cut: float) -> npt.NDArray[np.bool_]:
+    """The agent rule ``sigmoid(z) >= t`` as ``z >= logit(t)`` (one comparison; equal up to float rounding
+    at the threshold). ``t = 1`` keeps PyTorch's float32 meaning: the sigmoid rounds to 1 for z above ~16.6."""
+    if cut == math.inf:
+        with np.errstate(over="ignore"):
+            return (np.float32(1.0) / (np.float32(1.0) + np.exp(-z))) >= np.float32(1.0)  # type: ignore[no-any-return]
+    return z >= cut  # type: ignore[no-any-return]
 
 
 def _backend_class(backend: str | type[Backend]) -> type[Backend]:

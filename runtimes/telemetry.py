@@ -79,8 +79,8 @@ class Telemetry:
             self._pending: list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]] = []
 
     def record(self, executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64], latency_ms: float) -> None:
-        """Note one call: (B, L) executed layers, (B,) exit layers, its latency."""
-        executed, exit_layer = executed.copy(), exit_layer.copy()  # the caller owns the originals
+        """Note one call: (B, L) executed layers, (B,) exit layers, its latency. The arrays are kept until
+        they are counted: pass read-only ones (the Runtime's outputs are)."""
         with self._lock:
             self._calls += 1
             self._inputs += executed.shape[0]
