@@ -83,9 +83,9 @@ class Runtime:
     ``stages`` (per-stage loop, per-input decisions inside a batch) or ``gate`` (the ONNX gate graph,
     one input at a time). ``verify``: check every file's sha256 before loading (default).
     ``whole_static``: a policy without decisions (``static``) runs the bundle's monolithic model in one
-    backend call where the backend has one (onnxruntime: ``onnx/model.onnx``, about 1% over a bare
-    session instead of the per-stage loop's 3-9% at batch 1; it loads a second copy of the weights
-    the first time a static policy is used). Further keyword options go to the backend (e.g.
+    backend call where the backend has one (onnxruntime: ``onnx/model.onnx``; measured 2-5% over a bare
+    session at batch 1 against the per-stage loop's 1-16%, and about 15% less than the loop at batch 64
+    in some runs; it loads a second copy of the weights the first time a static policy is used). Further keyword options go to the backend (e.g.
     ``threads``, ``thread_pool``, ``precision``).
     """
 
