@@ -346,6 +346,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from edgeskip.devices.profiler import ProfileSettings, profile_bundle, save_profile
+    from edgeskip.exporters.settings import parse_batch_sizes
+
+    if not args.bundle:
+        raise EdgeskipError("name the bundle to profile: edgeskip profile --device DEVICE --bundle DIR")
+    batches = parse_batch_sizes(args.batch_sizes)
+    settings = ProfileSettings.quick(batches) if args.quick else ProfileSettings(batches)
+    with tqdm(desc=f"profile {args.device}", unit="piece", disable=args.quiet) as bar:
+        def step(message: str) -> None:
+            bar.update()
+            bar.set_postfix_str(message)
+
+        profile = profile_bundle(args.bundle, args.device, backend=args.backend, settings=settings, progress=step)
+    path = save_profile(profile, args.bundle)
+    energy = profile["energy"]
+    print(f"profile of {profile['bundle']['model']} on {profile['device']} ({profile['backend'].get('backend')}, "
+          f"energy: {energy['source']}{' - NOT a measurement' if energy['source'] == 'estimate' else ''}): {path}")
+    for b, pieces in profile["batches"].items():
+        layers = [v["median_ms"] for k, v in pieces.items() if k.startswith("layer_")]
+        print(f"  batch {b}: embed {pieces['embed']['median_ms']:.3f} ms, layers {min(layers):.3f}-{max(layers):.3f} ms, "
+              f"head {pieces['head']['median_ms']:.3f} ms")
+    print(f"  peak resident memory {profile['memory']['peak_rss_mb']:.0f} MiB")
+    return 0
+
+
 def torch_device() -> Any:
     import torch
 
@@ -371,6 +399,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "calibrate": ("E²CM: class means, budget sweep and thresholds for early exits", cmd_calibrate),
     "export": ("write a deployable bundle (ONNX stages + gate graph, TFLite, TensorRT inputs)", cmd_export),
     "build-engines": ("on a TensorRT device: build engines for every stage of a bundle", cmd_build_engines),
+    "profile": ("measure each stage of a bundle on this device: latency, energy, memory", cmd_profile),
     "bench": ("measure a bundle's runtime speed on this machine: static vs dynamic, ratios in one run", cmd_bench),
     "models": ("list the registered models with their sizes", cmd_models),
 }
@@ -443,6 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-sizes", default="1", help="static batch size of each engine profile, e.g. 1,8 (default: 1)")
     be.add_argument("--gate", action="store_true", help="also build the gate-graph engine (measure its cost on the device)")
     be.add_argument("--workspace-mb", type=positive_int, default=1024, help="builder workspace limit (default: 1024)")
+
+    from edgeskip.devices.table import DEVICES
+
+    pr = parsers["profile"]
+    pr.add_argument("--device", default="cpu", choices=DEVICES.names(), help="the device this runs on (default: cpu)")
+    pr.add_argument("--bundle", required=False, default=None, help="bundle directory")
+    pr.add_argument("--backend", default=None, help="runtime backend (default: the device's)")
+    pr.add_argument("--batch-sizes", default="1", help="batch sizes to measure, e.g. 1,8 (default: 1)")
+    pr.add_argument("--quick", action="store_true", help="a coarse profile: few samples per stage")
 
     bn = parsers["bench"]
     bn.add_argument("bundle", nargs="?", help="bundle directory")

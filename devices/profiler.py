@@ -1,0 +1,229 @@
+"""``edgeskip profile``: what each stage of a bundle costs on this device, with the backend that runs it there.
+
+For every batch size asked for, each stage (embed, every layer, head) runs on its real input
+(the tokens the previous stages produce from seeded random images), and so do the host-side
+pieces the runtime adds per layer: the agent decision and each E²CM exit check. Each is
+warmed up, then repeated until it has at least ``min_repeats`` samples and ``min_seconds`` of
+running (at most ``max_repeats``); the profile keeps median, p90, standard deviation and the
+sample count. Energy per call comes from the device's energy source (a real counter, or an
+estimate labelled ``"source": "estimate"``), measured over a block of repeated calls. Peak
+resident memory, the backend, thread pool, library versions and the host are recorded.
+
+The result is ``profiles/<device>.json`` beside the bundle's files (schema-versioned; it names
+the bundle by the sha256 of its manifest, so a profile of another bundle is refused on load).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeskip.bundle import MANIFEST, Bundle, stage_name
+from edgeskip.devices.energy import EnergyMeter, select_meter
+from edgeskip.devices.host import describe_host
+from edgeskip.devices.table import Device, get_device
+from edgeskip.errors import ConfigError, EdgeskipError
+
+__all__ = ["FORMAT", "SCHEMA_VERSION", "ProfileError", "Timing", "ProfileSettings", "profile_bundle", "load_profile",
+           "save_profile", "timing_stats", "profile_path", "manifest_sha256"]
+
+FORMAT = "edgeskip.profile"
+SCHEMA_VERSION = 1
+
+
+class ProfileError(EdgeskipError):
+    """A profile is missing, of another bundle or device, or of an unknown schema version."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Latency statistics of one measured piece, and its energy per call."""
+
+    median_ms: float
+    p90_ms: float
+    std_ms: float
+    samples: int
+    energy_mj: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def timing_stats(seconds: Sequence[float], energy_mj: float) -> Timing:
+    """Median, p90 and standard deviation (ms) of per-call times in seconds."""
+    t = np.asarray(seconds, np.float64) * 1e3
+    if t.size == 0 or not np.isfinite(t).all() or (t < 0).any():
+        raise ProfileError(f"cannot summarise {t.size} timing sample(s) with negative or non-finite values")
+    return Timing(float(np.median(t)), float(np.percentile(t, 90)), float(t.std(ddof=1)) if t.size > 1 else 0.0,
+                  int(t.size), float(energy_mj))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSettings:
+    batch_sizes: tuple[int, ...] = (1,)
+    warmup: int = 5
+    min_repeats: int = 20
+    max_repeats: int = 1000
+    min_seconds: float = 0.5
+    energy_seconds: float = 1.0  # each energy block runs at least this long (NVML refreshes every 20-100 ms)
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, batch_sizes: tuple[int, ...] = (1,)) -> ProfileSettings:
+        """A coarse profile: a few samples per piece."""
+        return cls(batch_sizes, warmup=2, min_repeats=5, max_repeats=50, min_seconds=0.05, energy_seconds=0.1)
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if self.min_repeats < 2 or self.max_repeats < self.min_repeats or self.warmup < 0:
+            raise ConfigError("need 2 <= min_repeats <= max_repeats and warmup >= 0")
+
+
+def _measure(fn: Callable[[], Any], settings: ProfileSettings, meter: EnergyMeter) -> Timing:
+    for _ in range(settings.warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < settings.max_repeats and (
+            len(samples) < settings.min_repeats or time.perf_counter() - start < settings.min_seconds):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    median = float(np.median(samples))
+    calls = max(1, math.ceil(settings.energy_seconds / max(median, 1e-6)))
+
+    def block() -> None:
+        for _ in range(calls):
+            fn()
+
+    joules, _ = meter.measure(block)
+    return timing_stats(samples, joules * 1e3 / calls)
+
+
+def _agent_decision(tokens: npt.NDArray[np.float32], w: npt.NDArray[np.float32], bias: np.float32,
+                    runs: Callable[..., Any]) -> int:
+    """What the runtime does for one agent: the logit of the CLS token against a cut."""
+    return int(np.count_nonzero(runs(tokens[:, 0] @ w + bias, 0.0)))
+
+
+def _exit_check(e2cm: Any, index: int, tokens: npt.NDArray[np.float32], decisions: Callable[..., Any]) -> Any:
+    """What the runtime does at one E²CM exit: normalised distances, top probability and label."""
+    return decisions(e2cm.distances(index, tokens))
+
+
+def manifest_sha256(bundle: Bundle) -> str:
+    return hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest()
+
+
+def profile_path(bundle: Bundle | str | Path, device: str) -> Path:
+    root = bundle.path if isinstance(bundle, Bundle) else Path(bundle)
+    return root / "profiles" / f"{device}.json"
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, backend: str | None = None,
+                   settings: ProfileSettings | None = None, energy_root: str | Path = "/",
+                   progress: Callable[[str], None] | None = None, **backend_options: Any) -> dict[str, Any]:
+    """Measure every stage of the bundle on this machine; returns the profile (see :func:`save_profile`)."""
+    from edgeskip.e2cm.means import exit_decisions
+    from edgeskip.runtimes import Runtime
+    from edgeskip.runtimes.inputs import prepare
+    from edgeskip.runtimes.runtime import _runs
+
+    settings = settings or ProfileSettings()
+    dev = device if isinstance(device, Device) else get_device(device)
+    say = progress or (lambda _m: None)
+    rss_before = _peak_rss_mb()
+    rt = Runtime(bundle_dir, backend=backend or dev.backend, policy="static", whole_static=False, **backend_options)
+    bundle, m = rt.bundle, rt.manifest
+    meter, unavailable = select_meter(dev.energy, root=energy_root, rails=dev.rails,
+                                      watts_per_core=dev.watts_per_core, basis=dev.power_basis)
+    be = rt._backend
+    assert be is not None
+    rng = np.random.default_rng(settings.seed)
+    spec = rt.input_spec
+    layers = [j for j in range(m.config.depth) if j not in m.removed]
+    exits = {layer: i for i, layer in enumerate(m.e2cm["exits"])} if m.e2cm else {}
+    out: dict[str, Any] = {}
+    for b in settings.batch_sizes:
+        images = rng.integers(0, 256, (b, spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
+        x: npt.NDArray[np.float32] = prepare(images, spec)
+        pieces: dict[str, Timing] = {}
+        say(f"batch {b}: embed")
+        pieces["embed"] = _measure(lambda: be.run("embed", x), settings, meter)
+        tokens = be.run("embed", x)
+        for j in layers:
+            name, t_in = stage_name(j), tokens
+            say(f"batch {b}: {name}")
+            if rt._agents is not None:
+                decide = functools.partial(_agent_decision, t_in, rt._agents[0][j], rt._agents[1][j], _runs)
+                pieces[f"agent_{j:02d}"] = _measure(decide, settings, meter)
+            pieces[name] = _measure(functools.partial(be.run, name, t_in), settings, meter)
+            tokens = be.run(name, tokens)
+            if j in exits and rt._e2cm is not None:
+                check = functools.partial(_exit_check, rt._e2cm, exits[j], tokens, exit_decisions)
+                pieces[f"exit_{exits[j]:02d}"] = _measure(check, settings, meter)
+        say(f"batch {b}: head")
+        t_head = tokens
+        pieces["head"] = _measure(lambda: be.run("head", t_head), settings, meter)
+        out[str(b)] = {k: v.to_dict() for k, v in pieces.items()}
+    return {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "device": dev.name,
+        "bundle": {"model": m.model_name, "manifest_sha256": manifest_sha256(bundle), "target": m.target,
+                   "removed": list(m.removed), "exits": list(exits)},
+        "backend": rt.backend_info, "host": describe_host().to_dict(),
+        "energy": {**meter.describe(), "unavailable": unavailable},
+        "memory": {"peak_rss_mb": _peak_rss_mb(), "peak_rss_before_mb": rss_before},
+        "settings": dataclasses.asdict(settings),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "batches": out,
+    }
+
+
+def save_profile(profile: dict[str, Any], bundle_dir: str | Path) -> Path:
+    """Write ``profiles/<device>.json`` beside the bundle's files, atomically."""
+    from edgeskip.fsutil import atomic_write_json
+
+    path = profile_path(bundle_dir, profile["device"])
+    atomic_write_json(path, profile)
+    return path
+
+
+def load_profile(path: str | Path, bundle: Bundle | None = None, device: str | None = None) -> dict[str, Any]:
+    """Read and check a profile (schema, and that it belongs to ``bundle`` and ``device`` when given)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"no profile at {path}: run edgeskip profile first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProfileError(f"{path} is not a readable profile: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ProfileError(f"{path} is not an edgeskip profile")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ProfileError(f"{path}: profile schema version {data.get('schema_version')!r} is not supported "
+                           f"(this edgeskip reads {SCHEMA_VERSION}); profile the bundle again")
+    if device is not None and data.get("device") != device:
+        raise ProfileError(f"{path} profiles device {data.get('device')!r}, not {device!r}")
+    if bundle is not None and data.get("bundle", {}).get("manifest_sha256") != manifest_sha256(bundle):
+        raise ProfileError(f"{path} was measured on another bundle (or this bundle changed since): profile it again")
+    if not isinstance(data.get("batches"), dict) or not data["batches"]:
+        raise ProfileError(f"{path} holds no measurements")
+    return data
