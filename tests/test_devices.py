@@ -225,3 +225,44 @@ def test_cli_profile(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as exc:
         main(["-q", "profile", "--device", "toaster", "--bundle", str(bundle)])
     assert exc.value.code == 2
+
+
+# -- the cost model -------------------------------------------------------------------------------------
+
+def _profile(overhead: tuple[float, float] = (0.01, 0.1)) -> dict:  # type: ignore[type-arg]
+    pieces = {"embed": 0.2, "head": 0.05, "layer_00": 1.0, "layer_01": 2.0, "layer_02": 3.0, "agent_00": 0.01,
+              "agent_01": 0.02, "agent_02": 0.03, "exit_00": 0.5}
+    as_timing = {k: {"median_ms": v, "p90_ms": v, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * v}
+                 for k, v in pieces.items()}
+    return {"device": "cpu", "energy": {"source": "estimate"}, "batches": {"1": as_timing},
+            "overhead": {"1": {"per_call_ms": overhead[0], "fixed_ms": overhead[1]}}}
+
+
+def test_cost_model_is_the_hand_sum() -> None:
+    from edgeskip.devices.costmodel import CostKey, CostModel, Usage
+
+    model = CostModel.from_profile(_profile(), depth=3)
+    assert model.entries[CostKey("layer", 1, 1)] == (2.0, 20.0) and model.batch_sizes == [1]
+    usage = Usage(layers=(1.0, 0.5, 0.25), asked=(1.0, 1.0, 0.8), checked=(0.5,), reach_head=0.9)
+    p = model.predict(usage, batch=1)
+    stages = 0.2 + 0.05 * 0.9 + 1.0 + 2.0 * 0.5 + 3.0 * 0.25
+    extras = 0.01 + 0.02 + 0.03 * 0.8 + 0.5 * 0.5
+    calls = 1 + 1.75 + 0.9
+    assert p.latency_ms == pytest.approx(stages + extras + 0.01 * calls + 0.1)
+    assert p.energy_mj == pytest.approx(10 * (stages + extras))
+    with pytest.raises(ConfigError, match="batch 8"):
+        model.predict(usage, batch=8)
+    with pytest.raises(ConfigError, match="usage covers 2 layers"):
+        model.predict(Usage((1.0, 1.0), (0.0, 0.0), (0.0,), 1.0))
+
+
+def test_usage_of_a_run() -> None:
+    from edgeskip.devices.costmodel import usage_of
+
+    executed = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 0], [1, 0, 0]], bool)
+    exit_layer = np.array([-1, 1, -1, 0])  # input 1 left after layer 1, input 3 after layer 0
+    u = usage_of(executed, exit_layer, cuts=[(0, 0.1), (1, None), (2, 0.3)], exits=[0, 1], checked_exits=[0, 1])
+    assert u.layers == (0.75, 0.25, 0.25)
+    assert u.asked == (1.0, 0.0, 0.5)  # layer 1 runs without asking; 2 of 4 inputs are still in at layer 2
+    assert u.checked == (0.75, 0.25) and u.reach_head == 0.5
+    assert u.calls == pytest.approx(1 + 1.25 + 0.5)

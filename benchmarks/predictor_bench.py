@@ -1,0 +1,149 @@
+"""How well the profile-based latency model predicts end-to-end latency, in one run on this machine.
+
+1. Profile the bundle (``edgeskip profile`` in this process: per-stage times, agent and exit
+   costs, the runtime's overhead in context).
+2. Draw configurations (genes on the default threshold grid, plus the all-0.5 and the static
+   ones), run each with the Runtime at batch 1 over the same images, interleaved round by round,
+   and take each configuration's mean latency per call (median over rounds).
+3. Predict each from the model with the usage (per-layer execution rates, agent asks, exit
+   checks) of its own run, and report the relative errors: their distribution, the share within
+   +/-5% (target: 90%) and a PNG of predicted against measured. Two errors per configuration:
+   absolute (predicted ms against measured ms) and relative to the static configuration timed
+   in the same round (predicted ratio against measured ratio), which a machine that switches
+   between fast and slow phases between the profile and the validation cannot disturb.
+
+    python benchmarks/predictor_bench.py --bundle DIR --data ../shared/data/cifar10-images.tar.gz \
+        [--configs 24] [--images 100] [--rounds 3] [--json out.json] [--plot out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--data", default=None, help="dataset copy for real images (default: random images)")
+    parser.add_argument("--configs", type=int, default=24)
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=None)
+    args = parser.parse_args()
+
+    from edgeskip.agents.genes import DEFAULT_GRID, GeneCodec
+    from edgeskip.devices.costmodel import CostModel, usage_of
+    from edgeskip.devices.profiler import ProfileSettings, profile_bundle
+    from edgeskip.runtimes import Policy, Runtime
+    from edgeskip.runtimes.inputs import prepare
+
+    profile = profile_bundle(args.bundle, "cpu", settings=ProfileSettings(batch_sizes=(1,)))
+    rt = Runtime(args.bundle, policy="static")
+    m = rt.manifest
+    if m.agents is None:
+        sys.exit("the bundle's model has no agents: nothing to configure")
+    model = CostModel.from_profile(profile, m.config.depth)
+    if args.data:
+        from edgeskip.data import load_dataset
+
+        images = load_dataset(m.dataset, args.data).test.images[: args.images]
+    else:
+        spec = rt.input_spec
+        images = np.random.default_rng(args.seed).integers(0, 256, (args.images, spec.image_size, spec.image_size,
+                                                                     spec.channels), dtype=np.uint8)
+    x = prepare(images, rt.input_spec)
+    rows = [x[i:i + 1] for i in range(len(x))]
+    codec = GeneCodec(m.config.depth, DEFAULT_GRID)
+    rng = np.random.default_rng(args.seed)
+    policies = {"static": Policy.config([0.0] * m.config.depth), "all-0.5": Policy.config([0.5] * m.config.depth)}
+    while len(policies) < args.configs:
+        genes = rng.integers(0, codec.n_values, m.config.depth)
+        if (genes == 0).all():
+            continue
+        policies["genes " + "".join(map(str, genes))] = Policy.from_genes(genes.tolist())
+    runtimes = {name: Runtime(args.bundle, policy=p, whole_static=False) for name, p in policies.items()}
+    times: dict[str, list[float]] = {name: [] for name in runtimes}
+    names = list(runtimes)
+    for r in range(args.rounds):
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            t0 = time.perf_counter()
+            for row in rows:
+                runtimes[name](row)
+            times[name].append((time.perf_counter() - t0) * 1e3 / len(rows))
+    results = []
+    exits = list(m.e2cm["exits"]) if m.e2cm else []
+    static_times = np.array(times["static"])
+    predicted_static = None
+    for name, runtime in runtimes.items():
+        out = runtime(x)  # the usage of this configuration on these images (decisions are per input)
+        plan = runtime._plan
+        usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.cuts, exits, list(plan.exits))
+        predicted = model.predict(usage, 1).latency_ms
+        if name == "static":
+            predicted_static = predicted
+        measured = float(np.median(times[name]))
+        ratio = float(np.median(np.array(times[name]) / static_times))
+        results.append({"config": name, "executed_fraction": float(np.mean(out.executed)), "measured_ms": measured,
+                        "predicted_ms": predicted, "error": predicted / measured - 1.0, "measured_ratio": ratio})
+    assert predicted_static is not None
+    for r in results:
+        r["predicted_ratio"] = r["predicted_ms"] / predicted_static
+        r["ratio_error"] = r["predicted_ratio"] / r["measured_ratio"] - 1.0
+    errors = np.array([r["error"] for r in results])
+    ratio_errors = np.array([r["ratio_error"] for r in results if r["config"] != "static"])
+    summary = {"configs": len(results), "images": len(rows), "rounds": args.rounds,
+               "within_5pct": float(np.mean(np.abs(errors) <= 0.05)), "median_abs_error": float(np.median(np.abs(errors))),
+               "p90_abs_error": float(np.percentile(np.abs(errors), 90)), "max_abs_error": float(np.abs(errors).max()),
+               "mean_error": float(errors.mean()),
+               "ratio_within_5pct": float(np.mean(np.abs(ratio_errors) <= 0.05)),
+               "ratio_median_abs_error": float(np.median(np.abs(ratio_errors))),
+               "ratio_p90_abs_error": float(np.percentile(np.abs(ratio_errors), 90)),
+               "overhead": profile["overhead"], "energy": profile["energy"]["source"]}
+    print(f"{'configuration':<22} {'layers':>7} {'measured':>10} {'predicted':>10} {'error':>8}  "
+          f"{'vs static: measured':>19} {'predicted':>9} {'error':>8}")
+    for r in sorted(results, key=lambda r: r["measured_ms"]):
+        print(f"{r['config']:<22} {100 * r['executed_fraction']:6.1f}% {r['measured_ms']:8.3f} ms "
+              f"{r['predicted_ms']:8.3f} ms {100 * r['error']:+7.2f}%  {r['measured_ratio']:19.3f} "
+              f"{r['predicted_ratio']:9.3f} {100 * r['ratio_error']:+7.2f}%")
+    print(f"\n{summary['configs']} configurations, {summary['images']} images at batch 1, {summary['rounds']} interleaved "
+          f"rounds: {100 * summary['within_5pct']:.0f}% within +/-5% (target 90%), median |error| "
+          f"{100 * summary['median_abs_error']:.2f}%, p90 {100 * summary['p90_abs_error']:.2f}%, "
+          f"max {100 * summary['max_abs_error']:.2f}%, mean error {100 * summary['mean_error']:+.2f}%; relative to static in "
+          f"the same round: {100 * summary['ratio_within_5pct']:.0f}% within +/-5%, median |error| "
+          f"{100 * summary['ratio_median_abs_error']:.2f}%, p90 {100 * summary['ratio_p90_abs_error']:.2f}%")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "results": results}, indent=2))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from edgeskip.plots import save_figure
+
+        fig, ax = plt.subplots(figsize=(5, 5))
+        meas = [r["measured_ms"] for r in results]
+        pred = [r["predicted_ms"] for r in results]
+        lim = (0, max(meas + pred) * 1.05)
+        ax.plot(lim, lim, color="grey", lw=1)
+        ax.fill_between(lim, [v * 0.95 for v in lim], [v * 1.05 for v in lim], color="grey", alpha=0.15,
+                        label="+/-5%")
+        ax.scatter(meas, pred, s=18)
+        ax.set(xlim=lim, ylim=lim, xlabel="measured latency per image (ms)", ylabel="predicted (ms)",
+               title=f"{m.model_name}: latency model vs measured, batch 1")
+        ax.legend(loc="upper left")
+        save_figure(fig, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
