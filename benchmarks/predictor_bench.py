@@ -85,7 +85,7 @@ def main() -> int:
     predicted_static = None
     for name, runtime in runtimes.items():
         out = runtime(x)  # the usage of this configuration on these images (decisions are per input)
-        plan = runtime._plan
+        plan = runtime.plan
         usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.cuts, exits, list(plan.exits))
         predicted = model.predict(usage, 1).latency_ms
         if name == "static":

@@ -99,13 +99,13 @@ def _pass_calls(be: Any, rt: Any, x: npt.NDArray[np.float32], layers: Sequence[i
     calls: list[tuple[str, Callable[[], Any]]] = [("embed", functools.partial(be.run, "embed", x))]
     tokens = be.run("embed", x)
     for j in layers:
-        if rt._agents is not None:
-            calls.append((f"agent_{j:02d}", functools.partial(_agent_decision, tokens, rt._agents[0][j],
-                                                              rt._agents[1][j], runs)))
+        if rt.agents is not None:
+            calls.append((f"agent_{j:02d}", functools.partial(_agent_decision, tokens, rt.agents[0][j],
+                                                              rt.agents[1][j], runs)))
         calls.append((stage_name(j), functools.partial(be.run, stage_name(j), tokens)))
         tokens = be.run(stage_name(j), tokens)
-        if j in exits and rt._e2cm is not None:
-            calls.append((f"exit_{exits[j]:02d}", functools.partial(_exit_check, rt._e2cm, exits[j], tokens, decisions)))
+        if j in exits and rt.e2cm is not None:
+            calls.append((f"exit_{exits[j]:02d}", functools.partial(_exit_check, rt.e2cm, exits[j], tokens, decisions)))
     calls.append(("head", functools.partial(be.run, "head", tokens)))
     return calls
 
@@ -197,7 +197,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     from edgeskip.e2cm.means import exit_decisions
     from edgeskip.runtimes import Policy, Runtime
     from edgeskip.runtimes.inputs import prepare
-    from edgeskip.runtimes.runtime import _runs
+    from edgeskip.runtimes.runtime import agent_runs
 
     settings = settings or ProfileSettings()
     dev = device if isinstance(device, Device) else get_device(device)
@@ -207,7 +207,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     bundle, m = rt.bundle, rt.manifest
     meter, unavailable = select_meter(dev.energy, root=energy_root, rails=dev.rails,
                                       watts_per_core=dev.watts_per_core, basis=dev.power_basis)
-    be = rt._backend
+    be = rt.backend
     assert be is not None
     rng = np.random.default_rng(settings.seed)
     spec = rt.input_spec
@@ -219,7 +219,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         images = rng.integers(0, 256, (b, spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
         x: npt.NDArray[np.float32] = prepare(images, spec)
         say(f"batch {b}: every piece in context")
-        calls = _pass_calls(be, rt, x, layers, exits, _runs, exit_decisions)
+        calls = _pass_calls(be, rt, x, layers, exits, agent_runs, exit_decisions)
         half_rt = Runtime(rt.bundle, backend=type(be), whole_static=False, policy=Policy.config(
             [0.0 if j in layers[::2] else None for j in range(m.config.depth)]))
         samples = _in_context(calls, settings, [("runtime_all", functools.partial(rt, x)),

@@ -108,7 +108,7 @@ def skip_pattern(depth: int, removed: Sequence[int], n: int = 3) -> list[int]:
 
 def _stage_times(rt: Runtime, x: npt.NDArray[np.float32], rounds: int, warmup: int) -> dict[str, float]:
     """Median seconds of each stage alone on its real input (every layer executing), interleaved."""
-    backend = rt._backend
+    backend = rt.backend
     assert backend is not None
     inputs, tokens = {"embed": x}, backend.run("embed", x)
     for j in range(rt.depth):
@@ -153,9 +153,9 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     opts: dict[str, Any] = {} if cfg.threads is None else {"threads": cfg.threads}
     rt = Runtime(bundle, policy="static", **opts)  # the static policy as shipped: monolithic when it can
     loop = Runtime(bundle, policy="static", whole_static=False, **opts)
-    from edgeskip.runtimes.ort_backend import _Stage, session
+    from edgeskip.runtimes.ort_backend import SessionRunner, session
 
-    mono = _Stage(session(str(bundle.file(m.monolithic["file"])), threads=cfg.threads, thread_pool="global")[0]) \
+    mono = SessionRunner(session(str(bundle.file(m.monolithic["file"])), threads=cfg.threads, thread_pool="global")[0]) \
         if m.monolithic else None
     images, images_what = _workload(cfg, rt)
     x1 = _prepared(rt, images[:1])
@@ -185,7 +185,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     say("2/5 gate graph vs monolithic, batch 1")
     if m.gate is not None and mono is not None:
         gate = Runtime(bundle, policy="static", graph="gate", **opts)
-        gate_bare = gate._gate
+        gate_bare = gate.gate
         assert gate_bare is not None
         t = interleaved({"gate": lambda: gate_bare.run(x1), "gate_runtime": lambda: gate(x1),
                          "monolithic": lambda: mono(x1)}, cfg.rounds, cfg.warmup)

@@ -36,7 +36,7 @@ from edgeskip.bundle import Bundle, BundleError
 from edgeskip.errors import BackendError, BackendUnavailableError, ConfigError
 from edgeskip.runtimes.backend import Backend, check_options, check_threads
 
-__all__ = ["OnnxRuntimeBackend", "GateGraph", "default_threads", "session", "session_options"]
+__all__ = ["OnnxRuntimeBackend", "GateGraph", "SessionRunner", "default_threads", "session", "session_options"]
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ def session(source: str | bytes, *, threads: int | None = None, thread_pool: str
         raise BackendError(f"onnxruntime cannot load {where}: {exc}") from None
 
 
-class _Stage:
-    """One session with its input and output names, run through the compiled entry point."""
+class SessionRunner:
+    """One session with its input and output names, run through the compiled entry point: ``runner(x)``
+    returns every output."""
 
     def __init__(self, sess: Any) -> None:
         self.session = sess
@@ -138,7 +139,7 @@ class OnnxRuntimeBackend(Backend):
         self.thread_pool = options.get("thread_pool", "global")
         if self.thread_pool not in THREAD_POOLS:
             raise ConfigError(f"thread_pool must be one of {', '.join(THREAD_POOLS)}, got {self.thread_pool!r}")
-        self._static: _Stage | None = None
+        self._static: SessionRunner | None = None
         self.providers = tuple(options.get("providers") or ("CPUExecutionProvider",))
         self.format = options.get("format", "onnx")
         if self.format not in ("onnx", "onnx-fp16"):
@@ -146,11 +147,11 @@ class OnnxRuntimeBackend(Backend):
         self.dtype = np.float16 if self.format == "onnx-fp16" else np.float32
         ort = _ort()
         self.version = ort.__version__
-        self._stages: dict[str, _Stage] = {}
+        self._stages: dict[str, SessionRunner] = {}
         for name in self.stages:
             sess, self.pool = session(str(bundle.stage_file(name, self.format)), threads=self.threads,
                                       thread_pool=self.thread_pool, providers=self.providers)
-            self._stages[name] = _Stage(sess)
+            self._stages[name] = SessionRunner(sess)
         self.active_providers = tuple(next(iter(self._stages.values())).session.get_providers())
 
     def static_runner(self) -> Any:
@@ -161,7 +162,7 @@ class OnnxRuntimeBackend(Backend):
         if self._static is None:
             sess, _ = session(str(self.bundle.file(mono["file"])), threads=self.threads, thread_pool=self.thread_pool,
                               providers=self.providers)
-            self._static = _Stage(sess)
+            self._static = SessionRunner(sess)
         stage = self._static
         return lambda x: stage(x)[0]
 
@@ -207,7 +208,7 @@ class GateGraph:
         self._model = onnx.load(str(bundle.file(bundle.manifest.gate["file"])))
         self._removed = set(bundle.manifest.removed)
         self._lock = threading.Lock()
-        self._stage: _Stage | None = None
+        self._stage: SessionRunner | None = None
         self._key: tuple[Any, ...] | None = None
         self.pool = ""
 
@@ -233,7 +234,7 @@ class GateGraph:
             set_thresholds(model, layers, exits)
             sess, self.pool = session(model.SerializeToString(), threads=self.threads, thread_pool=self.thread_pool,
                                       providers=self.providers)
-            self._stage, self._key = _Stage(sess), key
+            self._stage, self._key = SessionRunner(sess), key
 
     def run(self, image: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], int]:
         """(logits (1, K), executed (L,), exit layer or -1) for one preprocessed image (1, C, S, S)."""

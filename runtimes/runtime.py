@@ -49,7 +49,7 @@ from edgeskip.runtimes.inputs import InputSpec, prepare
 from edgeskip.runtimes.policy import Plan, Policy, resolve
 from edgeskip.runtimes.telemetry import RuntimeStats, Telemetry
 
-__all__ = ["Runtime", "RuntimeOutput", "GRAPHS"]
+__all__ = ["Runtime", "RuntimeOutput", "GRAPHS", "agent_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,31 @@ class Runtime:
     def policy(self) -> Policy:
         return self._plan.policy
 
+    @property
+    def plan(self) -> Plan:
+        """The current policy resolved against the bundle (what the next call follows)."""
+        return self._plan
+
+    @property
+    def backend(self) -> Backend | None:
+        """The backend running the stages (None with ``graph="gate"``)."""
+        return self._backend
+
+    @property
+    def gate(self) -> Any:
+        """The gate-graph runner with ``graph="gate"``, else None."""
+        return self._gate
+
+    @property
+    def agents(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
+        """Agent weights (L, D) and biases (L,), or None for a model without agents."""
+        return self._agents
+
+    @property
+    def e2cm(self) -> E2CM | None:
+        """The bundle's E²CM exits, or None."""
+        return self._e2cm
+
     def set_policy(self, policy: str | Policy | SkipConfig) -> None:
         """Switch to another policy or configuration (e.g. a cheaper Pareto point); no reload.
 
@@ -208,7 +233,7 @@ class Runtime:
             else:
                 assert self._agents is not None
                 z = tokens[:, 0] @ self._agents[0][j] + self._agents[1][j]
-                ran = _runs(z, cut)
+                ran = agent_runs(z, cut)
                 n = int(np.count_nonzero(ran))
             if n == 0:
                 continue
@@ -323,7 +348,7 @@ def _no_exits(batch: int) -> npt.NDArray[np.int64]:
     return out
 
 
-def _runs(z: npt.NDArray[np.float32], cut: float) -> npt.NDArray[np.bool_]:
+def agent_runs(z: npt.NDArray[np.float32], cut: float) -> npt.NDArray[np.bool_]:
     """The agent rule ``sigmoid(z) >= t`` as ``z >= logit(t)`` (one comparison; equal up to float rounding
     at the threshold). ``t = 1`` keeps PyTorch's float32 meaning: the sigmoid rounds to 1 for z above ~16.6."""
     if cut == math.inf:

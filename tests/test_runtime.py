@@ -118,7 +118,7 @@ def test_a_batch_equals_its_inputs_one_at_a_time(cifar_tiny_bundle: Path, cifar_
 def test_policy_switching_needs_no_reload(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray) -> None:
     images = cifar_test_uint8[:32]
     rt = Runtime(cifar_tiny_bundle)
-    backend = rt._backend
+    backend = rt.backend
     assert rt.policy.name == "agent+e2cm"  # auto: everything the bundle has
     both = rt(images)
     rt.set_policy("static")
@@ -132,7 +132,7 @@ def test_policy_switching_needs_no_reload(cifar_tiny_bundle: Path, cifar_test_ui
     rt.set_policy("agent+e2cm")
     again = rt(images)
     assert np.array_equal(again.executed, both.executed) and np.array_equal(again.logits, both.logits)
-    assert rt._backend is backend  # nothing was reloaded
+    assert rt.backend is backend  # nothing was reloaded
 
     # an explicit configuration: layer 1 removed, no exits; then the same as genes on the default grid
     m = rt.manifest
