@@ -28,7 +28,7 @@ import numpy.typing as npt
 from edgeskip.bundle import Bundle
 from edgeskip.errors import ConfigError
 
-__all__ = ["Backend", "check_options", "check_threads", "in_fixed_batches"]
+__all__ = ["Backend", "check_options", "check_threads", "chunk_plan", "in_fixed_batches"]
 
 
 class Backend(abc.ABC):
@@ -70,19 +70,34 @@ def check_threads(threads: Any) -> int | None:
     return threads  # type: ignore[no-any-return]
 
 
+def chunk_plan(n: int, batches: Sequence[int]) -> list[int]:
+    """Compiled batch sizes to cover ``n`` rows: an exact fit, else the largest that fits, and the
+    smallest (zero-padded) for a remainder smaller than every compiled size."""
+    sizes = sorted(set(batches))
+    if not sizes or n < 0:
+        raise ConfigError(f"cannot split {n} rows over compiled batch sizes {list(batches)}")
+    plan, left = [], n
+    while left > 0:
+        if left in sizes:
+            plan.append(left)
+            break
+        fits = [b for b in sizes if b <= left]
+        plan.append(fits[-1] if fits else sizes[0])
+        left -= plan[-1]
+    return plan
+
+
 def in_fixed_batches(run: Callable[[npt.NDArray[Any]], npt.NDArray[Any]], x: npt.NDArray[Any],
-                     batch: int) -> npt.NDArray[Any]:
-    """Run a model compiled for exactly ``batch`` rows on any number of rows: chunks of ``batch``,
-    the last one padded with zero rows whose outputs are dropped."""
-    n = x.shape[0]
-    if n == batch:
-        return run(x)
-    outs = []
-    for start in range(0, n, batch):
-        chunk = x[start:start + batch]
-        if chunk.shape[0] < batch:
-            pad = np.zeros((batch - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
-            outs.append(run(np.concatenate([chunk, pad]))[: chunk.shape[0]])
-        else:
-            outs.append(run(chunk))
-    return np.concatenate(outs)
+                     batches: Sequence[int]) -> npt.NDArray[Any]:
+    """Run a model compiled for fixed batch sizes (``run`` gets chunks of exactly one of ``batches``
+    rows) on any number of rows: chunks from :func:`chunk_plan`, a short last one padded with zero
+    rows whose outputs are dropped."""
+    outs, start = [], 0
+    for size in chunk_plan(x.shape[0], batches):
+        chunk = x[start:start + size]
+        rows = chunk.shape[0]
+        if rows < size:
+            chunk = np.concatenate([chunk, np.zeros((size - rows, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(run(chunk)[:rows])
+        start += rows
+    return outs[0] if len(outs) == 1 else np.concatenate(outs)

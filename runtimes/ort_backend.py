@@ -109,6 +109,15 @@ def session(source: str | bytes, *, threads: int | None = None, thread_pool: str
         raise BackendError(f"onnxruntime cannot load {where}: {exc}") from None
 
 
+def _session_settings(options: Mapping[str, Any]) -> tuple[int, str, tuple[str, ...]]:
+    """(threads, thread_pool, providers) from a backend's options, checked, with their defaults."""
+    threads = check_threads(options.get("threads")) or default_threads()
+    thread_pool = options.get("thread_pool", "global")
+    if thread_pool not in THREAD_POOLS:
+        raise ConfigError(f"thread_pool must be one of {', '.join(THREAD_POOLS)}, got {thread_pool!r}")
+    return threads, thread_pool, tuple(options.get("providers") or ("CPUExecutionProvider",))
+
+
 class SessionRunner:
     """One session with its input and output names, run through the compiled entry point: ``runner(x)``
     returns every output."""
@@ -135,12 +144,8 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, bundle: Bundle, stages: Sequence[str], **options: Any) -> None:
         super().__init__(bundle, stages)
         check_options(self.name, options, self.OPTIONS)
-        self.threads = check_threads(options.get("threads")) or default_threads()
-        self.thread_pool = options.get("thread_pool", "global")
-        if self.thread_pool not in THREAD_POOLS:
-            raise ConfigError(f"thread_pool must be one of {', '.join(THREAD_POOLS)}, got {self.thread_pool!r}")
+        self.threads, self.thread_pool, self.providers = _session_settings(options)
         self._static: SessionRunner | None = None
-        self.providers = tuple(options.get("providers") or ("CPUExecutionProvider",))
         self.format = options.get("format", "onnx")
         if self.format not in ("onnx", "onnx-fp16"):
             raise ConfigError(f"format must be 'onnx' or 'onnx-fp16', got {self.format!r}")
@@ -194,17 +199,11 @@ class GateGraph:
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         check_options("onnxruntime (gate graph)", options, self.OPTIONS)
-        threads, thread_pool = options.get("threads"), options.get("thread_pool", "global")
-        providers: Sequence[str] | None = options.get("providers")
+        self.threads, self.thread_pool, self.providers = _session_settings(options)
         if bundle.manifest.gate is None:
             raise BundleError(f"{bundle.path}: this bundle has no gate graph")
         import onnx  # the onnx package ships with edgeskip (a core dependency)
 
-        self.threads = check_threads(threads) or default_threads()
-        if thread_pool not in THREAD_POOLS:
-            raise ConfigError(f"thread_pool must be one of {', '.join(THREAD_POOLS)}, got {thread_pool!r}")
-        self.thread_pool = thread_pool
-        self.providers = tuple(providers or ("CPUExecutionProvider",))
         self._model = onnx.load(str(bundle.file(bundle.manifest.gate["file"])))
         self._removed = set(bundle.manifest.removed)
         self._lock = threading.Lock()

@@ -9,7 +9,8 @@
     rt.stats()                # inputs, executed-layer and exit histograms, paths, latency percentiles
 
 Execution (``graph="stages"``, the default): embed, then for each layer the agent decides per
-input on the host (numpy, ``sigmoid(w . cls + b) >= t`` in float32 like PyTorch), the rows
+input on the host (numpy: ``sigmoid(w . cls + b) >= t`` taken as one comparison of the logit
+with ``log(t / (1 - t))``, see :func:`agent_runs`), the rows
 that run are gathered, the backend runs the layer on them alone and they are scattered back;
 after a layer with an enabled E²CM exit, the rows that ran it are checked (numpy, the rule of
 :meth:`edgeskip.e2cm.E2CM.check`) and the confident ones leave with the class-mean logits
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import time
 from pathlib import Path
@@ -47,11 +47,9 @@ from edgeskip.errors import BackendError, ConfigError, EdgeskipError
 from edgeskip.runtimes.backend import Backend
 from edgeskip.runtimes.inputs import InputSpec, prepare
 from edgeskip.runtimes.policy import Plan, Policy, resolve
-from edgeskip.runtimes.telemetry import RuntimeStats, Telemetry
+from edgeskip.runtimes.telemetry import RuntimeStats, Telemetry, path_string
 
 __all__ = ["Runtime", "RuntimeOutput", "GRAPHS", "agent_runs"]
-
-log = logging.getLogger(__name__)
 
 GRAPHS = ("stages", "gate")
 
@@ -68,7 +66,7 @@ class RuntimeOutput:
 
     def paths(self) -> list[str]:
         """One bit string per input, e.g. '110101101' (1 = layer ran)."""
-        return ["".join("1" if bit else "0" for bit in row) for row in self.executed]
+        return [path_string(row) for row in self.executed]
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -85,8 +83,8 @@ class Runtime:
     ``whole_static``: a policy without decisions (``static``) runs the bundle's monolithic model in one
     backend call where the backend has one (onnxruntime: ``onnx/model.onnx``; measured 2-5% over a bare
     session at batch 1 against the per-stage loop's 1-16%, and about 15% less than the loop at batch 64
-    in some runs; it loads a second copy of the weights the first time a static policy is used). Further keyword options go to the backend (e.g.
-    ``threads``, ``thread_pool``, ``precision``).
+    in some runs; it loads a second copy of the weights the first time a static policy is used).
+    Further keyword options go to the backend (e.g. ``threads``, ``thread_pool``, ``precision``).
     """
 
     def __init__(self, bundle: str | Path | Bundle, backend: str | type[Backend] = "onnxruntime",
@@ -119,7 +117,7 @@ class Runtime:
                                  "threads": self._gate.threads, "providers": list(self._gate.providers)}
         else:
             cls = _backend_class(backend)
-            stages = ["embed", *(stage_name(j) for j in range(self.depth) if j not in m.removed), "head"]
+            stages = ["embed", *(self._layer_names[j] for j in range(self.depth) if j not in m.removed), "head"]
             self._backend = cls(self.bundle, stages, **backend_options)
             self.backend_info = {**self._backend.info(), "graph": "stages"}
             self._prepare_static(self._plan)
@@ -219,7 +217,7 @@ class Runtime:
         backend = self._backend
         assert backend is not None
         b = x.shape[0]
-        if plan.static and self._whole_static and self._static_runner is not None:
+        if plan.static and self._static_runner is not None:  # made only when whole_static
             return self._static_runner(x), np.broadcast_to(plan.static_row, (b, self.depth)), _no_exits(b)
         executed = np.zeros((b, self.depth), bool)
         tokens = backend.run("embed", x)

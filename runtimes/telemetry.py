@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RuntimeStats", "Telemetry", "LATENCY_WINDOW", "MAX_PATHS", "FLUSH_EVERY"]
+__all__ = ["RuntimeStats", "Telemetry", "LATENCY_WINDOW", "MAX_PATHS", "FLUSH_EVERY", "path_string"]
 
 LATENCY_WINDOW = 10_000
 MAX_PATHS = 1024
@@ -49,6 +49,11 @@ class RuntimeStats:
         out["layer_counts"] = list(self.layer_counts)
         out["mean_executed_layers"] = self.mean_executed_layers
         return out
+
+
+def path_string(executed_row: npt.NDArray[np.bool_]) -> str:
+    """A path as a bit string, one bit per layer, e.g. '110101101' (1 = the layer ran)."""
+    return "".join("1" if bit else "0" for bit in executed_row)
 
 
 def _percentiles(values: npt.NDArray[np.float64]) -> dict[str, float]:
@@ -102,7 +107,7 @@ class Telemetry:
             self._exits["head" if e < 0 else f"layer_{int(e):02d}"] += int(n)
         rows, counts = np.unique(executed, axis=0, return_counts=True)
         for row, n in zip(rows, counts, strict=True):
-            path = "".join("1" if bit else "0" for bit in row)
+            path = path_string(row)
             if path in self._paths or len(self._paths) < MAX_PATHS:
                 self._paths[path] += int(n)
             else:

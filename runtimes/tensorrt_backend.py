@@ -24,29 +24,12 @@ import numpy.typing as npt
 
 from edgeskip.bundle import Bundle, BundleError
 from edgeskip.errors import BackendError, BackendUnavailableError, ConfigError
-from edgeskip.runtimes.backend import Backend, check_options
+from edgeskip.runtimes.backend import Backend, check_options, in_fixed_batches
 
-__all__ = ["TensorRTBackend", "chunk_plan"]
+__all__ = ["TensorRTBackend"]
 
 INSTALL = ("the tensorrt backend needs TensorRT's Python bindings and cuda-python: on a Jetson TensorRT comes "
            "with JetPack (pip install cuda-python); elsewhere pip install 'edgeskip[tensorrt]'")
-
-
-def chunk_plan(n: int, batches: Sequence[int]) -> list[int]:
-    """Engine batch sizes to cover ``n`` rows: an exact fit, else the largest that fits, and the
-    smallest engine (zero-padded) for a remainder smaller than every engine."""
-    sizes = sorted(set(batches))
-    if not sizes or n < 0:
-        raise ConfigError(f"cannot split {n} rows over engine batch sizes {list(batches)}")
-    plan, left = [], n
-    while left > 0:
-        if left in sizes:
-            plan.append(left)
-            break
-        fits = [b for b in sizes if b <= left]
-        plan.append(fits[-1] if fits else sizes[0])
-        left -= plan[-1]
-    return plan
 
 
 def _cudart() -> Any:
@@ -163,16 +146,8 @@ class TensorRTBackend(Backend):
 
     def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         engines = self._engines[stage]
-        outs, start = [], 0
         with self._locks[stage]:
-            for size in chunk_plan(x.shape[0], list(engines)):
-                chunk = x[start:start + size]
-                rows = chunk.shape[0]
-                if rows < size:
-                    chunk = np.concatenate([chunk, np.zeros((size - rows, *chunk.shape[1:]), chunk.dtype)])
-                outs.append(engines[size](chunk)[:rows])
-                start += rows
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+            return in_fixed_batches(lambda chunk: engines[chunk.shape[0]](chunk), x, list(engines))
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "tensorrt": self.trt_version, "engines_built_with": self.engine_versions,

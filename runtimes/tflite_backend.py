@@ -58,7 +58,7 @@ class TFLiteBackend(Backend):
             return self._run_interpreter(interpreter, chunk)
 
         with lock:
-            return in_fixed_batches(once, x, self.batch)
+            return in_fixed_batches(once, x, (self.batch,))
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "interpreter": self.interpreter, "format": self.format,

@@ -25,7 +25,7 @@ from edgeskip.exporters.settings import ExportConfig
 from edgeskip.normalization import preprocess
 from edgeskip.runtimes import BACKENDS, Policy, Runtime
 from edgeskip.runtimes.inputs import resize_bilinear
-from edgeskip.runtimes.tensorrt_backend import chunk_plan
+from edgeskip.runtimes.backend import chunk_plan, in_fixed_batches
 
 NEUTRAL = tempfile.gettempdir()
 
@@ -453,6 +453,15 @@ def test_every_registered_backend_is_a_backend() -> None:
 def test_engine_chunks_cover_every_row(n: int, batches: list[int], plan: list[int]) -> None:
     assert chunk_plan(n, batches) == plan
     assert sum(plan) >= n
+    x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    seen: list[int] = []
+
+    def compiled(chunk: np.ndarray) -> np.ndarray:  # accepts only the compiled sizes, as an engine does
+        assert chunk.shape[0] in batches
+        seen.append(chunk.shape[0])
+        return chunk * 2
+
+    assert np.array_equal(in_fixed_batches(compiled, x, batches), x * 2) and seen == plan
 
 
 def test_torch_backend_refuses_other_weights(tiny_bundle: Path, tmp_path: Path) -> None:
