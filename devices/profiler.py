@@ -11,14 +11,13 @@ estimate labelled ``"source": "estimate"``), measured over a block of repeated c
 resident memory, the backend, thread pool, library versions and the host are recorded.
 
 The result is ``profiles/<device>.json`` beside the bundle's files (schema-versioned; it names
-the bundle by the sha256 of its manifest, so a profile of another bundle is refused on load).
+the bundle by its manifest's fingerprint, so a profile of another bundle is refused on load).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import resource
@@ -31,14 +30,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.bundle import MANIFEST, Bundle, stage_name
+from edgeskip.bundle import Bundle, stage_name
 from edgeskip.devices.energy import EnergyMeter, select_meter
 from edgeskip.devices.host import describe_host
 from edgeskip.devices.table import Device, get_device
 from edgeskip.errors import ConfigError, EdgeskipError
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "ProfileError", "Timing", "ProfileSettings", "profile_bundle", "load_profile",
-           "save_profile", "timing_stats", "profile_path", "manifest_sha256"]
+           "save_profile", "timing_stats", "profile_path"]
 
 FORMAT = "edgeskip.profile"
 SCHEMA_VERSION = 1
@@ -176,10 +175,6 @@ def _exit_check(e2cm: Any, index: int, tokens: npt.NDArray[np.float32], decision
     return decisions(e2cm.distances(index, tokens))
 
 
-def manifest_sha256(bundle: Bundle) -> str:
-    return hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest()
-
-
 def profile_path(bundle: Bundle | str | Path, device: str) -> Path:
     root = bundle.path if isinstance(bundle, Bundle) else Path(bundle)
     return root / "profiles" / f"{device}.json"
@@ -233,7 +228,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         overhead[str(b)] = _overhead(samples, pieces, layers)
     return {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "device": dev.name,
-        "bundle": {"model": m.model_name, "manifest_sha256": manifest_sha256(bundle), "target": m.target,
+        "bundle": {"model": m.model_name, "fingerprint": m.fingerprint, "target": m.target,
                    "removed": list(m.removed), "exits": list(exits)},
         "backend": rt.backend_info, "host": describe_host().to_dict(),
         "energy": {**meter.describe(), "unavailable": unavailable},
@@ -270,7 +265,7 @@ def load_profile(path: str | Path, bundle: Bundle | None = None, device: str | N
                            f"(this edgeskip reads {SCHEMA_VERSION}); profile the bundle again")
     if device is not None and data.get("device") != device:
         raise ProfileError(f"{path} profiles device {data.get('device')!r}, not {device!r}")
-    if bundle is not None and data.get("bundle", {}).get("manifest_sha256") != manifest_sha256(bundle):
+    if bundle is not None and (data.get("bundle") or {}).get("fingerprint") != bundle.manifest.fingerprint:
         raise ProfileError(f"{path} was measured on another bundle (or this bundle changed since): profile it again")
     if not isinstance(data.get("batches"), dict) or not data["batches"]:
         raise ProfileError(f"{path} holds no measurements")

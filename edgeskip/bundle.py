@@ -155,6 +155,8 @@ class Manifest:
     formats: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # format -> batch, weight/io types
     preprocessing: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # written by ``edgeskip select``: {"thresholds", "exit_thresholds", "device", "budget", "predicted", ...}
+    default_config: Mapping[str, Any] | None = None
 
     @property
     def untrained(self) -> bool:
@@ -179,8 +181,16 @@ class Manifest:
             "removed": list(self.removed), "agents": _plain(self.agents), "e2cm": _plain(self.e2cm),
             "gate": _plain(self.gate), "monolithic": _plain(self.monolithic), "tensorrt": _plain(self.tensorrt),
             "fidelity": _plain(self.fidelity), "formats": _plain(self.formats), "preprocessing": dict(self.preprocessing),
-            "provenance": dict(self.provenance),
+            "provenance": dict(self.provenance), "default_config": _plain(self.default_config),
         }
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the manifest without its ``default_config``: what a profile or a Pareto front is bound to
+        (choosing a default configuration does not change the model, so it keeps them valid)."""
+        data = self.to_dict()
+        data.pop("default_config")
+        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
@@ -211,7 +221,7 @@ class Manifest:
                 agents=_optional(data, "agents"), e2cm=_optional(data, "e2cm"), gate=_optional(data, "gate"),
                 monolithic=_optional(data, "monolithic"), tensorrt=_optional(data, "tensorrt"),
                 fidelity=_optional(data, "fidelity"), formats=_optional(data, "formats") or {}, preprocessing=data.get("preprocessing") or {},
-                provenance=data.get("provenance") or {},
+                provenance=data.get("provenance") or {}, default_config=_optional(data, "default_config"),
             )
         except ConfigError as exc:
             raise BundleError(f"{MANIFEST}: {exc}") from None
@@ -227,6 +237,15 @@ class Manifest:
         if self.e2cm:
             paths += [f"{self.e2cm['dir']}/{name}" for name in ("e2cm.npz", "e2cm.json")]
         return paths
+
+    def _check_default(self, cfg: Mapping[str, Any]) -> None:
+        depth = self.config.depth
+        layers, exits = cfg.get("thresholds"), cfg.get("exit_thresholds")
+        if layers is not None and not _threshold_list(layers, depth):
+            raise BundleError(f"{MANIFEST}: default_config needs {depth} layer thresholds in [0, 1] or null, got {layers!r}")
+        n_exits = len(self.e2cm["exits"]) if self.e2cm else 0
+        if exits is not None and (not n_exits or not _threshold_list(exits, n_exits) or None in exits):
+            raise BundleError(f"{MANIFEST}: default_config needs {n_exits} exit thresholds in [0, 1], got {exits!r}")
 
     def _check(self) -> None:
         cfg = self.config
@@ -249,10 +268,17 @@ class Manifest:
             if not isinstance(t, list) or len(t) != cfg.depth or any(
                     v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)) for v in t):
                 raise BundleError(f"{MANIFEST}: agents need {cfg.depth} thresholds (null for removed layers)")
+        if self.default_config is not None:
+            self._check_default(self.default_config)
         for path in self.referenced_files():
             check_relative_path(path)
             if path not in self.files:
                 raise BundleError(f"{MANIFEST}: {path} is used but missing from the files table")
+
+
+def _threshold_list(value: Any, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(
+        v is None or (not isinstance(v, bool) and isinstance(v, (int, float)) and 0.0 <= v <= 1.0) for v in value)
 
 
 def _plain(section: Mapping[str, Any] | None) -> dict[str, Any] | None:

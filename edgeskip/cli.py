@@ -374,6 +374,82 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from edgeskip.bundle import Bundle
+    from edgeskip.devices.profiler import load_profile, profile_path
+    from edgeskip.devices.search import SearchSettings, pareto_path, plot_front, search_bundle
+
+    bundle = Bundle.open(args.bundle)
+    profile = load_profile(args.profile or profile_path(bundle, args.device), bundle, args.device)
+    images, labels, source = _calibration_images(bundle, args.data, args.images, args.split)
+    settings = SearchSettings(pop_size=args.pop_size, generations=args.generations, batch=args.batch, seed=args.seed)
+    with tqdm(total=settings.generations, desc="NSGA-II", unit="gen", disable=args.quiet) as bar:
+        def step(done: int, total: int) -> None:
+            bar.n = min(done, total)
+            bar.refresh()
+
+        front = search_bundle(bundle.path, images, labels, profile, settings, progress=step)
+    front = dataclasses.replace(front, meta={**front.meta, "calibration": source})
+    out = Path(args.out) if args.out else pareto_path(bundle, args.device)
+    front.save(out)
+    png = plot_front(front, out.with_suffix(".png"), f"{front.meta['model']} on {front.device}: Pareto front")
+    m = front.meta
+    print(f"{len(front.points)} Pareto configurations of {m['evaluations']} evaluated on {m['images']} images "
+          f"({source}) in {m['seconds']:.1f} s; hypervolume {front.hypervolume:.4f}; {m['layers_computed']} "
+          f"image-layers computed for {m['states']} cached states")
+    print(f"{'#':>3} {'accuracy':>9} {'latency':>10} {'energy':>10} {'layers':>7} {'exits':>6}  thresholds (- removed)")
+    s = front.static
+    rows = [("static", s)] + [(str(i), p) for i, p in enumerate(front.points)]
+    for name, p in rows:
+        genes = " ".join("-" if t is None else f"{t:.2f}" for t in p.thresholds)
+        ex = "" if p.exit_thresholds is None else "  exits " + " ".join(f"{t:.2f}" for t in p.exit_thresholds)
+        print(f"{name:>6} {100 * p.accuracy:8.2f}% {p.latency_ms:7.3f} ms {p.energy_mj:7.3f} mJ {p.executed_layers:7.2f} "
+              f"{100 * p.exit_rate:5.1f}%  {genes}{ex}")
+    energy = " (energy is an ESTIMATE, not a measurement)" if front.energy_source == "estimate" else ""
+    print(f"wrote {out} and {png}{energy}; pick one with: edgeskip select --bundle {bundle.path} --device "
+          f"{front.device} --budget-ms MS")
+    return 0
+
+
+def _calibration_images(bundle: Any, data: str | None, count: int, split: str) -> tuple[Any, Any, str]:
+    """``count`` images (evenly per class) of the bundle's dataset for the search."""
+    import numpy as np
+
+    from edgeskip.data import load_dataset
+    from edgeskip.errors import DataError
+
+    name = bundle.manifest.dataset
+    if name != "digits" and data is None:
+        raise DataError(f"the search measures accuracy on calibration images: pass --data with a {name} copy")
+    check_data(data)
+    splits = load_dataset(name, data, progress=True)
+    pool = splits.train if split == "train" else splits.test
+    if split == "test-half":  # the first half of each test class; the second half stays for reporting
+        pool = pool.per_class(max(1, min(int((pool.labels == k).sum()) for k in range(len(pool.classes))) // 2))
+    n_classes = len(pool.classes)
+    chosen = pool.per_class(max(1, -(-count // n_classes)))
+    chosen = chosen.subset(np.arange(min(count, len(chosen))))
+    if len(chosen) == 0:
+        raise DataError(f"no calibration images in the {split} split of {name}")
+    return chosen.images, chosen.labels, f"{len(chosen)} {name} images from the {split} split"
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from edgeskip.devices.select import select
+
+    chosen = select(args.bundle, args.device, budget_ms=args.budget_ms, budget_mj=args.budget_mj, pareto=args.pareto,
+                    write=not args.dry_run)
+    print(f"selected for {chosen.budget:g} {chosen.unit} on {chosen.device}: {chosen.describe()}")
+    print("layer thresholds (- removed): " + " ".join("-" if t is None else f"{t:.2f}" for t in chosen.point.thresholds))
+    if chosen.point.exit_thresholds is not None:
+        print("exit thresholds (1 = off): " + " ".join(f"{t:.2f}" for t in chosen.point.exit_thresholds))
+    if chosen.manifest is not None:
+        print(f"written to {chosen.manifest} as the default configuration: Runtime('{args.bundle}') now runs it")
+    return 0
+
+
 def torch_device() -> Any:
     import torch
 
@@ -400,6 +476,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "export": ("write a deployable bundle (ONNX stages + gate graph, TFLite, TensorRT inputs)", cmd_export),
     "build-engines": ("on a TensorRT device: build engines for every stage of a bundle", cmd_build_engines),
     "profile": ("measure each stage of a bundle on this device: latency, energy, memory", cmd_profile),
+    "search": ("NSGA-II over a bundle's configurations: accuracy vs the device's predicted latency and energy",
+               cmd_search),
+    "select": ("pick the most accurate Pareto configuration within a latency or energy budget", cmd_select),
     "bench": ("measure a bundle's runtime speed on this machine: static vs dynamic, ratios in one run", cmd_bench),
     "models": ("list the registered models with their sizes", cmd_models),
 }
@@ -481,6 +560,30 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", default=None, help="runtime backend (default: the device's)")
     pr.add_argument("--batch-sizes", default="1", help="batch sizes to measure, e.g. 1,8 (default: 1)")
     pr.add_argument("--quick", action="store_true", help="a coarse profile: few samples per stage")
+
+    se = parsers["search"]
+    se.add_argument("--bundle", required=True, help="bundle directory (profiled for --device)")
+    se.add_argument("--device", default="cpu", help="device whose profile predicts the costs (default: cpu)")
+    se.add_argument("--profile", default=None, help="profile file (default: BUNDLE/profiles/DEVICE.json)")
+    se.add_argument("--data", default=None, help="dataset copy for the calibration images (not needed for digits)")
+    se.add_argument("--images", type=positive_int, default=2000, help="calibration images (default: 2000)")
+    se.add_argument("--split", default="test-half", choices=("test-half", "train"),
+                    help="where they come from: the first half of each test class, or the training set "
+                         "(default: test-half)")
+    se.add_argument("--pop-size", type=positive_int, default=25, help="NSGA-II population (default: 25)")
+    se.add_argument("--generations", type=positive_int, default=30, help="NSGA-II generations (default: 30)")
+    se.add_argument("--batch", type=positive_int, default=1, help="batch size to predict for (default: 1)")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--out", default=None, help="pareto.json path (default: BUNDLE/pareto/DEVICE.json; a PNG beside it)")
+
+    sl = parsers["select"]
+    sl.add_argument("--bundle", required=True, help="bundle directory (searched for --device)")
+    sl.add_argument("--device", default="cpu", help="device (default: cpu)")
+    budget = sl.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-ms", type=float, default=None, help="latency budget per call (ms)")
+    budget.add_argument("--budget-mj", type=float, default=None, help="energy budget per call (mJ)")
+    sl.add_argument("--pareto", default=None, help="front file (default: BUNDLE/pareto/DEVICE.json)")
+    sl.add_argument("--dry-run", action="store_true", help="show the choice without writing it into the manifest")
 
     bn = parsers["bench"]
     bn.add_argument("bundle", nargs="?", help="bundle directory")

@@ -147,8 +147,8 @@ def _load_e2cm(cfg: ExportConfig, src: _Source) -> Any:
 
     path = Path(cfg.e2cm)
     if not (path / "e2cm.json").is_file():
-        subs = sorted(p.name for p in path.glob("*/e2cm.json")) if path.is_dir() else []
-        hint = f" (it holds {', '.join(s.split('/')[0] for s in subs)}: pass one of those folders)" if subs else ""
+        subs = sorted(str(p.parent) for p in path.glob("*/e2cm.json")) if path.is_dir() else []
+        hint = f" (it holds {', '.join(subs)}: pass one of those folders)" if subs else ""
         raise ConfigError(f"--e2cm {path} is not an E²CM folder written by 'edgeskip calibrate'{hint}")
     e2cm = E2CM.load(path)
     model_cfg = src.model.config

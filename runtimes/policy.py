@@ -7,7 +7,8 @@ turns it into the :class:`Plan` the runtime's loop follows. Named policies:
 * ``agent``: each layer runs for an input when its agent's probability >= the threshold;
 * ``e2cm``: every layer runs, and an input leaves at the first E²CM exit it is confident at;
 * ``agent+e2cm``: both (an exit is checked only after a layer that ran);
-* ``auto``: everything the bundle has (the default).
+* ``default``: the configuration ``edgeskip select`` wrote into the manifest for a budget;
+* ``auto``: ``default`` when the bundle has one, else everything the bundle has (the default).
 
 Any explicit configuration works too: ``Policy.config(layers=[0.5, None, ...], exits=[...])``
 or NSGA-II genes with ``Policy.from_genes``; a threshold of ``None`` removes that layer, an exit
@@ -31,7 +32,7 @@ from edgeskip.errors import ConfigError
 
 __all__ = ["POLICIES", "Policy", "Plan", "resolve"]
 
-POLICIES = ("auto", "static", "agent", "e2cm", "agent+e2cm")
+POLICIES = ("auto", "default", "static", "agent", "e2cm", "agent+e2cm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,13 @@ class Plan:
 def _named(name: str, manifest: Manifest) -> Policy:
     agents = manifest.agents is not None
     e2cm = manifest.e2cm is not None
+    chosen = manifest.default_config
+    if name == "default" and chosen is None:
+        raise ConfigError("this bundle has no default configuration: choose one with 'edgeskip select --budget-ms MS'")
+    if name in ("auto", "default") and chosen is not None:
+        layers = chosen.get("thresholds")
+        exits = chosen.get("exit_thresholds")
+        return Policy("default", None if layers is None else tuple(layers), None if exits is None else tuple(exits))
     if name == "auto":
         name = "agent+e2cm" if agents and e2cm else "agent" if agents else "e2cm" if e2cm else "static"
     if name not in POLICIES:

@@ -182,6 +182,17 @@ class Runtime:
         self._prepare_static(plan)
         self._plan = plan
 
+    def select(self, *, budget_ms: float | None = None, budget_mj: float | None = None, device: str = "cpu",
+               write: bool = False) -> Any:
+        """Switch to the most accurate configuration of ``edgeskip search``'s front for ``device`` within the
+        budget (no reload); ``write=True`` also makes it the bundle's default. Returns the
+        :class:`~edgeskip.devices.select.Selection`."""
+        from edgeskip.devices.select import select
+
+        chosen = select(self.bundle, device, budget_ms=budget_ms, budget_mj=budget_mj, write=write)
+        self.set_policy(chosen.point.policy)
+        return chosen
+
     def _prepare_static(self, plan: Plan) -> None:
         if plan.static and self._whole_static and self._static_runner is None and self._backend is not None:
             self._static_runner = self._backend.static_runner()

@@ -198,7 +198,7 @@ def test_profile_of_another_bundle_or_device_is_refused(profiled: tuple[Path, di
     path = bundle / "profiles" / "cpu.json"
     with pytest.raises(ProfileError, match="not 'raspberry-pi-5'"):
         load_profile(path, device="raspberry-pi-5")
-    other = dict(profile, bundle={**profile["bundle"], "manifest_sha256": "0" * 64})
+    other = dict(profile, bundle={**profile["bundle"], "fingerprint": "0" * 64})
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(ProfileError, match="another bundle"):
         load_profile(tmp_path / "other.json", Bundle.open(bundle))

@@ -11,11 +11,9 @@ import torch
 
 from edgeskip.agents import GeneCodec, SkipConfig
 from edgeskip.agents.model import SkipViT
+from edgeskip.agents.operators import KeepOneLayer, OnePointCrossover, ReplaceGeneMutation, SeededSampling
 from edgeskip.agents.search import (
     Evaluator,
-    KeepOneLayer,
-    OnePointCrossover,
-    ReplaceGeneMutation,
     SearchResult,
     plot_front,
     search_skip_configs,
@@ -98,11 +96,18 @@ def test_operators() -> None:
     cut = a.index(5)
     assert a == [1] * cut + [5] * (6 - cut) and b == [5] * cut + [1] * (6 - cut) and 1 <= cut <= 5
     X = np.full((50, 6), 3)
-    mutated = ReplaceGeneMutation(codec, prob=1.0)._do(None, X, random_state=rng)  # type: ignore[arg-type]
+    mutated = ReplaceGeneMutation([codec.n_values - 1] * 6, prob=1.0)._do(None, X, random_state=rng)  # type: ignore[arg-type]
     assert all((row != 3).sum() <= 1 for row in mutated) and (mutated != 3).any()
     assert mutated.min() >= 0 and mutated.max() < codec.n_values
+    upper = [1, 1, 7, 7]  # two layer genes (remove / run), two exit genes: each gene keeps its own range
+    mutated = ReplaceGeneMutation(upper, prob=1.0)._do(None, np.zeros((200, 4), int), random_state=rng)  # type: ignore[arg-type]
+    assert (mutated <= np.array(upper)).all() and mutated[:, 2:].max() > 1
     repaired = KeepOneLayer()._do(None, np.zeros((3, 6), dtype=int), random_state=rng)  # type: ignore[arg-type]
     assert all(row.sum() == 1 for row in repaired)
+    only_layers = KeepOneLayer(layer_genes=2)._do(None, np.array([[0, 0, 5, 5]]), random_state=rng)  # type: ignore[arg-type]
+    assert only_layers[0, :2].sum() == 1 and only_layers[0, 2:].tolist() == [5, 5]
+    X = SeededSampling(upper, [[1, 1, 0, 0]])._do(None, 20, random_state=rng)  # type: ignore[arg-type]
+    assert X[0].tolist() == [1, 1, 0, 0] and (X <= np.array(upper)).all() and X.shape == (20, 4)
 
 
 def test_bad_search_input(agent_model: SkipViT, digits: DatasetSplits) -> None:

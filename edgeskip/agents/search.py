@@ -29,17 +29,14 @@ import numpy.typing as npt
 import torch
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.callback import Callback
-from pymoo.core.crossover import Crossover
-from pymoo.core.mutation import Mutation
 from pymoo.core.problem import Problem
-from pymoo.core.repair import Repair
-from pymoo.core.sampling import Sampling
 from pymoo.indicators.hv import HV
 from pymoo.optimize import minimize
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from edgeskip.agents.genes import DEFAULT_GRID, GeneCodec, SkipConfig
 from edgeskip.agents.model import SkipViT
+from edgeskip.agents.operators import KeepOneLayer, OnePointCrossover, ReplaceGeneMutation, SeededSampling
 from edgeskip.agents.reinforce import rewards
 from edgeskip.agents.settings import SearchConfig
 from edgeskip.agents.trainer import joint_loss
@@ -158,67 +155,6 @@ class SkipProblem(Problem):
         out["F"] = np.asarray([self.objectives(np.asarray(x, dtype=np.int64)) for x in X])
 
 
-class GeneSampling(Sampling):
-    """Uniform random genomes; the first two are the reference models (every layer at
-    threshold 0.5, and every layer always on) so the search starts from them."""
-
-    def __init__(self, codec: GeneCodec) -> None:
-        super().__init__()
-        self.codec = codec
-
-    def _do(self, problem: Problem, n_samples: int, *args: Any, random_state: Any = None, **kwargs: Any) -> Any:
-        X = random_state.integers(0, self.codec.n_values, size=(n_samples, self.codec.depth))
-        seeds = [SkipConfig.uniform(self.codec.depth, 0.5), SkipConfig.uniform(self.codec.depth, 0.0)]
-        for i, cfg in enumerate(seeds[:n_samples]):
-            genes = self.codec.encode_or_none(cfg)
-            if genes is not None:
-                X[i] = genes
-        return X
-
-
-class OnePointCrossover(Crossover):
-    """Classic one-point crossover of two parents into two children."""
-
-    def __init__(self, prob: float) -> None:
-        super().__init__(n_parents=2, n_offsprings=2, prob=prob)
-
-    def _do(self, problem: Problem, X: npt.NDArray[Any], *args: Any, random_state: Any = None, **kwargs: Any) -> Any:
-        _, n_matings, n_var = X.shape
-        Y = X.copy()
-        if n_var < 2:
-            return Y
-        for k in range(n_matings):
-            cut = int(random_state.integers(1, n_var))
-            Y[0, k, cut:], Y[1, k, cut:] = X[1, k, cut:], X[0, k, cut:]
-        return Y
-
-
-class ReplaceGeneMutation(Mutation):
-    """With probability ``prob`` per individual, one random gene gets a uniformly drawn value."""
-
-    def __init__(self, codec: GeneCodec, prob: float) -> None:
-        super().__init__(prob=prob)
-        self.codec = codec
-
-    def _do(self, problem: Problem, X: npt.NDArray[Any], *args: Any, random_state: Any = None, **kwargs: Any) -> Any:
-        X = X.copy()
-        for row in X:
-            row[int(random_state.integers(0, self.codec.depth))] = int(random_state.integers(0, self.codec.n_values))
-        return X
-
-
-class KeepOneLayer(Repair):
-    """A genome that removes every layer gets one random layer back (threshold 0)."""
-
-    def _do(self, problem: Problem, X: npt.NDArray[Any], *args: Any, random_state: Any = None, **kwargs: Any) -> Any:
-        X = np.asarray(X).copy()
-        rng = random_state if random_state is not None else np.random.default_rng()
-        for row in X:
-            if not row.any():
-                row[int(rng.integers(0, len(row)))] = 1
-        return X
-
-
 class _PerGeneration(Callback):
     """Before each generation: new evaluation images (fresh mode) and joint fine-tuning."""
 
@@ -276,9 +212,11 @@ def search_skip_configs(
         if optimizer is not None and train_data is not None:
             _fine_tune(model, optimizer, train_data, norm, settings, rng, dtype)
 
+    upper = [codec.n_values - 1] * codec.depth
     algorithm = NSGA2(
-        pop_size=settings.pop_size, sampling=GeneSampling(codec), crossover=OnePointCrossover(settings.crossover_prob),
-        mutation=ReplaceGeneMutation(codec, settings.mutation_prob), repair=KeepOneLayer(), eliminate_duplicates=True,
+        pop_size=settings.pop_size, sampling=SeededSampling(upper, _seeds(codec)),
+        crossover=OnePointCrossover(settings.crossover_prob), mutation=ReplaceGeneMutation(upper, settings.mutation_prob),
+        repair=KeepOneLayer(), eliminate_duplicates=True,
     )
     with bar:
         res = minimize(problem, algorithm, ("n_gen", settings.generations), seed=settings.seed,
@@ -306,6 +244,12 @@ def search_skip_configs(
         reference_hypervolume=hypervolume(np.asarray([_objectives(reference, settings.joint)])),
         objectives=objectives, evaluations=evaluator.count, seconds=time.perf_counter() - start, settings=settings,
     )
+
+
+def _seeds(codec: GeneCodec) -> list[Any]:
+    """The reference models the search starts from: every layer at threshold 0.5, and every layer always on."""
+    configs = [SkipConfig.uniform(codec.depth, 0.5), SkipConfig.uniform(codec.depth, 0.0)]
+    return [g for g in (codec.encode_or_none(c) for c in configs) if g is not None]
 
 
 def _point(config: SkipConfig, problem: SkipProblem, genes: tuple[int, ...]) -> ParetoPoint:
