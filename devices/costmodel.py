@@ -2,10 +2,12 @@
 
 For a configuration and a set of images (what matters is how often each piece runs)::
 
-    latency = embed + head x reach_head + sum_j layer_j x rate_j + sum_j agent_j x asked_j
-              + sum_i check_i x checked_i + calls x per_call + fixed
+    latency = embed + head x reach_head + sum_j (layer_j x (rate_j - warm_j) + warm_layer_j x warm_j)
+              + sum_j agent_j x asked_j + sum_i check_i x checked_i + calls x per_call + fixed
 
-``rate_j`` is the share of inputs that run layer j, ``asked_j`` the share whose agent is asked
+``rate_j`` is the share of inputs that run layer j, ``warm_j`` the share that run it right after
+it last ran (at batch 1: the input's first layer is j and the last layer any earlier input ran was
+j too), when its weights are still in the caches (the profile's ``warm_NN``), ``asked_j`` the share whose agent is asked
 (every input still in the network at a layer with an agent threshold above 0), ``checked_i``
 the share checked at exit i, ``reach_head`` the share that reaches the head. The last two terms
 are the runtime's own cost around the stages, measured by the profiler in context
@@ -26,7 +28,7 @@ import numpy.typing as npt
 
 from edgeskip.errors import ConfigError
 
-__all__ = ["CostKey", "Usage", "Prediction", "CostModel", "usage_of"]
+__all__ = ["CostKey", "CostModel", "Prediction", "Usage", "usage_of", "warm_shares"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +41,11 @@ class CostKey:
 
     @classmethod
     def parse(cls, name: str, batch: int) -> CostKey:
-        """From a profile's piece name: 'embed', 'head', 'layer_03', 'agent_03', 'exit_01'."""
+        """From a profile's piece name: 'embed', 'head', 'layer_03', 'warm_03', 'agent_03', 'exit_01'."""
         if name in ("embed", "head"):
             return cls(name, None, batch)
         piece, _, index = name.partition("_")
-        if piece not in ("layer", "agent", "exit") or not index.isdigit():
+        if piece not in ("layer", "warm", "agent", "exit") or not index.isdigit():
             raise ConfigError(f"unknown profile entry {name!r}")
         return cls(piece, int(index), batch)
 
@@ -56,6 +58,7 @@ class Usage:
     asked: tuple[float, ...]  # per layer: share of inputs whose agent was asked
     checked: tuple[float, ...]  # per exit: share of inputs checked there
     reach_head: float  # share of inputs the head classified
+    warm: tuple[float, ...] = ()  # per layer: share of inputs that ran it right after it last ran
 
     @property
     def calls(self) -> float:
@@ -65,9 +68,9 @@ class Usage:
 
 def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64], cuts: Sequence[tuple[int, Any]],
              exits: Sequence[int], checked_exits: Sequence[int]) -> Usage:
-    """The usage of a run: ``executed`` (N, L), ``exit_layer`` (N,), the plan's (layer, cut) steps
-    (a cut of None: the layer runs without asking its agent), the exit layers of the bundle and those
-    enabled in the plan."""
+    """The usage of a run: ``executed`` (N, L) with the inputs in the order they ran one at a time,
+    ``exit_layer`` (N,), the plan's (layer, cut) steps (a cut of None: the layer runs without asking its
+    agent), the exit layers of the bundle and those enabled in the plan."""
     n, depth = executed.shape
     if n == 0:
         raise ConfigError("usage needs at least one input")
@@ -80,7 +83,18 @@ def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64],
     enabled = set(checked_exits)
     checked = [float(executed[:, layer].mean()) if layer in enabled else 0.0 for layer in exits]
     return Usage(tuple(float(v) for v in executed.mean(axis=0)), tuple(asked), tuple(checked),
-                 float(np.mean(~left)))
+                 float(np.mean(~left)), warm_shares(executed))
+
+
+def warm_shares(executed: npt.NDArray[np.bool_]) -> tuple[float, ...]:
+    """Per layer, the share of inputs that ran it right after it last ran: an input's first layer is j
+    and the last layer of the latest earlier input that ran any layer was j too (inputs one at a time)."""
+    n, depth = executed.shape
+    ran = np.flatnonzero(executed.any(axis=1))
+    first = executed[ran].argmax(axis=1)
+    last = depth - 1 - executed[ran, ::-1].argmax(axis=1)
+    again = first[1:][first[1:] == last[:-1]]
+    return tuple(float(v) / n for v in np.bincount(again, minlength=depth))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,9 +142,13 @@ class CostModel:
         if len(usage.layers) != self.depth:
             raise ConfigError(f"usage covers {len(usage.layers)} layers; the model has {self.depth}")
         terms = [(self._entry("embed", None, batch), 1.0), (self._entry("head", None, batch), usage.reach_head)]
+        warm = usage.warm if batch == 1 and usage.warm else (0.0,) * self.depth
         for j, rate in enumerate(usage.layers):
             if rate:
-                terms.append((self._entry("layer", j, batch), rate))
+                hot = warm[j] if CostKey("warm", j, batch) in self.entries else 0.0
+                terms.append((self._entry("layer", j, batch), rate - hot))
+                if hot:
+                    terms.append((self._entry("warm", j, batch), hot))
             if usage.asked[j]:
                 terms.append((self._entry("agent", j, batch), usage.asked[j]))
         for i, share in enumerate(usage.checked):

@@ -489,10 +489,16 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
     from pymoo.core.problem import Problem
     from pymoo.optimize import minimize
 
-    from edgeskip.agents.operators import KeepOneLayer, OnePointCrossover, ReplaceGeneMutation, SeededSampling
+    from edgeskip.agents.operators import (
+        KeepOneLayer,
+        OnePointCrossover,
+        ReplaceGeneMutation,
+        SeededSampling,
+    )
     from edgeskip.runtimes.inputs import prepare
 
     settings = settings or SearchSettings()
+    generations = settings.generations
     start = time.perf_counter()
     rt = Runtime(bundle_dir, policy="static", whole_static=False)
     m = rt.manifest
@@ -540,7 +546,7 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
     class _Progress(Callback):
         def notify(self, algorithm: Any) -> None:
             if progress is not None:
-                progress(int(algorithm.n_gen), settings.generations)
+                progress(int(algorithm.n_gen), generations)
 
     seeds = [static_genes]
     default = genome.genes_of(m.agents["thresholds"] if m.agents else None, m.e2cm["thresholds"] if m.e2cm else None)

@@ -379,7 +379,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from edgeskip.bundle import Bundle
     from edgeskip.devices.profiler import load_profile, profile_path
-    from edgeskip.devices.search import SearchSettings, pareto_path, plot_front, search_bundle
+    from edgeskip.devices.search import (
+        SearchSettings,
+        pareto_path,
+        plot_front,
+        search_bundle,
+    )
 
     bundle = Bundle.open(args.bundle)
     profile = load_profile(args.profile or profile_path(bundle, args.device), bundle, args.device)

@@ -183,7 +183,7 @@ def test_profile_measures_every_piece(profiled: tuple[Path, dict]) -> None:  # t
     bundle, profile = profiled
     assert set(profile["batches"]) == {"1", "4"}
     pieces = profile["batches"]["1"]
-    assert set(pieces) == {"embed", "head", *(f"layer_{j:02d}" for j in range(4)), *(f"agent_{j:02d}" for j in range(4))}
+    assert set(pieces) == {"embed", "head", *(f"{p}_{j:02d}" for p in ("layer", "warm", "agent") for j in range(4))}
     for timing in pieces.values():
         assert timing["median_ms"] > 0 and timing["samples"] >= 5 and timing["energy_mj"] >= 0
     assert profile["energy"]["source"] in ("rapl", "estimate")
@@ -266,3 +266,22 @@ def test_usage_of_a_run() -> None:
     assert u.asked == (1.0, 0.0, 0.5)  # layer 1 runs without asking; 2 of 4 inputs are still in at layer 2
     assert u.checked == (0.75, 0.25) and u.reach_head == 0.5
     assert u.calls == pytest.approx(1 + 1.25 + 0.5)
+
+
+def test_warm_layers_in_the_usage_and_the_model() -> None:
+    from edgeskip.devices.costmodel import CostModel, Usage, warm_shares
+
+    # inputs one at a time; layer 0 is warm for input 1 (input 0 ended with it), layer 2 for input 4 (input 2
+    # ended with it; input 3 ran nothing); input 2 starts with layer 0 after input 1 ended with layer 1: cold
+    executed = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 1], [0, 0, 0], [0, 0, 1]], bool)
+    assert warm_shares(executed) == (0.2, 0.0, 0.2)
+    assert warm_shares(np.ones((4, 3), bool)) == (0.0, 0.0, 0.0)  # every layer for every input: all cold
+    assert warm_shares(np.array([[0, 1]] * 4, bool)) == (0.0, 0.75)  # one layer for everyone: warm after the first
+    profile = _profile()
+    profile["batches"]["1"]["warm_01"] = {"median_ms": 1.5, "p90_ms": 1.5, "std_ms": 0.0, "samples": 5, "energy_mj": 15.0}
+    model = CostModel.from_profile(profile, depth=3)
+    cold = Usage(layers=(1.0, 0.5, 0.25), asked=(0.0,) * 3, checked=(0.0,), reach_head=1.0)
+    warm = Usage(layers=(1.0, 0.5, 0.25), asked=(0.0,) * 3, checked=(0.0,), reach_head=1.0, warm=(0.5, 0.25, 0.0))
+    # layer 1 runs warm for a quarter of the inputs (2.0 -> 1.5 ms); layer 0 has no warm entry: stays cold
+    assert model.predict(warm).latency_ms == pytest.approx(model.predict(cold).latency_ms - 0.25 * 0.5)
+    assert model.predict(warm).energy_mj == pytest.approx(model.predict(cold).energy_mj - 0.25 * 5.0)

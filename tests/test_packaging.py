@@ -121,7 +121,8 @@ def test_mypy_checks_every_installed_module(installed: Path, repo_root: Path, tm
      "edgeskip.agents", "edgeskip.e2cm", "edgeskip.e2cm.settings", "edgeskip.bundle", "edgeskip.exporters.settings",
      "edgeskip.exporters.gate", "edgeskip.exporters.tensorrt", "edgeskip.runtimes.runtime", "edgeskip.runtimes.bench",
      "edgeskip.runtimes.ort_backend", "edgeskip.runtimes.tflite_backend", "edgeskip.runtimes.tensorrt_backend",
-     "edgeskip.devices.energy", "edgeskip.devices.profiler", "edgeskip.devices.table"],
+     "edgeskip.devices.energy", "edgeskip.devices.profiler", "edgeskip.devices.table", "edgeskip.devices.costmodel",
+     "edgeskip.devices.search", "edgeskip.devices.select", "edgeskip.agents.operators"],
 )
 def test_core_imports_without_torch(torch_blocker: str, module: str) -> None:
     code = torch_blocker + f"""
