@@ -3,8 +3,9 @@
 1. Profile the bundle (``edgeskip profile`` in this process: per-stage times, agent and exit
    costs, the runtime's overhead in context).
 2. Draw configurations (genes on the default threshold grid, plus the all-0.5 and the static
-   ones), run each with the Runtime at batch 1 over the same images, interleaved round by round,
-   and take each configuration's mean latency per call (median over rounds).
+   ones) and run each with the Runtime at batch 1, finely interleaved: every round runs each
+   configuration (in a new random order) on the next block of images; a configuration's latency
+   is its mean per call over all rounds.
 3. Predict each from the model with the usage (per-layer execution rates, agent asks, exit
    checks) of its own run, and report the relative errors: their distribution, the share within
    +/-5% (target: 90%) and a PNG of predicted against measured. Two errors per configuration:
@@ -13,7 +14,7 @@
    between fast and slow phases between the profile and the validation cannot disturb.
 
     python benchmarks/predictor_bench.py --bundle DIR --data ../shared/data/cifar10-images.tar.gz \
-        [--configs 24] [--images 100] [--rounds 3] [--json out.json] [--plot out.png]
+        [--configs 24] [--images 100] [--rounds 40] [--block 25] [--json out.json] [--plot out.png]
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def main() -> int:
     parser.add_argument("--data", default=None, help="dataset copy for real images (default: random images)")
     parser.add_argument("--configs", type=int, default=24)
     parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=40, help="rounds over the configurations")
+    parser.add_argument("--block", type=int, default=25, help="images per configuration per round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
@@ -70,15 +72,23 @@ def main() -> int:
             continue
         policies["genes " + "".join(map(str, genes))] = Policy.from_genes(genes.tolist())
     runtimes = {name: Runtime(args.bundle, policy=p, whole_static=False) for name, p in policies.items()}
+    # Fine interleaving: every round runs each configuration on the next block of images (a new random order
+    # of configurations per round), so a machine that switches between fast and slow phases every few seconds
+    # (this one does: the same static loop took 3.5-6.7 ms within a minute) loads every configuration alike.
     times: dict[str, list[float]] = {name: [] for name in runtimes}
     names = list(runtimes)
+    order_rng = np.random.default_rng(args.seed + 1)
     for r in range(args.rounds):
-        for k in range(len(names)):
-            name = names[(r + k) % len(names)]
+        start = (r * args.block) % len(rows)
+        block = [rows[(start + i) % len(rows)] for i in range(args.block)]
+        for name in order_rng.permutation(names):
+            runtime = runtimes[name]
+            for row in block[:2]:  # the block starts after another configuration: settle the caches
+                runtime(row)
             t0 = time.perf_counter()
-            for row in rows:
-                runtimes[name](row)
-            times[name].append((time.perf_counter() - t0) * 1e3 / len(rows))
+            for row in block:
+                runtime(row)
+            times[name].append((time.perf_counter() - t0) * 1e3 / len(block))
     results = []
     exits = list(m.e2cm["exits"]) if m.e2cm else []
     static_times = np.array(times["static"])
@@ -90,8 +100,8 @@ def main() -> int:
         predicted = model.predict(usage, 1).latency_ms
         if name == "static":
             predicted_static = predicted
-        measured = float(np.median(times[name]))
-        ratio = float(np.median(np.array(times[name]) / static_times))
+        measured = float(np.mean(times[name]))  # the model predicts a mean over inputs
+        ratio = measured / float(np.mean(static_times))
         results.append({"config": name, "executed_fraction": float(np.mean(out.executed)), "measured_ms": measured,
                         "predicted_ms": predicted, "error": predicted / measured - 1.0, "measured_ratio": ratio})
     assert predicted_static is not None

@@ -2,14 +2,18 @@
 
 For a configuration and a set of images (what matters is how often each piece runs)::
 
-    latency = embed + head x reach_head + sum_j (layer_j x (rate_j - warm_j) + warm_layer_j x warm_j)
-              + sum_j agent_j x asked_j + sum_i check_i x checked_i + calls x per_call + fixed
+    latency = embed + head x reach_head + sum_j sum_d layer_j(d) x reuse_j[d]
+              + sum_j (agent_j x asked_after_layer_j + agent_j(0) x asked_after_skip_j)
+              + sum_i check_i x checked_i + calls x per_call + fixed
 
-``rate_j`` is the share of inputs that run layer j, ``warm_j`` the share that run it right after
-it last ran (at batch 1: the input's first layer is j and the last layer any earlier input ran was
-j too), when its weights are still in the caches (the profile's ``warm_NN``), ``asked_j`` the share whose agent is asked
-(every input still in the network at a layer with an agent threshold above 0), ``checked_i``
-the share checked at exit i, ``reach_head`` the share that reaches the head. The last two terms
+``reuse_j[d]`` is the share of inputs that run layer j with ``d`` other layers run since its own
+previous run (inputs one at a time, in order; a first run counts as every other layer), and
+``layer_j(d)`` its time at that reuse distance, interpolated between the profile's ``layer_NN@d``
+entries and ``layer_NN`` (a static pass: every other layer in between): with few distinct layers
+in use their weights stay in the caches. ``asked_*_j`` is the share whose agent j is asked (every
+input still in the network at a layer with an agent threshold above 0) right after a layer ran,
+or after a skip (``agent_NN@0``: no layer has just flushed the caches), ``checked_i`` the share
+checked at exit i, ``reach_head`` the share that reaches the head. The last two terms
 are the runtime's own cost around the stages, measured by the profiler in context
 (``per_call``: each backend call; ``fixed``: each runtime call), because a stage timed alone
 in a tight loop runs with warm caches and leaves that cost out. Energy uses the same sum with
@@ -28,26 +32,31 @@ import numpy.typing as npt
 
 from edgeskip.errors import ConfigError
 
-__all__ = ["CostKey", "CostModel", "Prediction", "Usage", "usage_of", "warm_shares"]
+__all__ = ["CostKey", "CostModel", "Prediction", "Usage", "reuse_shares", "usage_of"]
 
 
 @dataclasses.dataclass(frozen=True)
 class CostKey:
-    """One entry of the model: a piece (embed, layer, head, agent, exit), its index, a batch size."""
+    """One entry of the model: a piece (embed, layer, head, agent, exit), its index, a batch size and,
+    for layers and agents, the reuse distance it was timed at (None: in a static pass)."""
 
     piece: str
     index: int | None
     batch: int
+    distance: int | None = None
 
     @classmethod
     def parse(cls, name: str, batch: int) -> CostKey:
-        """From a profile's piece name: 'embed', 'head', 'layer_03', 'warm_03', 'agent_03', 'exit_01'."""
+        """From a profile's piece name: 'embed', 'head', 'layer_03', 'layer_03@1', 'agent_03', 'agent_03@0',
+        'exit_01'."""
         if name in ("embed", "head"):
             return cls(name, None, batch)
-        piece, _, index = name.partition("_")
-        if piece not in ("layer", "warm", "agent", "exit") or not index.isdigit():
+        base, at, distance = name.partition("@")
+        piece, _, index = base.partition("_")
+        if piece not in ("layer", "agent", "exit") or not index.isdigit() or (
+                at and (piece == "exit" or not distance.isdigit())):
             raise ConfigError(f"unknown profile entry {name!r}")
-        return cls(piece, int(index), batch)
+        return cls(piece, int(index), batch, int(distance) if at else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +67,8 @@ class Usage:
     asked: tuple[float, ...]  # per layer: share of inputs whose agent was asked
     checked: tuple[float, ...]  # per exit: share of inputs checked there
     reach_head: float  # share of inputs the head classified
-    warm: tuple[float, ...] = ()  # per layer: share of inputs that ran it right after it last ran
+    reuse: tuple[tuple[float, ...], ...] = ()  # per layer, per reuse distance d: share of inputs (sums to layers[j])
+    asked_after_skip: tuple[float, ...] = ()  # per layer: share of ``asked`` with no layer run since the last ask
 
     @property
     def calls(self) -> float:
@@ -82,19 +92,34 @@ def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64],
             asked[j] = float(still_in[j])
     enabled = set(checked_exits)
     checked = [float(executed[:, layer].mean()) if layer in enabled else 0.0 for layer in exits]
+    after_skip = [0.0] * depth
+    asking = [(j, cut) for j, cut in cuts]
+    for k, (j, cut) in enumerate(asking):
+        if cut is not None and k > 0:  # the first step follows embed, a stage call
+            in_at_j = ~left | (exit_layer >= j)
+            after_skip[j] = float(np.mean(in_at_j & ~executed[:, asking[k - 1][0]]))
     return Usage(tuple(float(v) for v in executed.mean(axis=0)), tuple(asked), tuple(checked),
-                 float(np.mean(~left)), warm_shares(executed))
+                 float(np.mean(~left)), reuse_shares(executed), tuple(after_skip))
 
 
-def warm_shares(executed: npt.NDArray[np.bool_]) -> tuple[float, ...]:
-    """Per layer, the share of inputs that ran it right after it last ran: an input's first layer is j
-    and the last layer of the latest earlier input that ran any layer was j too (inputs one at a time)."""
+def reuse_shares(executed: npt.NDArray[np.bool_]) -> tuple[tuple[float, ...], ...]:
+    """Per layer j and distance d, the share of inputs that ran j with ``d`` distinct other layers run since
+    j last ran (inputs one at a time in row order, layers in order; a first run counts as d = L - 1)."""
     n, depth = executed.shape
-    ran = np.flatnonzero(executed.any(axis=1))
-    first = executed[ran].argmax(axis=1)
-    last = depth - 1 - executed[ran, ::-1].argmax(axis=1)
-    again = first[1:][first[1:] == last[:-1]]
-    return tuple(float(v) / n for v in np.bincount(again, minlength=depth))
+    _, stream = np.nonzero(executed)  # the layers in the order they ran
+    seen = np.zeros((len(stream) + 1, depth), np.int32)
+    seen[np.arange(1, len(stream) + 1), stream] = 1
+    np.cumsum(seen, axis=0, out=seen)  # seen[t]: runs of each layer among the first t
+    out = np.zeros((depth, depth))
+    for j in range(depth):
+        pos = np.flatnonzero(stream == j)
+        if pos.size == 0:
+            continue
+        between = seen[pos[1:]] - seen[pos[:-1] + 1]  # runs of each layer strictly between two runs of j
+        d = np.count_nonzero(between, axis=1)
+        out[j] = np.bincount(d, minlength=depth)[:depth]
+        out[j, depth - 1] += 1  # the first run
+    return tuple(tuple(float(v) / n for v in row) for row in out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +146,8 @@ class CostModel:
         for b, pieces in profile["batches"].items():
             batch = int(b)
             for name, t in pieces.items():
-                entries[CostKey.parse(name, batch)] = (float(t["median_ms"]), float(t["energy_mj"]))
+                ms = t.get("mean_ms", t["median_ms"])  # expected times add up; medians only where no mean
+                entries[CostKey.parse(name, batch)] = (float(ms), float(t["energy_mj"]))
         for b, o in (profile.get("overhead") or {}).items():
             overhead[int(b)] = (float(o["per_call_ms"]), float(o["fixed_ms"]))
         return cls(entries, overhead, depth, str(profile.get("device")), str(profile.get("energy", {}).get("source")))
@@ -137,20 +163,37 @@ class CostModel:
             raise ConfigError(f"the profile has no {piece}{'' if index is None else f' {index}'} at batch {batch} "
                               f"(profiled batch sizes: {self.batch_sizes})") from None
 
+    def _layer_terms(self, j: int, rate: float, reuse: Sequence[float] | None,
+                     batch: int) -> list[tuple[tuple[float, float], float]]:
+        """Layer j's (latency, energy) terms: by reuse distance where the profile and the usage have it (at
+        batch 1), linear between the measured distances; else its static-pass entry for every run."""
+        static = self._entry("layer", j, batch)
+        measured = sorted((k.distance, v) for k, v in self.entries.items()
+                          if k.piece == "layer" and k.index == j and k.batch == batch and k.distance is not None)
+        if reuse is None or not measured:
+            return [(static, rate)]
+        ds = [float(d) for d, _ in measured] + [float(self.depth - 1)]
+        ms = [v[0] for _, v in measured] + [static[0]]
+        mj = [v[1] for _, v in measured] + [static[1]]
+        d = np.arange(len(reuse), dtype=np.float64)
+        w = np.asarray(reuse)
+        return [((float(np.interp(d, ds, ms) @ w) / rate, float(np.interp(d, ds, mj) @ w) / rate), rate)]
+
     def predict(self, usage: Usage, batch: int = 1) -> Prediction:
         """Expected latency and energy per call of ``batch`` inputs (latency of the call, energy per call)."""
         if len(usage.layers) != self.depth:
             raise ConfigError(f"usage covers {len(usage.layers)} layers; the model has {self.depth}")
         terms = [(self._entry("embed", None, batch), 1.0), (self._entry("head", None, batch), usage.reach_head)]
-        warm = usage.warm if batch == 1 and usage.warm else (0.0,) * self.depth
         for j, rate in enumerate(usage.layers):
             if rate:
-                hot = warm[j] if CostKey("warm", j, batch) in self.entries else 0.0
-                terms.append((self._entry("layer", j, batch), rate - hot))
-                if hot:
-                    terms.append((self._entry("warm", j, batch), hot))
+                terms += self._layer_terms(j, rate, usage.reuse[j] if batch == 1 and usage.reuse else None, batch)
             if usage.asked[j]:
-                terms.append((self._entry("agent", j, batch), usage.asked[j]))
+                skip = usage.asked_after_skip[j] if usage.asked_after_skip else 0.0
+                warm = CostKey("agent", j, batch, 0)
+                if skip and warm in self.entries:
+                    terms += [(self._entry("agent", j, batch), usage.asked[j] - skip), (self.entries[warm], skip)]
+                else:
+                    terms.append((self._entry("agent", j, batch), usage.asked[j]))
         for i, share in enumerate(usage.checked):
             if share:
                 terms.append((self._entry("exit", i, batch), share))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 import time
@@ -164,7 +166,11 @@ def test_timing_stats() -> None:
     t = timing_stats([0.001, 0.002, 0.003, 0.004], energy_mj=1.5)
     assert t.median_ms == pytest.approx(2.5) and t.samples == 4 and t.energy_mj == 1.5
     assert t.std_ms == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
-    assert t.p90_ms == pytest.approx(np.percentile([1, 2, 3, 4], 90))
+    assert t.p90_ms == pytest.approx(np.percentile([1, 2, 3, 4], 90)) and t.mean_ms == pytest.approx(2.5)
+    # the trimmed mean drops 5% at each end: one preemption in 20 samples does not move it
+    spiky = timing_stats([0.001] * 19 + [0.1], energy_mj=0.0)
+    assert spiky.mean_ms == pytest.approx(1.0) and spiky.median_ms == pytest.approx(1.0)
+    assert timing_stats([0.001] * 10 + [0.002] * 10, 0.0).mean_ms == pytest.approx(1.5)  # a mean, not a median
     with pytest.raises(ProfileError):
         timing_stats([], 0.0)
     with pytest.raises(ProfileError):
@@ -183,7 +189,10 @@ def test_profile_measures_every_piece(profiled: tuple[Path, dict]) -> None:  # t
     bundle, profile = profiled
     assert set(profile["batches"]) == {"1", "4"}
     pieces = profile["batches"]["1"]
-    assert set(pieces) == {"embed", "head", *(f"{p}_{j:02d}" for p in ("layer", "warm", "agent") for j in range(4))}
+    # 4 layers: reuse windows of 1 and 2 layers (d = 0, 1); every agent also right after the previous one
+    assert set(pieces) == {"embed", "head", *(f"{p}_{j:02d}{d}" for p, d in (("layer", ""), ("layer", "@0"), ("layer", "@1"),
+                                                                            ("agent", ""), ("agent", "@0"))
+                                              for j in range(4))}
     for timing in pieces.values():
         assert timing["median_ms"] > 0 and timing["samples"] >= 5 and timing["energy_mj"] >= 0
     assert profile["energy"]["source"] in ("rapl", "estimate")
@@ -268,20 +277,30 @@ def test_usage_of_a_run() -> None:
     assert u.calls == pytest.approx(1 + 1.25 + 0.5)
 
 
-def test_warm_layers_in_the_usage_and_the_model() -> None:
-    from edgeskip.devices.costmodel import CostModel, Usage, warm_shares
+def test_reuse_distances_and_warm_agents_in_the_model() -> None:
+    from edgeskip.devices.costmodel import CostKey, CostModel, Usage, reuse_shares, usage_of
 
-    # inputs one at a time; layer 0 is warm for input 1 (input 0 ended with it), layer 2 for input 4 (input 2
-    # ended with it; input 3 ran nothing); input 2 starts with layer 0 after input 1 ended with layer 1: cold
+    # inputs one at a time: the layers run in the order 0 | 0 1 | 0 2 | - | 2
     executed = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 1], [0, 0, 0], [0, 0, 1]], bool)
-    assert warm_shares(executed) == (0.2, 0.0, 0.2)
-    assert warm_shares(np.ones((4, 3), bool)) == (0.0, 0.0, 0.0)  # every layer for every input: all cold
-    assert warm_shares(np.array([[0, 1]] * 4, bool)) == (0.0, 0.75)  # one layer for everyone: warm after the first
+    # layer 0: first run (counts as d = 2), again with nothing between (d = 0), again after layer 1 (d = 1);
+    # layer 2: first run, then right after itself
+    assert reuse_shares(executed) == ((0.2, 0.2, 0.2), (0.0, 0.0, 0.2), (0.2, 0.0, 0.2))
+    assert reuse_shares(np.ones((4, 3), bool)) == ((0.0, 0.0, 1.0),) * 3  # static: every other layer between
+    u = usage_of(executed, np.full(5, -1), cuts=[(0, 0.1), (1, 0.2), (2, 0.3)], exits=[], checked_exits=[])
+    assert u.asked_after_skip == (0.0, 0.4, 0.8)  # asked where the previous layer (0, then 1) did not run
     profile = _profile()
-    profile["batches"]["1"]["warm_01"] = {"median_ms": 1.5, "p90_ms": 1.5, "std_ms": 0.0, "samples": 5, "energy_mj": 15.0}
+    extra = {"layer_01@0": 1.0, "agent_01@0": 0.005}
+    profile["batches"]["1"].update({k: {"median_ms": v, "p90_ms": v, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * v}
+                                    for k, v in extra.items()})
     model = CostModel.from_profile(profile, depth=3)
-    cold = Usage(layers=(1.0, 0.5, 0.25), asked=(0.0,) * 3, checked=(0.0,), reach_head=1.0)
-    warm = Usage(layers=(1.0, 0.5, 0.25), asked=(0.0,) * 3, checked=(0.0,), reach_head=1.0, warm=(0.5, 0.25, 0.0))
-    # layer 1 runs warm for a quarter of the inputs (2.0 -> 1.5 ms); layer 0 has no warm entry: stays cold
-    assert model.predict(warm).latency_ms == pytest.approx(model.predict(cold).latency_ms - 0.25 * 0.5)
-    assert model.predict(warm).energy_mj == pytest.approx(model.predict(cold).energy_mj - 0.25 * 5.0)
+    assert model.entries[CostKey("layer", 1, 1, 0)] == (1.0, 10.0)
+    static = Usage(layers=(1.0, 0.5, 0.25), asked=(0.0, 1.0, 0.0), checked=(0.0,), reach_head=1.0)
+    reused = dataclasses.replace(static, reuse=((0.0, 0.0, 1.0), (0.25, 0.25, 0.0), (0.0, 0.0, 0.25)),
+                                 asked_after_skip=(0.0, 0.5, 0.0))
+    # layer 1: a quarter at d = 0 (1.0 ms), a quarter at d = 1 (1.5 ms, between d = 0 and the static 2.0 ms at
+    # d = 2) instead of half at 2.0 ms; agent 1: half asked after a skip (0.005 instead of 0.02 ms)
+    saved = 0.5 * 2.0 - (0.25 * 1.0 + 0.25 * 1.5) + 0.5 * (0.02 - 0.005)
+    assert model.predict(reused).latency_ms == pytest.approx(model.predict(static).latency_ms - saved)
+    assert model.predict(reused).energy_mj == pytest.approx(model.predict(static).energy_mj - 10 * saved)
+    with pytest.raises(ConfigError, match="unknown profile entry"):
+        CostKey.parse("exit_01@0", 1)
