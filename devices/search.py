@@ -141,6 +141,7 @@ class PathCache:
         if self.depth > 40:
             raise ConfigError(f"the path cache keys states by a bit per layer: at most 40 layers, got {self.depth}")
         self.labels = np.asarray(labels, np.int64)
+        self.last_layer = max(j for j in range(self.depth) if j not in runtime.manifest.removed)
         self.exit_of = {layer: i for i, layer in enumerate(runtime.e2cm.exits)} if runtime.e2cm is not None else {}
         self.layers_computed = 0  # image-layers run (what the cache costs)
         self.recomputed = 0  # of those, recomputations of tokens the pool had dropped
@@ -192,7 +193,7 @@ class PathCache:
         self._cap = cap
 
     def _add(self, inputs: npt.NDArray[np.int64], masks: npt.NDArray[np.int64], tokens: npt.NDArray[np.float32],
-             last: int | None = None, pin: bool = False) -> None:
+             last: int | None = None, pin: bool = False, keep: bool = True) -> None:
         """New states (their tokens are the output of layer ``last``, or of embed): every small output now."""
         n = len(inputs)
         self._grow(n)
@@ -214,7 +215,10 @@ class PathCache:
             self.top[ids] = exit_decisions(d)[0]
             self.exit_logits[ids] = (-d).astype(np.float32)
         self._count += n
-        self._store(ids, tokens, pin)
+        if keep:
+            self._store(ids, tokens, pin)
+        else:
+            self.slot[ids] = -1
         keys = masks * self.n + inputs
         order = np.argsort(keys)
         pos = np.searchsorted(self._keys, keys[order])
@@ -247,12 +251,15 @@ class PathCache:
         ids = self.lookup(inputs, masks)
         assert (ids >= 0).all(), "tokens asked for a state that was never computed"
         slots = self.slot[ids]
-        out = np.empty((len(ids), *self._token_shape), np.float32)
         have = slots >= 0
-        out[have] = self._pool[slots[have]]
         self._tick += 1
-        self._used[slots[have]] = np.maximum(self._used[slots[have]], self._tick)
+        kept = slots[have]
+        self._used[kept] = np.maximum(self._used[kept], self._tick)
         miss = np.flatnonzero(~have)
+        if not miss.size:  # the usual case: one gather
+            return self._pool.take(slots, axis=0)
+        out = np.empty((len(ids), *self._token_shape), np.float32)
+        out[have] = self._pool.take(kept, axis=0)
         if miss.size:
             m = masks[miss]
             last = _highest_bit(m)
@@ -273,7 +280,8 @@ class PathCache:
         if new.size:
             tokens = self._run(stage_name(layer), self._tokens(inputs[new], masks[new]))
             self.layers_computed += len(new)
-            self._add(inputs[new], child[new], tokens, last=layer)
+            # the bundle's last layer has no successor: its outputs' tokens are never needed again
+            self._add(inputs[new], child[new], tokens, last=layer, keep=layer != self.last_layer)
             ids[new] = self.lookup(inputs[new], child[new])
         return ids
 
