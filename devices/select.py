@@ -82,7 +82,11 @@ def write_default(bundle: Bundle, point: ParetoPoint, front: ParetoFront, budget
         "selected_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     Manifest.from_dict(raw)  # what is written must load
-    atomic_write_json(path, raw)
+    try:
+        atomic_write_json(path, raw)
+    except OSError as exc:
+        raise EdgeskipError(f"cannot write the default configuration into {path}: {exc} "
+                            "(a read-only bundle: select with write=False / --dry-run)") from None
     return path
 
 
