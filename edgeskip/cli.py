@@ -404,7 +404,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"{len(front.points)} Pareto configurations of {m['evaluations']} evaluated on {m['images']} images "
           f"({source}) in {m['seconds']:.1f} s; hypervolume {front.hypervolume:.4f}; {m['layers_computed']} "
           f"image-layers computed for {m['states']} cached states")
-    print(f"{'#':>3} {'accuracy':>9} {'latency':>10} {'energy':>10} {'layers':>7} {'exits':>6}  thresholds (- removed)")
+    print(f"{'#':>6} {'accuracy':>9} {'latency':>10} {'energy':>10} {'layers':>7} {'exits':>6}  thresholds (- removed)")
     s = front.static
     rows = [("static", s)] + [(str(i), p) for i, p in enumerate(front.points)]
     for name, p in rows:
