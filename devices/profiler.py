@@ -298,24 +298,32 @@ def save_profile(profile: dict[str, Any], bundle_dir: str | Path) -> Path:
     return path
 
 
-def load_profile(path: str | Path, bundle: Bundle | None = None, device: str | None = None) -> dict[str, Any]:
-    """Read and check a profile (schema, and that it belongs to ``bundle`` and ``device`` when given)."""
+def read_record(path: str | Path, fmt: str, version: int, error: type[EdgeskipError], what: str, command: str,
+                bundle: Bundle | None = None, device: str | None = None) -> dict[str, Any]:
+    """Read a record a command wrote beside a bundle (a profile, a Pareto front): JSON of format ``fmt`` at
+    schema ``version``, of ``device`` and bound to ``bundle``'s fingerprint when they are given."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ProfileError(f"no profile at {path}: run edgeskip profile first") from None
+        raise error(f"no {what} at {path}: run edgeskip {command} first") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProfileError(f"{path} is not a readable profile: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ProfileError(f"{path} is not an edgeskip profile")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ProfileError(f"{path}: profile schema version {data.get('schema_version')!r} is not supported "
-                           f"(this edgeskip reads {SCHEMA_VERSION}); profile the bundle again")
+        raise error(f"{path} is not a readable {what}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path} is not an edgeskip {what}")
+    if data.get("schema_version") != version:
+        raise error(f"{path}: {what} schema version {data.get('schema_version')!r} is not supported (this edgeskip "
+                    f"reads {version}); run edgeskip {command} again")
     if device is not None and data.get("device") != device:
-        raise ProfileError(f"{path} profiles device {data.get('device')!r}, not {device!r}")
+        raise error(f"{path} is the {what} of device {data.get('device')!r}, not {device!r}")
     if bundle is not None and (data.get("bundle") or {}).get("fingerprint") != bundle.manifest.fingerprint:
-        raise ProfileError(f"{path} was measured on another bundle (or this bundle changed since): profile it again")
+        raise error(f"{path} was made for another bundle (or this bundle changed since): run edgeskip {command} again")
+    return data
+
+
+def load_profile(path: str | Path, bundle: Bundle | None = None, device: str | None = None) -> dict[str, Any]:
+    """Read and check a profile (schema, and that it belongs to ``bundle`` and ``device`` when given)."""
+    data = read_record(path, FORMAT, SCHEMA_VERSION, ProfileError, "profile", "profile", bundle, device)
     if not isinstance(data.get("batches"), dict) or not data["batches"]:
         raise ProfileError(f"{path} holds no measurements")
     return data

@@ -416,7 +416,7 @@ class ParetoFront:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "device": self.device,
-                "bundle_fingerprint": self.fingerprint, "batch": self.batch, "energy_source": self.energy_source,
+                "bundle": {"fingerprint": self.fingerprint}, "batch": self.batch, "energy_source": self.energy_source,
                 "objectives": ["1 - accuracy", "latency_ms", "energy_mj"], "hypervolume": self.hypervolume,
                 "hypervolume_reference_point": {"error": REFERENCE_POINT[0], "latency / static": REFERENCE_POINT[1],
                                                 "energy / static": REFERENCE_POINT[2]},
@@ -440,31 +440,16 @@ def pareto_path(bundle: Bundle | str | Path, device: str) -> Path:
 
 def load_front(path: str | Path, bundle: Bundle | None = None, device: str | None = None) -> ParetoFront:
     """Read and check ``pareto/<device>.json`` (schema; bundle and device when given)."""
-    import json
+    from edgeskip.devices.profiler import read_record
 
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FrontError(f"no Pareto front at {path}: run edgeskip search first") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrontError(f"{path} is not a readable Pareto front: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FrontError(f"{path} is not an edgeskip Pareto front")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise FrontError(f"{path}: Pareto schema version {data.get('schema_version')!r} is not supported (this edgeskip "
-                         f"reads {SCHEMA_VERSION}); run edgeskip search again")
-    if device is not None and data.get("device") != device:
-        raise FrontError(f"{path} is the front of device {data.get('device')!r}, not {device!r}")
-    if bundle is not None and data.get("bundle_fingerprint") != bundle.manifest.fingerprint:
-        raise FrontError(f"{path} was searched on another bundle (or this bundle changed since): run edgeskip search again")
+    data = read_record(path, FORMAT, SCHEMA_VERSION, FrontError, "Pareto front", "search", bundle, device)
     try:
         points = tuple(ParetoPoint.from_dict(p) for p in data["points"])
         static = ParetoPoint.from_dict(data["static"])
         meta = {k: v for k, v in data.items() if k not in {
-            "format", "schema_version", "device", "bundle_fingerprint", "batch", "energy_source", "hypervolume",
+            "format", "schema_version", "device", "bundle", "batch", "energy_source", "hypervolume",
             "static", "points", "objectives", "hypervolume_reference_point"}}
-        front = ParetoFront(points, static, str(data["device"]), str(data["bundle_fingerprint"]), int(data["batch"]),
+        front = ParetoFront(points, static, str(data["device"]), str(data["bundle"]["fingerprint"]), int(data["batch"]),
                             str(data["energy_source"]), float(data["hypervolume"]), meta)
     except (KeyError, TypeError, ValueError) as exc:
         raise FrontError(f"{path}: malformed Pareto front ({type(exc).__name__}: {exc})") from None

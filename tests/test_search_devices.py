@@ -188,7 +188,7 @@ def test_front_of_another_bundle_device_or_schema_is_refused(front: ParetoFront,
     with pytest.raises(FrontError, match="not 'jetson-nano'"):
         load_front(path, b, "jetson-nano")
     data = json.loads(path.read_text())
-    for name, change, message in (("other", {"bundle_fingerprint": "0" * 64}, "another bundle"),
+    for name, change, message in (("other", {"bundle": {"fingerprint": "0" * 64}}, "another bundle"),
                                   ("v7", {"schema_version": 7}, "schema version 7"),
                                   ("empty", {"points": []}, "no configurations"),
                                   ("broken", {"points": [{"genes": [1]}]}, "malformed")):
