@@ -85,19 +85,18 @@ def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64],
     if n == 0:
         raise ConfigError("usage needs at least one input")
     left = exit_layer >= 0
-    still_in = [np.mean(~left | (exit_layer >= j)) for j in range(depth)]  # in the network when layer j comes
+    present = ~left[:, None] | (exit_layer[:, None] >= np.arange(depth))  # (N, L): still in when layer j comes
+    still_in = present.mean(axis=0)
     asked = [0.0] * depth
-    for j, cut in cuts:
+    after_skip = [0.0] * depth
+    steps = list(cuts)
+    for k, (j, cut) in enumerate(steps):
         if cut is not None:
             asked[j] = float(still_in[j])
+            if k > 0:  # asked with no layer run since the previous ask (the first step follows embed, a stage call)
+                after_skip[j] = float(np.mean(present[:, j] & ~executed[:, steps[k - 1][0]]))
     enabled = set(checked_exits)
     checked = [float(executed[:, layer].mean()) if layer in enabled else 0.0 for layer in exits]
-    after_skip = [0.0] * depth
-    asking = [(j, cut) for j, cut in cuts]
-    for k, (j, cut) in enumerate(asking):
-        if cut is not None and k > 0:  # the first step follows embed, a stage call
-            in_at_j = ~left | (exit_layer >= j)
-            after_skip[j] = float(np.mean(in_at_j & ~executed[:, asking[k - 1][0]]))
     return Usage(tuple(float(v) for v in executed.mean(axis=0)), tuple(asked), tuple(checked),
                  float(np.mean(~left)), reuse_shares(executed), tuple(after_skip))
 

@@ -241,7 +241,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     say = progress or (lambda _m: None)
     rss_before = _peak_rss_mb()
     rt = Runtime(bundle_dir, backend=backend or dev.backend, policy="static", whole_static=False, **backend_options)
-    bundle, m = rt.bundle, rt.manifest
+    m = rt.manifest
     meter, unavailable = select_meter(dev.energy, root=energy_root, rails=dev.rails,
                                       watts_per_core=dev.watts_per_core, basis=dev.power_basis)
     be = rt.backend

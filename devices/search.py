@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from edgeskip.agents.genes import DEFAULT_GRID
 from edgeskip.bundle import Bundle, stage_name
-from edgeskip.devices.costmodel import CostModel, Prediction, usage_of
+from edgeskip.devices.costmodel import CostModel, usage_of
 from edgeskip.errors import ConfigError, EdgeskipError
 from edgeskip.runtimes.policy import Plan, Policy, resolve
 from edgeskip.runtimes.runtime import Runtime, agent_runs
@@ -96,19 +96,17 @@ class Genome:
 
     def genes_of(self, layers: Sequence[float | None] | None, exits: Sequence[float] | None) -> list[int] | None:
         """The genes of a configuration, or None when a threshold is off the grids."""
-        genes = []
-        for j in self.layers:
-            t = 0.0 if layers is None else layers[j]
-            hits = [0] if t is None else [k + 1 for k, g in enumerate(self.grid) if math.isclose(g, t, abs_tol=1e-9)]
-            if not hits:
-                return None
-            genes.append(hits[0])
-        for t, grid in zip(exits if exits is not None else [1.0] * self.n_exits, self.exit_grids, strict=True):
-            hits = [0] if t >= 1.0 else [k + 1 for k, g in enumerate(grid) if math.isclose(g, t, abs_tol=1e-9)]
-            if not hits:
-                return None
-            genes.append(hits[0])
-        return genes
+        genes = [_gene(0.0 if layers is None else layers[j], self.grid) for j in self.layers]
+        genes += [_gene(None if t >= 1.0 else t, grid)
+                  for t, grid in zip(exits if exits is not None else [1.0] * self.n_exits, self.exit_grids, strict=True)]
+        return None if None in genes else genes  # type: ignore[return-value]
+
+
+def _gene(t: float | None, grid: Sequence[float]) -> int | None:
+    """0 for None (removed / disabled), k for ``grid[k - 1]``, None when ``t`` is off the grid."""
+    if t is None:
+        return 0
+    return next((k + 1 for k, g in enumerate(grid) if math.isclose(g, t, abs_tol=1e-9)), None)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -507,7 +505,7 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
     genome = Genome(rt.bundle, settings.grid, [
         exit_grid(cache, layer, settings.exit_rates, m.e2cm["thresholds"][i] if m.e2cm else 1.0)
         for i, layer in enumerate(exits)])
-    evaluated: dict[tuple[int, ...], tuple[ParetoPoint, Prediction]] = {}
+    evaluated: dict[tuple[int, ...], ParetoPoint] = {}
 
     def point(genes: Sequence[int]) -> ParetoPoint:
         key = tuple(int(g) for g in genes)
@@ -516,10 +514,10 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
             ev = cache.evaluate(policy)
             usage = usage_of(ev.executed, ev.exit_layer, ev.plan.cuts, exits, list(ev.plan.exits))
             pred = model.predict(usage, settings.batch)
-            evaluated[key] = (ParetoPoint(key, ev.plan.layer_thresholds, policy.exits, ev.accuracy, pred.latency_ms,
-                                          pred.energy_mj, float(ev.executed.sum(axis=1).mean()),
-                                          float(np.mean(ev.exit_layer >= 0))), pred)
-        return evaluated[key][0]
+            evaluated[key] = ParetoPoint(key, ev.plan.layer_thresholds, policy.exits, ev.accuracy, pred.latency_ms,
+                                         pred.energy_mj, float(ev.executed.sum(axis=1).mean()),
+                                         float(np.mean(ev.exit_layer >= 0)))
+        return evaluated[key]
 
     static_genes = genome.genes_of(None, None)
     assert static_genes is not None
@@ -554,7 +552,7 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
              verbose=False)
 
     # The front over every configuration evaluated (an archive: NSGA-II's last population can lose points).
-    points = [p for p, _ in evaluated.values()]
+    points = list(evaluated.values())
     F = np.asarray([objectives(p) for p in points])
     unique: dict[tuple[float, ...], ParetoPoint] = {}
     for i in sorted(non_dominated(F).tolist(), key=lambda i: points[i].genes):
