@@ -148,7 +148,7 @@ class CostModel:
                 ms = t.get("mean_ms", t["median_ms"])  # expected times add up; medians only where no mean
                 entries[CostKey.parse(name, batch)] = (float(ms), float(t["energy_mj"]))
         for b, o in (profile.get("overhead") or {}).items():
-            overhead[int(b)] = (float(o["per_call_ms"]), float(o["fixed_ms"]))
+            overhead[int(b)] = (max(float(o["per_call_ms"]), 0.0), max(float(o["fixed_ms"]), 0.0))
         return cls(entries, overhead, depth, str(profile.get("device")), str(profile.get("energy", {}).get("source")))
 
     @property

@@ -201,7 +201,9 @@ def _overhead(samples: dict[str, list[float]], pieces: dict[str, Timing], layers
     calls_all, calls_half = len(layers) + 2, len(half) + 2
     per_call = ((t_all - sum_all) - (t_half - sum_half)) / (calls_all - calls_half) if calls_all != calls_half else 0.0
     per_call = max(per_call, 0.0)
-    return {"per_call_ms": per_call, "fixed_ms": (t_all - sum_all) - per_call * calls_all,
+    # the runtime cannot cost less than nothing: a negative line (noise, e.g. another process taking the
+    # CPU during the stage timings) would predict configurations below their own stages
+    return {"per_call_ms": per_call, "fixed_ms": max((t_all - sum_all) - per_call * calls_all, 0.0),
             "static_loop_ms": t_all, "sum_of_stages_ms": sum_all, "half_loop_ms": t_half,
             "half_sum_of_stages_ms": sum_half, "passes": len(samples["runtime_all"])}
 
@@ -258,7 +260,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         say(f"batch {b}: every piece in context")
         calls = _pass_calls(be, rt, x, layers, exits, agent_runs, exit_decisions)
         half_rt = Runtime(rt.bundle, backend=type(be), whole_static=False, policy=Policy.config(
-            [0.0 if j in layers[::2] else None for j in range(m.config.depth)]))
+            [0.0 if j in layers[::2] else None for j in range(m.config.depth)]), **backend_options)
         windows = _window_calls(calls, layers)
         samples = _in_context(calls, settings, [("runtime_all", functools.partial(rt, x)),
                                                 ("runtime_half", functools.partial(half_rt, x)), *windows])

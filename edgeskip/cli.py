@@ -123,6 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.bundle:
+        return _evaluate_bundle(args)
     from edgeskip.data import load_dataset
     from edgeskip.train.checkpoint import load_checkpoint
     from edgeskip.train.evaluate import evaluate
@@ -146,6 +148,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate(model, data.test, ckpt.normalization, batch_size=args.batch_size)
     print(json.dumps({**head, **metrics}, indent=2) if args.json else
           f"{ckpt.model_name} on {dataset} test ({int(metrics['count'])} images): accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
+    return 0
+
+
+def _evaluate_bundle(args: argparse.Namespace) -> int:
+    """``edgeskip evaluate --bundle``: the Runtime (no torch) over the test split, per policy."""
+    from tqdm.auto import tqdm
+
+    from edgeskip.bundle import Bundle
+    from edgeskip.data import load_dataset
+    from edgeskip.runtimes.evaluate import evaluate_bundle, format_results
+
+    bundle = Bundle.open(args.bundle)
+    m = bundle.manifest
+    dataset = args.dataset or m.dataset
+    if dataset != m.dataset:
+        raise EdgeskipError(f"{bundle.path} was exported for {m.dataset}, not {dataset}")
+    if dataset != "digits" and args.data is None:
+        raise EdgeskipError(f"pass --data with a {dataset} copy (the bundle's test images)")
+    check_data(args.data)
+    test = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=True).test
+    policies = [p.strip() for p in args.policy.split(",")] if args.policy else None
+    n = len(policies) if policies else None
+    with tqdm(total=None if n is None else n * len(test), desc="evaluate", unit="img", disable=args.quiet) as bar:
+        results = evaluate_bundle(bundle, test.images, test.labels, policies, batch_size=args.batch_size,
+                                  backend=args.backend, progress=bar.update)
+    head = {"bundle": str(bundle.path), "model": m.model_name, "dataset": dataset, "backend": args.backend,
+            "untrained": m.untrained}
+    if args.json:
+        print(json.dumps({**head, "policies": [r.to_dict() for r in results]}, indent=2))
+        return 0
+    warn = " (UNTRAINED weights)" if m.untrained else ""
+    print(f"{m.model_name} bundle {bundle.path} on {dataset} test, edgeskip.Runtime ({args.backend}){warn}:")
+    print(format_results(results, m.config.depth, top=args.top))
     return 0
 
 
@@ -420,8 +455,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _calibration_images(bundle: Any, data: str | None, count: int, split: str) -> tuple[Any, Any, str]:
     """``count`` images (evenly per class) of the bundle's dataset for the search."""
-    import numpy as np
-
     from edgeskip.data import load_dataset
     from edgeskip.errors import DataError
 
@@ -430,12 +463,8 @@ def _calibration_images(bundle: Any, data: str | None, count: int, split: str) -
         raise DataError(f"the search measures accuracy on calibration images: pass --data with a {name} copy")
     check_data(data)
     splits = load_dataset(name, data, progress=True)
-    pool = splits.train if split == "train" else splits.test
-    if split == "test-half":  # the first half of each test class; the second half stays for reporting
-        pool = pool.per_class(max(1, min(int((pool.labels == k).sum()) for k in range(len(pool.classes))) // 2))
-    n_classes = len(pool.classes)
-    chosen = pool.per_class(max(1, -(-count // n_classes)))
-    chosen = chosen.subset(np.arange(min(count, len(chosen))))
+    pool = splits.train if split == "train" else splits.test.halves()[0]  # test-half: the rest stays unseen
+    chosen = pool.take(count)
     if len(chosen) == 0:
         raise DataError(f"no calibration images in the {split} split of {name}")
     return chosen.images, chosen.labels, f"{len(chosen)} {name} images from the {split} split"
@@ -462,19 +491,23 @@ def torch_device() -> Any:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from edgeskip.quickstart import run_quickstart
+    from edgeskip.quickstart import QuickstartConfig, run_quickstart
 
-    report = run_quickstart(Path(args.out), epochs=args.epochs, force=args.force)
-    print(report)
+    check_data(args.data)
+    cfg = QuickstartConfig(out=args.out, dataset=args.dataset, data=args.data, model=args.model, epochs=args.epochs,
+                           limit_per_class=args.limit_per_class, budget_ms=args.budget_ms, force=args.force,
+                           progress=not args.quiet)
+    print(run_quickstart(cfg))
     return 0
 
 
 # -- parser --------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
-    "quickstart": ("train and evaluate a small ViT on the digits every install has", cmd_quickstart),
+    "quickstart": ("the whole journey on the digits every install has: train, calibrate, export, profile, search, "
+                   "select, run", cmd_quickstart),
     "train": ("train a ViT on the workstation (torchrun for several GPUs/nodes)", cmd_train),
-    "evaluate": ("measure a checkpoint's test accuracy", cmd_evaluate),
+    "evaluate": ("measure a checkpoint's or a bundle's test accuracy", cmd_evaluate),
     "posttrain": ("NSGA-II search of per-layer skip thresholds for an agent checkpoint", cmd_posttrain),
     "apply-config": ("save an agent checkpoint with a chosen skip configuration", cmd_apply_config),
     "calibrate": ("E²CM: class means, budget sweep and thresholds for early exits", cmd_calibrate),
@@ -504,8 +537,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(parsers["train"], TrainConfig)
 
     ev = parsers["evaluate"]
-    ev.add_argument("--checkpoint", required=True, help="checkpoint folder or training run folder")
-    ev.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="checkpoint folder or training run folder (PyTorch)")
+    what.add_argument("--bundle", help="exported bundle: run it with edgeskip.Runtime (no torch), per policy")
+    ev.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's or bundle's)")
+    ev.add_argument("--policy", default=None,
+                    help="bundle: comma-separated policies (default: all it has: static, agent, e2cm, agent+e2cm, "
+                         "default)")
+    ev.add_argument("--backend", default="onnxruntime", help="bundle: runtime backend (default: onnxruntime)")
     ev.add_argument("--data", default=None, help="dataset copy (CIFAR-10 folder or .tar.gz)")
     ev.add_argument("--limit-per-class", type=positive_int, default=None, help="evaluate the first N test images per class")
     ev.add_argument("--batch-size", type=positive_int, default=256)
@@ -514,7 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     qs = parsers["quickstart"]
     qs.add_argument("--out", default="edgeskip-quickstart", help="output folder (default: edgeskip-quickstart)")
-    qs.add_argument("--epochs", type=positive_int, default=30, help="training epochs (default: 30)")
+    qs.add_argument("--dataset", default="digits", choices=("digits", "cifar10"), help="dataset (default: digits)")
+    qs.add_argument("--data", default=None, help="CIFAR-10 folder or .tar.gz (with --dataset cifar10)")
+    qs.add_argument("--model", default=None, help="model (default: vit-digits on digits, vit9 on cifar10)")
+    qs.add_argument("--epochs", type=positive_int, default=None,
+                    help="training epochs (default: 30 on digits, 3 on cifar10)")
+    qs.add_argument("--limit-per-class", type=positive_int, default=None,
+                    help="use the first N training and test images per class (a shorter run)")
+    qs.add_argument("--budget-ms", type=float, default=None,
+                    help="latency budget for the selection (default: 60%% of the static model's predicted latency)")
     qs.add_argument("--force", action="store_true", help="replace an existing quickstart folder")
 
     parsers["models"].add_argument("--json", action="store_true", help="print JSON")

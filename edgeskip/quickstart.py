@@ -1,77 +1,383 @@
-"""``edgeskip quickstart``: the README's main job on data every installation has.
+"""``edgeskip quickstart``: the whole journey on data every installation has.
 
-Trains the small ``vit-digits`` model on scikit-learn's 8x8 digits, reloads the best
-checkpoint from disk, evaluates it on the held-out digits and writes a report and a PNG of
-the training curves. Later stages of the pipeline (agents, exits, export, profile, select)
-join this command as they land.
+train (ViT + skip agents) -> calibrate (E²CM exits) -> export (cpu bundle) -> profile (this
+machine) -> search (NSGA-II, accuracy vs predicted latency) -> select (a latency budget) ->
+run (``edgeskip.Runtime`` on held-out images, static and selected side by side) -> report.
+
+The default runs on scikit-learn's 8x8 digits with the small ``vit-digits`` model in about two
+minutes on two CPU cores; ``dataset="cifar10"`` runs the same journey on a CIFAR-10 copy.
+Everything is written under one folder, the report last (as ``quickstart.json`` and
+``report.md``), so a folder without it is an interrupted run.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from edgeskip.errors import ConfigError
-from edgeskip.fsutil import atomic_write_json
+from edgeskip.fsutil import atomic_write_bytes, atomic_write_json
 
-__all__ = ["run_quickstart", "MARKER"]
+__all__ = ["MARKER", "PRESETS", "STAGES", "QuickstartConfig", "run_quickstart"]
 
 log = logging.getLogger(__name__)
 MARKER = "quickstart.json"
+STAGES = ("train", "calibrate", "export", "profile", "search", "select", "run")
 
 
-def run_quickstart(out: Path, *, epochs: int = 30, force: bool = False, progress: bool = True) -> str:
-    """Run the quickstart into ``out`` and return a short human-readable report."""
-    from edgeskip.data import load_digits
-    from edgeskip.plots import plot_training_curves
-    from edgeskip.train.checkpoint import load_checkpoint
-    from edgeskip.train.config import TrainConfig
-    from edgeskip.train.evaluate import evaluate
-    from edgeskip.train.loop import train
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """What the journey uses on one dataset unless the user says otherwise."""
 
-    if epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    warmup_epochs: float
+    augment: str
+    precision: str  # a model this small trains faster in fp32 than under bf16 autocast on a CPU
+    depth_penalty: float
+    calibration_per_class: int
+    search_images: int
+    pop_size: int
+    generations: int
+
+
+PRESETS: dict[str, Preset] = {
+    "digits": Preset("vit-digits", 30, 64, 2e-3, 2.0, "none", "fp32", 0.25, 1000, 400, 16, 12),
+    "cifar10": Preset("vit9", 3, 128, 1e-3, 1.0, "basic", "auto", 0.25, 500, 1000, 25, 20),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickstartConfig:
+    """One quickstart run; ``None`` fields take the dataset's preset."""
+
+    out: str = "edgeskip-quickstart"
+    dataset: str = "digits"
+    data: str | None = None
+    model: str | None = None
+    epochs: int | None = None
+    limit_per_class: int | None = None
+    budget_ms: float | None = None  # default: 60% of the static model's predicted latency
+    force: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in PRESETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; the quickstart runs on {', '.join(PRESETS)}")
+        if self.dataset == "cifar10" and self.data is None:
+            raise ConfigError("--dataset cifar10 needs --data DIR (a CIFAR-10 folder or .tar.gz; see the README)")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.limit_per_class is not None and self.limit_per_class < 4:
+            raise ConfigError(f"--limit-per-class must be >= 4, got {self.limit_per_class}")
+        if self.budget_ms is not None and not self.budget_ms > 0:
+            raise ConfigError(f"--budget-ms must be a positive number, got {self.budget_ms}")
+
+    @property
+    def preset(self) -> Preset:
+        return PRESETS[self.dataset]
+
+
+class _Stages:
+    """Announces each stage as ``[k/N] name: what`` and records how long it took."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, what: str) -> Iterator[None]:
+        k = STAGES.index(name) + 1
+        log.info("[%d/%d] %s: %s", k, len(STAGES), name, what)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+        log.info("[%d/%d] %s done in %.1f s", k, len(STAGES), name, self.seconds[name])
+
+
+def _prepare_out(out: Path, force: bool) -> None:
     if out.exists():
-        if not ((out / MARKER).is_file() or force):
-            raise ConfigError(f"{out} exists and is not a quickstart folder; choose another --out or pass --force")
+        if not out.is_dir():
+            raise ConfigError(f"{out} exists and is not a folder; choose another --out")
+        is_quickstart = (out / MARKER).is_file() or (out / "bundle").is_dir() or (out / "run").is_dir()
+        if not (is_quickstart and force) and any(out.iterdir()):
+            hint = "pass --force to replace it" if is_quickstart else "choose another --out"
+            raise ConfigError(f"{out} exists and is not empty; {hint}")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    start = time.perf_counter()
-    data = load_digits()
-    cfg = TrainConfig(
-        model="vit-digits", dataset="digits", out=str(out / "run"), epochs=epochs, batch_size=64,
-        lr=2e-3, warmup_epochs=2.0, augment="none", progress=progress,
-    )
-    result = train(cfg, data)
-    train_seconds = time.perf_counter() - start
 
-    best = load_checkpoint(out / "run" / json.loads((out / "run" / "best.json").read_text())["checkpoint"])
-    metrics = evaluate(best.build_model(), data.test, best.normalization)
-    plot = plot_training_curves(result.history, out / "training.png", f"vit-digits on digits ({result.precision})")
-    report = {
-        "model": "vit-digits",
-        "params": best.model_config.param_count(),
-        "dataset": "digits (scikit-learn, 8x8)",
-        "train_images": len(data.train),
-        "test_images": len(data.test),
-        "epochs": epochs,
-        "precision": result.precision,
-        "best_epoch": best.meta["epoch"],
-        "test_accuracy": metrics["accuracy"],
-        "train_seconds": train_seconds,
-        "images_per_second": result.final["images_per_second"],
-        "checkpoint": str(best.path),
-        "plot": str(plot),
+
+def run_quickstart(cfg: QuickstartConfig) -> str:
+    """Run the journey into ``cfg.out``; returns the report as text (also written to ``report.md``)."""
+    from edgeskip.data import load_dataset
+
+    p = cfg.preset
+    model = cfg.model or p.model
+    out = Path(cfg.out)
+    _prepare_out(out, cfg.force)
+    start = time.perf_counter()
+    stage = _Stages()
+    splits = load_dataset(cfg.dataset, cfg.data, limit_per_class=cfg.limit_per_class, progress=cfg.progress)
+    # the test split's first half calibrates the search, the second half is what the report runs on
+    search_pool, held_out = splits.test.halves()
+    report: dict[str, Any] = {"dataset": cfg.dataset, "model": model, "train_images": len(splits.train),
+                              "search_images": 0, "held_out_images": len(held_out)}
+
+    with stage("train", f"{model} with one skip agent per layer (REINFORCE), {len(splits.train)} {cfg.dataset} images"):
+        report["train"] = _train(cfg, model, splits, out / "run")
+    with stage("calibrate", "E²CM class means and exit thresholds on the training images, along the agents' paths"):
+        report["calibrate"] = _calibrate(cfg, out, splits)
+    with stage("export", "a checksummed cpu bundle: per-layer ONNX, gate graph, agents, exits"):
+        report["export"] = _export(cfg, model, out)
+    bundle = Path(report["export"]["bundle"])
+    with stage("profile", "every stage of the bundle on this machine (quick profile)"):
+        report["profile"] = _profile(cfg, bundle)
+    calib = search_pool.take(p.search_images)
+    report["search_images"] = len(calib)
+    with stage("search", f"NSGA-II over layer and exit thresholds on {len(calib)} images, latency predicted"):
+        front, report["search"] = _search(cfg, bundle, calib, report["profile"]["data"])
+    with stage("select", "the most accurate configuration within the latency budget"):
+        report["select"] = _select(cfg, bundle, front)
+    with stage("run", f"edgeskip.Runtime on {len(held_out)} held-out images, static and selected interleaved"):
+        report["run"] = _run(bundle, held_out, cfg.progress)
+    del report["profile"]["data"]
+    report["seconds"] = {**stage.seconds, "total": time.perf_counter() - start}
+    report["files"] = {
+        "bundle": str(bundle), "profile": report["profile"]["path"], "pareto": report["search"]["path"],
+        "pareto_plot": report["search"]["plot"], "training_curves": report["train"]["plot"],
+        "report": str(out / "report.md"), "report_json": str(out / MARKER),
     }
+    text = format_report(report)
+    atomic_write_bytes(out / "report.md", (text + "\n").encode())
     atomic_write_json(out / MARKER, report)
-    return (
-        f"edgeskip quickstart: vit-digits ({report['params']:,} params) trained {epochs} epochs on "
-        f"{len(data.train)} digits in {train_seconds:.0f} s ({result.precision}, "
-        f"{report['images_per_second']:.0f} img/s)\n"
-        f"  held-out accuracy (best epoch {report['best_epoch']}, reloaded from disk, fp32): "
-        f"{metrics['accuracy']:.4f} on {len(data.test)} images (chance 0.10)\n"
-        f"  checkpoint: {best.path}\n  curves:     {plot}\n  report:     {out / MARKER}"
+    return text
+
+
+def _train(cfg: QuickstartConfig, model: str, splits: Any, run: Path) -> dict[str, Any]:
+    from edgeskip.plots import plot_training_curves
+    from edgeskip.train.config import TrainConfig
+    from edgeskip.train.loop import train
+
+    p = cfg.preset
+    tc = TrainConfig(model=model, dataset=cfg.dataset, data=cfg.data, out=str(run), epochs=cfg.epochs or p.epochs,
+                     batch_size=p.batch_size, lr=p.lr, warmup_epochs=p.warmup_epochs, augment=p.augment,
+                     precision=p.precision, agents=True, depth_penalty=p.depth_penalty, progress=cfg.progress,
+                     limit_per_class=cfg.limit_per_class)
+    result = train(tc, splits)
+    best = run / json.loads((run / "best.json").read_text())["checkpoint"]
+    plot = plot_training_curves(result.history, run.parent / "training.png", f"{model} with agents on {cfg.dataset}")
+    final = result.final
+    return {"epochs": tc.epochs, "precision": result.precision, "checkpoint": str(best), "plot": str(plot),
+            "test_accuracy": final.get("test_accuracy"), "executed_fraction": final.get("test_executed_fraction"),
+            "images_per_second": final.get("images_per_second")}
+
+
+def _calibrate(cfg: QuickstartConfig, out: Path, splits: Any) -> dict[str, Any]:
+    from edgeskip.e2cm.pipeline import run_calibration
+    from edgeskip.e2cm.settings import CalibrateConfig
+    from edgeskip.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out / "run")
+    settings = CalibrateConfig(feature="cls", path="agents", calibration_per_class=cfg.preset.calibration_per_class)
+    rep = run_calibration(ckpt, splits, settings, out / "e2cm", progress=cfg.progress)
+    e = rep["features"]["cls"]
+    return {"dir": e["saved"], "calibration_images": rep["calibration_images"],
+            "thresholds": e["e2cm"]["thresholds"], "both_test": e.get("both", {}).get("test")}
+
+
+def _export(cfg: QuickstartConfig, model: str, out: Path) -> dict[str, Any]:
+    from edgeskip.exporters.export import export_bundle
+    from edgeskip.exporters.settings import ExportConfig
+
+    result = export_bundle(ExportConfig(model=model, target="cpu", out=str(out / "bundle"), checkpoint=str(out / "run"),
+                                        e2cm=str(out / "e2cm" / "cls"), data=cfg.data, fidelity_images=16),
+                           progress=cfg.progress)
+    fid = result.manifest.fidelity or {}
+    gate = fid.get("gate", {})
+    return {"bundle": str(result.path), "files": len(result.manifest.files),
+            "megabytes": sum(f["bytes"] for f in result.manifest.files.values()) / 2**20,
+            "max_stage_error": max(fid.get("onnx", {}).values(), default=0.0),
+            "gate_same_decisions": f"{gate.get('same_decisions')}/{gate.get('images')}"}
+
+
+def _profile(cfg: QuickstartConfig, bundle: Path) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from edgeskip.devices.profiler import ProfileSettings, profile_bundle, save_profile
+
+    with tqdm(desc="profile cpu", unit="piece", disable=not cfg.progress) as bar:
+        def step(message: str) -> None:
+            bar.update()
+            bar.set_postfix_str(message)
+
+        profile = profile_bundle(bundle, "cpu", settings=ProfileSettings.quick((1,)), progress=step)
+    path = save_profile(profile, bundle)
+    pieces = profile["batches"]["1"]
+    layers = [v["median_ms"] for k, v in pieces.items() if k.startswith("layer_") and "@" not in k]
+    return {"path": str(path), "backend": profile["backend"].get("backend"), "energy": profile["energy"]["source"],
+            "layer_ms": [min(layers), max(layers)], "data": profile}
+
+
+def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    from edgeskip.devices.search import (
+        SearchSettings,
+        pareto_path,
+        plot_front,
+        search_bundle,
     )
+
+    p = cfg.preset
+    settings = SearchSettings(pop_size=p.pop_size, generations=p.generations)
+    with tqdm(total=settings.generations, desc="NSGA-II", unit="gen", disable=not cfg.progress) as bar:
+        def step(done: int, total: int) -> None:
+            bar.n = min(done, total)
+            bar.refresh()
+
+        front = search_bundle(bundle, calib.images, calib.labels, profile, settings, progress=step)
+    front = dataclasses.replace(front, meta={**front.meta, "calibration":
+                                             f"{len(calib)} {cfg.dataset} images from the test-half split"})
+    path = pareto_path(bundle, "cpu")
+    front.save(path)
+    plot = plot_front(front, path.with_suffix(".png"), f"{front.meta['model']} on cpu: Pareto front (quickstart)")
+    return front, {"path": str(path), "plot": str(plot), "points": len(front.points),
+                   "hypervolume": front.hypervolume, "seconds": front.meta["seconds"],
+                   "static_predicted_ms": front.static.latency_ms, "static_accuracy": front.static.accuracy}
+
+
+def default_budget(front: Any, tolerance: float = 0.01) -> float:
+    """The predicted latency of the cheapest configuration within ``tolerance`` of the static model's accuracy
+    on the search images (the static model's own latency when none is cheaper)."""
+    fits = [q for q in front.points if q.accuracy >= front.static.accuracy - tolerance]
+    cheapest = min((q.latency_ms for q in fits), default=front.static.latency_ms)
+    return math.ceil(min(cheapest, front.static.latency_ms) * 1000) / 1000
+
+
+def _select(cfg: QuickstartConfig, bundle: Path, front: Any) -> dict[str, Any]:
+    from edgeskip.devices.select import NothingFits, choose, select
+
+    if cfg.budget_ms is not None:
+        budget, why = cfg.budget_ms, "--budget-ms"
+    else:
+        budget, why = default_budget(front), "the cheapest within 1 point of the static accuracy (--budget-ms sets it)"
+    try:
+        chosen = select(bundle, "cpu", budget_ms=budget, write=True)
+    except NothingFits as exc:
+        raise ConfigError(f"{exc}; the bundle, profile and front are in {bundle}") from None
+    table = []  # what other budgets would get: a user picks by latency
+    for share in (0.4, 0.6, 0.8, 1.0):
+        try:
+            q, _ = choose(front, budget_ms=share * front.static.latency_ms)
+            table.append({"share": share, "budget_ms": share * front.static.latency_ms, "accuracy": q.accuracy,
+                          "predicted_ms": q.latency_ms, "executed_layers": q.executed_layers})
+        except NothingFits:
+            table.append({"share": share, "budget_ms": share * front.static.latency_ms, "accuracy": None})
+    pt = chosen.point
+    return {"budget_ms": budget, "why": why, "describe": chosen.describe(), "accuracy": pt.accuracy,
+            "predicted_ms": pt.latency_ms, "executed_layers": pt.executed_layers, "exit_rate": pt.exit_rate,
+            "thresholds": list(pt.thresholds), "budgets": table,
+            "exit_thresholds": None if pt.exit_thresholds is None else list(pt.exit_thresholds)}
+
+
+def _run(bundle: Path, held_out: Any, progress: bool) -> dict[str, Any]:
+    """Static and the selected default, one held-out image at a time, in alternating order."""
+    from tqdm.auto import tqdm
+
+    from edgeskip.runtimes import Runtime
+
+    with Runtime(bundle, policy="default") as rt:
+        for policy in ("static", "default"):  # warm both paths up (the static one loads the monolithic model)
+            rt.set_policy(policy)
+            for i in range(min(10, len(held_out))):
+                rt(held_out.images[i])
+        times: dict[str, list[float]] = {"static": [], "default": []}
+        correct: dict[str, int] = {"static": 0, "default": 0}
+        layers, exits = 0, 0
+        paths: collections.Counter[str] = collections.Counter()
+        for i in tqdm(range(len(held_out)), desc="held-out", unit="img", disable=not progress):
+            image, label = held_out.images[i], int(held_out.labels[i])
+            for policy in (("static", "default") if i % 2 == 0 else ("default", "static")):
+                rt.set_policy(policy)
+                res = rt(image)
+                times[policy].append(res.latency_ms)
+                correct[policy] += int(res.labels[0] == label)
+                if policy == "default":
+                    layers += int(res.executed[0].sum())
+                    exits += int(res.exit_layer[0] >= 0)
+                    paths[res.paths()[0]] += 1
+    n = len(held_out)
+    row = {k: {"accuracy": correct[k] / n, "p50_ms": float(np.median(v)), "mean_ms": float(np.mean(v))}
+           for k, v in times.items()}
+    return {"images": n, "static": row["static"], "selected": row["default"],
+            "latency_ratio_p50": row["default"]["p50_ms"] / row["static"]["p50_ms"],
+            "latency_ratio_mean": row["default"]["mean_ms"] / row["static"]["mean_ms"],
+            "selected_layers_per_image": layers / n, "selected_exit_rate": exits / n,
+            "paths": dict(paths.most_common())}
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report a person reads at the end of the run (also ``report.md``)."""
+    t, c, e, s, sel, run = r["train"], r["calibrate"], r["export"], r["search"], r["select"], r["run"]
+    depth = len(sel["thresholds"])
+    st, dy = run["static"], run["selected"]
+    lines = [
+        (f"edgeskip quickstart: {r['model']} on {r['dataset']}, train -> calibrate -> export -> profile -> search -> "
+         f"select -> run in {r['seconds']['total']:.0f} s"),
+        "",
+        (f"train      {t['epochs']} epochs ({t['precision']}) with one skip agent per layer: test accuracy "
+         f"{t['test_accuracy']:.4f}, agents run {100 * (t['executed_fraction'] or 1):.0f}% of the layers"),
+        f"calibrate  E²CM exits from class means on {c['calibration_images']} training images",
+        (f"export     cpu bundle, {e['files']} files, {e['megabytes']:.1f} MiB; max |ONNX - torch| {e['max_stage_error']:.1e}, "
+         f"gate graph {e['gate_same_decisions']} identical decisions"),
+        (f"profile    this CPU ({r['profile']['backend']}): a layer {r['profile']['layer_ms'][0]:.3f}-"
+         f"{r['profile']['layer_ms'][1]:.3f} ms; energy: {r['profile']['energy']}"),
+        (f"search     {s['points']} Pareto configurations on {r['search_images']} images in {s['seconds']:.1f} s, "
+         f"hypervolume {s['hypervolume']:.3f}; static model {100 * s['static_accuracy']:.1f}% at "
+         f"{s['static_predicted_ms']:.3f} ms predicted"),
+        f"select     budget {sel['budget_ms']:g} ms ({sel['why']}):",
+        f"           {sel['describe']}",
+        "           other budgets (share of the static model's predicted latency): " + "; ".join(
+            f"{100 * b['share']:.0f}% -> " + ("nothing fits" if b["accuracy"] is None else
+                                              f"{100 * b['accuracy']:.1f}% ({b['executed_layers']:.1f} layers)")
+            for b in sel["budgets"]),
+
+        "",
+        (f"Held-out {r['dataset']} images the search never saw ({run['images']}, batch 1, edgeskip.Runtime, "
+         "static and selected alternating on this machine):"),
+        f"  {'':<22}{'accuracy':>9}{'p50 ms':>9}{'mean ms':>9}{'layers/img':>12}{'exits':>8}",
+        (f"  {'static (all layers)':<22}{st['accuracy']:>9.4f}{st['p50_ms']:>9.3f}{st['mean_ms']:>9.3f}"
+         f"{depth:>12.2f}{0:>7.0f}%"),
+        (f"  {'selected (dynamic)':<22}{dy['accuracy']:>9.4f}{dy['p50_ms']:>9.3f}{dy['mean_ms']:>9.3f}"
+         f"{run['selected_layers_per_image']:>12.2f}{100 * run['selected_exit_rate']:>7.0f}%"),
+        (f"  selected / static: latency {run['latency_ratio_p50']:.2f} (p50), {run['latency_ratio_mean']:.2f} (mean); "
+         f"accuracy {100 * (dy['accuracy'] - st['accuracy']):+.1f} points"),
+        "",
+        f"Paths of the selected configuration (1 = layer ran, layers 0-{depth - 1}; most common first):",
+    ]
+    total = sum(run["paths"].values())
+    for path, n in list(run["paths"].items())[:8]:
+        lines.append(f"  {path}  {n:>5} images ({100 * n / total:.0f}%)")
+    if len(run["paths"]) > 8:
+        lines.append(f"  ... {len(run['paths']) - 8} more paths ({sum(list(run['paths'].values())[8:])} images)")
+    f = r["files"]
+    lines += [
+        "",
+        f"bundle       {f['bundle']}  (Runtime('{f['bundle']}') runs the selected configuration by default)",
+        f"profile      {f['profile']}",
+        f"Pareto front {f['pareto']}  plot: {f['pareto_plot']}",
+        f"report       {f['report']}  ({f['report_json']})",
+    ]
+    return "\n".join(lines)

@@ -183,6 +183,7 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
     import time
 
     start = time.perf_counter()
+    cfg = cfg.resolved()
     out = Path(cfg.out_dir)
     if out.exists() and not cfg.force:
         raise EdgeskipError(f"{out} already exists: pass --force to replace it (atomically) or choose another --out")

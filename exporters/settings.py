@@ -8,7 +8,7 @@ from typing import Any
 
 from edgeskip.errors import ConfigError
 
-__all__ = ["ExportConfig", "TARGETS", "parse_batch_sizes"]
+__all__ = ["TARGETS", "ExportConfig", "parse_batch_sizes"]
 
 # target -> (default precision, formats written besides ONNX)
 TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -42,6 +42,8 @@ class ExportConfig:
     out: str | None = field(default=None, metadata=_h("bundle directory (default: bundles/<model>-<target>)"))
     checkpoint: str | None = field(default=None, metadata=_h(
         "checkpoint or training run to export (without it: freshly initialised weights, flagged as untrained)"))
+    pretrained: str | None = field(default=None, metadata=_h(
+        "export the model zoo's trained weights and E²CM exits for this dataset, e.g. cifar10 (instead of --checkpoint)"))
     e2cm: str | None = field(default=None, metadata=_h(
         "E²CM folder written by 'edgeskip calibrate' (OUT/<feature>) to put the exits into the bundle"))
     data: str | None = field(default=None, metadata=_h(
@@ -57,6 +59,18 @@ class ExportConfig:
         if self.fidelity_images < 1:
             raise ConfigError(f"fidelity_images must be >= 1, got {self.fidelity_images}")
         parse_batch_sizes(self.batch_sizes)
+        if self.pretrained is not None and self.checkpoint is not None:
+            raise ConfigError("give --pretrained DATASET or --checkpoint PATH, not both")
+
+    def resolved(self) -> ExportConfig:
+        """``--pretrained`` turned into the zoo entry's checkpoint and E²CM folder (unless --e2cm is given)."""
+        if self.pretrained is None:
+            return self
+        from edgeskip.zoo import pretrained
+
+        entry = pretrained(self.model, self.pretrained)
+        return dataclasses.replace(self, pretrained=None, checkpoint=str(entry.checkpoint),
+                                   e2cm=self.e2cm or str(entry.e2cm))
 
     @property
     def precision(self) -> str:

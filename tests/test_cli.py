@@ -77,17 +77,16 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     assert again.returncode == 2 and "pass --resume" in again.stderr
 
 
-@pytest.mark.slow
-def test_quickstart(tmp_path: Path) -> None:
-    proc = run("quickstart", "--out", str(tmp_path / "qs"), "--epochs", "3")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
-    assert report["epochs"] == 3 and (tmp_path / "qs" / "training.png").stat().st_size > 10_000
-    assert "held-out accuracy" in proc.stdout
+def test_quickstart_refuses_a_folder_that_is_not_its_own(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")
     refused = run("quickstart", "--out", str(tmp_path / "other"), "--epochs", "1")
-    assert refused.returncode == 2 and (tmp_path / "other" / "keep.txt").read_text() == "mine"
+    assert refused.returncode == 2 and "not empty" in refused.stderr
+    assert (tmp_path / "other" / "keep.txt").read_text() == "mine"
+    forced = run("quickstart", "--out", str(tmp_path / "other"), "--epochs", "1", "--force")
+    assert forced.returncode == 2 and (tmp_path / "other" / "keep.txt").read_text() == "mine"
+    no_data = run("quickstart", "--dataset", "cifar10", "--out", str(tmp_path / "c"))
+    assert no_data.returncode == 2 and "needs --data" in no_data.stderr and not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow

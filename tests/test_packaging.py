@@ -122,7 +122,8 @@ def test_mypy_checks_every_installed_module(installed: Path, repo_root: Path, tm
      "edgeskip.exporters.gate", "edgeskip.exporters.tensorrt", "edgeskip.runtimes.runtime", "edgeskip.runtimes.bench",
      "edgeskip.runtimes.ort_backend", "edgeskip.runtimes.tflite_backend", "edgeskip.runtimes.tensorrt_backend",
      "edgeskip.devices.energy", "edgeskip.devices.profiler", "edgeskip.devices.table", "edgeskip.devices.costmodel",
-     "edgeskip.devices.search", "edgeskip.devices.select", "edgeskip.agents.operators"],
+     "edgeskip.devices.search", "edgeskip.devices.select", "edgeskip.agents.operators", "edgeskip.runtimes.evaluate",
+     "edgeskip.zoo"],
 )
 def test_core_imports_without_torch(torch_blocker: str, module: str) -> None:
     code = torch_blocker + f"""

@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from edgeskip.errors import DataError
 
-__all__ = ["ImageDataset", "DatasetSplits"]
+__all__ = ["DatasetSplits", "ImageDataset"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,23 @@ class ImageDataset:
         """The first ``limit`` images of every class, in their stored order."""
         keep = np.concatenate([np.flatnonzero(self.labels == k)[:limit] for k in range(len(self.classes))])
         return self.subset(np.sort(keep))
+
+    def halves(self) -> tuple[ImageDataset, ImageDataset]:
+        """The first and the second half of every class (the smallest class sets the half's size).
+
+        ``edgeskip search`` calibrates on the first half of the test split; what it reports and
+        what the quickstart runs stay on the second, images the search never saw.
+        """
+        half = max(1, min(int((self.labels == k).sum()) for k in range(len(self.classes))) // 2)
+        first = np.concatenate([np.flatnonzero(self.labels == k)[:half] for k in range(len(self.classes))])
+        mask = np.ones(len(self), bool)
+        mask[first] = False
+        return self.subset(np.sort(first)), self.subset(np.flatnonzero(mask))
+
+    def take(self, count: int) -> ImageDataset:
+        """About ``count`` images spread evenly over the classes (the first of each), at most ``count``."""
+        chosen = self.per_class(max(1, -(-count // len(self.classes))))
+        return chosen.subset(np.arange(min(count, len(chosen))))
 
 
 @dataclasses.dataclass(frozen=True)

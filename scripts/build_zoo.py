@@ -1,0 +1,183 @@
+"""Build a model-zoo entry from a recorded training run: fp16 checkpoint, E²CM calibration, report.
+
+    python scripts/build_zoo.py --run runs/vit9-agents --pretrain-run runs/vit9-static \
+        --data ../shared/data/cifar10-images.tar.gz --out edgeskip/zoo/vit9-cifar10
+
+1. the run's best checkpoint is saved with fp16 weights (what ships; loading casts them to fp32);
+2. E²CM is calibrated on that fp16 checkpoint (``cls`` feature, along the agents' paths, 500
+   training images per class), so the shipped exits match the shipped weights;
+3. a cpu bundle is exported from the entry and ``edgeskip.Runtime`` runs every policy over the
+   whole test split; PyTorch's own evaluation of the agents runs beside it;
+4. ``report.json`` and ``REPORT.md`` collect these figures and the training history.
+
+Every number in the report is measured here, by the project's own code; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeskip.data import load_dataset
+from edgeskip.e2cm.pipeline import run_calibration
+from edgeskip.e2cm.settings import CalibrateConfig
+from edgeskip.exporters.export import export_bundle
+from edgeskip.exporters.settings import ExportConfig
+from edgeskip.fsutil import atomic_write_bytes, atomic_write_json
+from edgeskip.plots import plot_training_curves
+from edgeskip.runtimes.evaluate import evaluate_bundle, format_results
+from edgeskip.train.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger("build_zoo")
+
+
+def history(run: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads((run / "history.json").read_text())
+    keep = ("epoch", "epoch_seconds", "images_per_second", "train_loss", "train_accuracy", "test_loss",
+            "test_accuracy", "test_executed_fraction", "test_mean_executed_layers")
+    return [{k: r[k] for k in keep if k in r} for r in rows]
+
+
+def fp16_checkpoint(run: Path, out: Path) -> tuple[Any, Path]:
+    ckpt = load_checkpoint(run)
+    model = ckpt.build_model().half()
+    path = save_checkpoint(out, model, model_name=ckpt.model_name, model_config=ckpt.model_config,
+                           dataset=ckpt.dataset, normalization=ckpt.normalization, classes=ckpt.classes,
+                           train_config=ckpt.meta.get("train"), epoch=ckpt.meta.get("epoch"),
+                           metrics={**ckpt.metrics, "weights_dtype": "float16", "from_checkpoint": str(ckpt.path)})
+    return ckpt, path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, type=Path, help="training run (with agents) whose best checkpoint ships")
+    ap.add_argument("--pretrain-run", type=Path, default=None, help="the static run it was initialised from")
+    ap.add_argument("--data", required=True, help="CIFAR-10 copy")
+    ap.add_argument("--out", required=True, type=Path, help="zoo entry folder, e.g. edgeskip/zoo/vit9-cifar10")
+    ap.add_argument("--hardware", default=None, help="what the training ran on (default: this machine)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="zoo-", dir=args.out.parent))
+    try:
+        src, ckpt_path = fp16_checkpoint(args.run, tmp / "checkpoint")
+        ckpt = load_checkpoint(ckpt_path)
+        splits = load_dataset(ckpt.dataset, args.data, progress=True)
+        log.info("calibrating E²CM on the fp16 checkpoint ...")
+        settings = CalibrateConfig(feature="cls", path="agents", calibration_per_class=500)
+        cal = run_calibration(ckpt, splits, settings, tmp / "e2cm", progress=True)
+        e = cal["features"]["cls"]
+
+        log.info("PyTorch evaluation of the agents ...")
+        from edgeskip.agents.report import evaluate_skipping
+
+        torch_eval = evaluate_skipping(ckpt.build_model(), splits.test, ckpt.normalization).to_dict(top=10)
+
+        log.info("exporting a cpu bundle and running every policy with edgeskip.Runtime ...")
+        bundle = tmp / "bundle"
+        export_bundle(ExportConfig(model=ckpt.model_name, target="cpu", out=str(bundle), checkpoint=str(ckpt_path),
+                                   e2cm=str(tmp / "e2cm" / "cls"), data=args.data))
+        results = evaluate_bundle(bundle, splits.test.images, splits.test.labels, batch_size=128)
+        table = format_results(results, ckpt.model_config.depth)
+        shutil.rmtree(bundle)
+
+        runs = {"agents": history(args.run)}
+        if args.pretrain_run:
+            runs["pretrain"] = history(args.pretrain_run)
+        curves = [*runs.get("pretrain", []), *[{**r, "epoch": r["epoch"] + len(runs.get("pretrain", []))}
+                                                 for r in runs["agents"]]]
+        plot_training_curves(curves, tmp / "training.png", f"{ckpt.model_name} on {ckpt.dataset}: "
+                             "static pre-training, then agents")
+        train_cfgs = {"agents": src.meta.get("train")}
+        if args.pretrain_run:
+            train_cfgs["pretrain"] = load_checkpoint(args.pretrain_run).meta.get("train")
+        report = {
+            "model": ckpt.model_name, "dataset": ckpt.dataset, "params": ckpt.model_config.param_count(),
+            "weights": "float16 safetensors (cast to float32 when loaded)",
+            "hardware": args.hardware or f"{platform.processor() or platform.machine()}, this project's 2-core CPU VM",
+            "training": {"configs": train_cfgs, "history": runs,
+                         "seconds": sum(r.get("epoch_seconds", 0.0) for h in runs.values() for r in h)},
+            "torch_agents_test": torch_eval,
+            "e2cm": {"settings": cal["settings"], "calibration_images": cal["calibration_images"],
+                     "thresholds": e["e2cm"]["thresholds"], "test": e["e2cm"]["test"],
+                     "agents_alone_test": e.get("agents"), "both_test": e.get("both", {}).get("test")},
+            "runtime_test": [r.to_dict() | {"paths": dict(list(r.paths.items())[:10]), "distinct_paths": len(r.paths)}
+                             for r in results],
+            "runtime_table": table,
+            "built_seconds": time.perf_counter() - start,
+            "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write_json(tmp / "report.json", report)
+        atomic_write_bytes(tmp / "REPORT.md", render(report, args).encode())
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        tmp.rename(args.out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    log.info("wrote %s in %.0f s", args.out, time.perf_counter() - start)
+    return 0
+
+
+def render(r: dict[str, Any], args: argparse.Namespace) -> str:
+    """REPORT.md: the figures and the commands that reproduce them."""
+    t = r["training"]
+    agents_cfg = t["configs"]["agents"] or {}
+    pre = t["history"].get("pretrain", [])
+    ag = t["history"]["agents"]
+    lines = [
+        f"# {r['model']} on {r['dataset']} (edgeskip model zoo)",
+        "",
+        (f"{r['params']:,} parameters, {r['weights']}. Trained on {r['hardware']} with bf16 autocast (no GPU was "
+         f"available to this project); {t['seconds'] / 60:.0f} minutes of training in all."),
+        "",
+        "## Training (recorded run)",
+        "",
+    ]
+    if pre:
+        lines.append(f"- static pre-training: {len(pre)} epochs, test accuracy {pre[-1]['test_accuracy']:.4f} "
+                     f"(all {r['torch_agents_test']['depth']} layers)")
+    lines.append(f"- skip agents (REINFORCE, depth penalty {agents_cfg.get('depth_penalty')}): {len(ag)} epochs, test "
+                 f"accuracy {ag[-1]['test_accuracy']:.4f} running {100 * ag[-1].get('test_executed_fraction', 1):.1f}% "
+                 "of the layers")
+    lines += ["", "![training curves](training.png)", "", "## Evaluation on the 10,000 CIFAR-10 test images", "",
+              "`edgeskip.Runtime` (onnxruntime, cpu bundle exported from this entry), every policy:", "", "```",
+              r["runtime_table"], "```", ""]
+    tq = r["torch_agents_test"]
+    lines += [(f"PyTorch, agents at threshold 0.5: accuracy {tq['accuracy']:.4f}, {tq['mean_executed_layers']:.2f} "
+              f"layers per image."), ""]
+    e = r["e2cm"]
+    lines += [(f"E²CM (cls feature, calibrated on {e['calibration_images']} training images along the agents' paths): "
+              f"alone {e['test']['accuracy']:.4f} at {e['test']['compute']:.3f} of the static compute; with the agents "
+              f"{(e['both_test'] or {}).get('accuracy', float('nan')):.4f} at "
+              f"{(e['both_test'] or {}).get('compute', float('nan')):.3f}."), ""]
+    lines += [
+        "## Reproduce", "",
+        "```",
+        *([(f"edgeskip train --model vit9 --dataset cifar10 --data DATA --epochs {len(pre)} --augment basic "
+           f"--precision bf16 --out runs/vit9-static")] if pre else []),
+        (f"edgeskip train --model vit9 --dataset cifar10 --data DATA --agents --init runs/vit9-static "
+         f"--epochs {len(ag)} --depth-penalty {agents_cfg.get('depth_penalty')} --lr {agents_cfg.get('lr')} "
+         f"--warmup-epochs {agents_cfg.get('warmup_epochs')} --augment basic --precision bf16 --out runs/vit9-agents"),
+        ("python scripts/build_zoo.py --run runs/vit9-agents --pretrain-run runs/vit9-static --data DATA "
+         f"--out edgeskip/zoo/{r['model']}-{r['dataset']}"),
+        "# check the shipped entry:",
+        f"edgeskip export --model {r['model']} --pretrained {r['dataset']} --target cpu --out /tmp/zoo-bundle",
+        "edgeskip evaluate --bundle /tmp/zoo-bundle --data DATA",
+        "```", "",
+        f"Built {r['built_utc']} in {r['built_seconds']:.0f} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
