@@ -84,18 +84,24 @@ def _config_from_args(cls: type[Any], args: argparse.Namespace, **fixed: Any) ->
 
 def cmd_models(args: argparse.Namespace) -> int:
     from edgeskip.variants import MODEL_CONFIGS
+    from edgeskip.zoo import available
 
+    zoo: dict[str, list[str]] = {}
+    for entry in available():
+        zoo.setdefault(entry.model, []).append(entry.dataset)
     rows = []
     for name in MODEL_CONFIGS.names():
         c = MODEL_CONFIGS.get(name)
-        rows.append((name, c.depth, c.width, c.heads, c.mlp_hidden, c.patch_size, c.image_size, c.param_count()))
+        rows.append((name, c.depth, c.width, c.heads, c.mlp_hidden, c.patch_size, c.image_size, c.param_count(),
+                     zoo.get(name, [])))
     if args.json:
-        keys = ("name", "depth", "width", "heads", "mlp_hidden", "patch", "image_size", "params")
+        keys = ("name", "depth", "width", "heads", "mlp_hidden", "patch", "image_size", "params", "pretrained")
         print(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=2))
         return 0
-    print(f"{'model':<11}{'depth':>6}{'width':>7}{'heads':>7}{'mlp':>6}{'patch':>7}{'image':>7}{'params':>12}")
+    print(f"{'model':<11}{'depth':>6}{'width':>7}{'heads':>7}{'mlp':>6}{'patch':>7}{'image':>7}{'params':>12}"
+          "  pretrained (--pretrained)")
     for r in rows:
-        print(f"{r[0]:<11}{r[1]:>6}{r[2]:>7}{r[3]:>7}{r[4]:>6}{r[5]:>7}{r[6]:>7}{r[7]:>12,}")
+        print(f"{r[0]:<11}{r[1]:>6}{r[2]:>7}{r[3]:>7}{r[4]:>6}{r[5]:>7}{r[6]:>7}{r[7]:>12,}  {', '.join(r[8]) or '-'}")
     return 0
 
 
@@ -125,6 +131,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.bundle:
         return _evaluate_bundle(args)
+    if args.policy or args.backend:
+        raise EdgeskipError("--policy and --backend apply to --bundle; a --checkpoint runs in PyTorch")
     from edgeskip.data import load_dataset
     from edgeskip.train.checkpoint import load_checkpoint
     from edgeskip.train.evaluate import evaluate
@@ -157,7 +165,7 @@ def _evaluate_bundle(args: argparse.Namespace) -> int:
 
     from edgeskip.bundle import Bundle
     from edgeskip.data import load_dataset
-    from edgeskip.runtimes.evaluate import evaluate_bundle, format_results
+    from edgeskip.runtimes.evaluate import available_policies, evaluate_bundle, format_results
 
     bundle = Bundle.open(args.bundle)
     m = bundle.manifest
@@ -167,19 +175,19 @@ def _evaluate_bundle(args: argparse.Namespace) -> int:
     if dataset != "digits" and args.data is None:
         raise EdgeskipError(f"pass --data with a {dataset} copy (the bundle's test images)")
     check_data(args.data)
-    test = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=True).test
-    policies = [p.strip() for p in args.policy.split(",")] if args.policy else None
-    n = len(policies) if policies else None
-    with tqdm(total=None if n is None else n * len(test), desc="evaluate", unit="img", disable=args.quiet) as bar:
+    test = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=not args.quiet).test
+    policies = [p.strip() for p in args.policy.split(",")] if args.policy else available_policies(bundle)
+    backend = args.backend or "onnxruntime"
+    with tqdm(total=len(policies) * len(test), desc="evaluate", unit="img", disable=args.quiet) as bar:
         results = evaluate_bundle(bundle, test.images, test.labels, policies, batch_size=args.batch_size,
-                                  backend=args.backend, progress=bar.update)
-    head = {"bundle": str(bundle.path), "model": m.model_name, "dataset": dataset, "backend": args.backend,
+                                  backend=backend, progress=bar.update)
+    head = {"bundle": str(bundle.path), "model": m.model_name, "dataset": dataset, "backend": backend,
             "untrained": m.untrained}
     if args.json:
         print(json.dumps({**head, "policies": [r.to_dict() for r in results]}, indent=2))
         return 0
     warn = " (UNTRAINED weights)" if m.untrained else ""
-    print(f"{m.model_name} bundle {bundle.path} on {dataset} test, edgeskip.Runtime ({args.backend}){warn}:")
+    print(f"{m.model_name} bundle {bundle.path} on {dataset} test, edgeskip.Runtime ({backend}){warn}:")
     print(format_results(results, m.config.depth, top=args.top))
     return 0
 
@@ -544,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--policy", default=None,
                     help="bundle: comma-separated policies (default: all it has: static, agent, e2cm, agent+e2cm, "
                          "default)")
-    ev.add_argument("--backend", default="onnxruntime", help="bundle: runtime backend (default: onnxruntime)")
+    ev.add_argument("--backend", default=None, help="bundle: runtime backend (default: onnxruntime)")
     ev.add_argument("--data", default=None, help="dataset copy (CIFAR-10 folder or .tar.gz)")
     ev.add_argument("--limit-per-class", type=positive_int, default=None, help="evaluate the first N test images per class")
     ev.add_argument("--batch-size", type=positive_int, default=256)
@@ -561,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--limit-per-class", type=positive_int, default=None,
                     help="use the first N training and test images per class (a shorter run)")
     qs.add_argument("--budget-ms", type=float, default=None,
-                    help="latency budget for the selection (default: 60%% of the static model's predicted latency)")
+                    help="latency budget for the selection (default: the predicted latency of the cheapest "
+                         "configuration within 1 point of the static model's accuracy)")
     qs.add_argument("--force", action="store_true", help="replace an existing quickstart folder")
 
     parsers["models"].add_argument("--json", action="store_true", help="print JSON")

@@ -32,7 +32,8 @@ from edgeskip.fsutil import atomic_write_bytes, atomic_write_json
 __all__ = ["MARKER", "PRESETS", "STAGES", "QuickstartConfig", "run_quickstart"]
 
 log = logging.getLogger(__name__)
-MARKER = "quickstart.json"
+MARKER = "quickstart.json"  # the report, written last
+OWNER = ".edgeskip-quickstart"  # written first: --force replaces only folders holding it
 STAGES = ("train", "calibrate", "export", "profile", "search", "select", "run")
 
 
@@ -46,7 +47,7 @@ class Preset:
     lr: float
     warmup_epochs: float
     augment: str
-    precision: str  # a model this small trains faster in fp32 than under bf16 autocast on a CPU
+    precision: str
     depth_penalty: float
     calibration_per_class: int
     search_images: int
@@ -70,7 +71,7 @@ class QuickstartConfig:
     model: str | None = None
     epochs: int | None = None
     limit_per_class: int | None = None
-    budget_ms: float | None = None  # default: 60% of the static model's predicted latency
+    budget_ms: float | None = None  # default: see default_budget
     force: bool = False
     progress: bool = True
 
@@ -83,7 +84,7 @@ class QuickstartConfig:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
         if self.limit_per_class is not None and self.limit_per_class < 4:
             raise ConfigError(f"--limit-per-class must be >= 4, got {self.limit_per_class}")
-        if self.budget_ms is not None and not self.budget_ms > 0:
+        if self.budget_ms is not None and not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
             raise ConfigError(f"--budget-ms must be a positive number, got {self.budget_ms}")
 
     @property
@@ -108,28 +109,35 @@ class _Stages:
 
 
 def _prepare_out(out: Path, force: bool) -> None:
+    """An empty folder for the run; ``force`` replaces only an earlier quickstart's own folder."""
     if out.exists():
         if not out.is_dir():
             raise ConfigError(f"{out} exists and is not a folder; choose another --out")
-        is_quickstart = (out / MARKER).is_file() or (out / "bundle").is_dir() or (out / "run").is_dir()
-        if not (is_quickstart and force) and any(out.iterdir()):
-            hint = "pass --force to replace it" if is_quickstart else "choose another --out"
-            raise ConfigError(f"{out} exists and is not empty; {hint}")
+        ours = (out / OWNER).is_file() or (out / MARKER).is_file()
+        protected = out.resolve() in {Path.cwd().resolve(), Path.home().resolve(), Path(out.resolve().anchor)}
+        if any(out.iterdir()):
+            if not ours or protected:
+                raise ConfigError(f"{out} exists and is not empty (and is not a quickstart folder); choose another --out")
+            if not force:
+                raise ConfigError(f"{out} holds an earlier quickstart: pass --force to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    (out / OWNER).write_text("made by edgeskip quickstart; --force replaces this folder\n")
 
 
 def run_quickstart(cfg: QuickstartConfig) -> str:
     """Run the journey into ``cfg.out``; returns the report as text (also written to ``report.md``)."""
     from edgeskip.data import load_dataset
+    from edgeskip.variants import MODEL_CONFIGS
 
     p = cfg.preset
     model = cfg.model or p.model
+    MODEL_CONFIGS.get(model)  # an unknown model fails here, before anything is written or replaced
     out = Path(cfg.out)
-    _prepare_out(out, cfg.force)
     start = time.perf_counter()
     stage = _Stages()
     splits = load_dataset(cfg.dataset, cfg.data, limit_per_class=cfg.limit_per_class, progress=cfg.progress)
+    _prepare_out(out, cfg.force)
     # the test split's first half calibrates the search, the second half is what the report runs on
     search_pool, held_out = splits.test.halves()
     report: dict[str, Any] = {"dataset": cfg.dataset, "model": model, "train_images": len(splits.train),
@@ -137,22 +145,22 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
 
     with stage("train", f"{model} with one skip agent per layer (REINFORCE), {len(splits.train)} {cfg.dataset} images"):
         report["train"] = _train(cfg, model, splits, out / "run")
+    best = Path(report["train"]["checkpoint"])  # calibrate and export the best epoch, not the last
     with stage("calibrate", "E²CM class means and exit thresholds on the training images, along the agents' paths"):
-        report["calibrate"] = _calibrate(cfg, out, splits)
+        report["calibrate"] = _calibrate(cfg, best, out / "e2cm", splits)
     with stage("export", "a checksummed cpu bundle: per-layer ONNX, gate graph, agents, exits"):
-        report["export"] = _export(cfg, model, out)
+        report["export"] = _export(cfg, model, best, out)
     bundle = Path(report["export"]["bundle"])
     with stage("profile", "every stage of the bundle on this machine (quick profile)"):
-        report["profile"] = _profile(cfg, bundle)
+        profile, report["profile"] = _profile(cfg, bundle)
     calib = search_pool.take(p.search_images)
     report["search_images"] = len(calib)
     with stage("search", f"NSGA-II over layer and exit thresholds on {len(calib)} images, latency predicted"):
-        front, report["search"] = _search(cfg, bundle, calib, report["profile"]["data"])
+        front, report["search"] = _search(cfg, bundle, calib, profile)
     with stage("select", "the most accurate configuration within the latency budget"):
         report["select"] = _select(cfg, bundle, front)
     with stage("run", f"edgeskip.Runtime on {len(held_out)} held-out images, static and selected interleaved"):
         report["run"] = _run(bundle, held_out, cfg.progress)
-    del report["profile"]["data"]
     report["seconds"] = {**stage.seconds, "total": time.perf_counter() - start}
     report["files"] = {
         "bundle": str(bundle), "profile": report["profile"]["path"], "pareto": report["search"]["path"],
@@ -176,32 +184,32 @@ def _train(cfg: QuickstartConfig, model: str, splits: Any, run: Path) -> dict[st
                      precision=p.precision, agents=True, depth_penalty=p.depth_penalty, progress=cfg.progress,
                      limit_per_class=cfg.limit_per_class)
     result = train(tc, splits)
-    best = run / json.loads((run / "best.json").read_text())["checkpoint"]
+    pointer = json.loads((run / "best.json").read_text())
+    best = next(h for h in result.history if h["epoch"] == pointer["epoch"])
     plot = plot_training_curves(result.history, run.parent / "training.png", f"{model} with agents on {cfg.dataset}")
-    final = result.final
-    return {"epochs": tc.epochs, "precision": result.precision, "checkpoint": str(best), "plot": str(plot),
-            "test_accuracy": final.get("test_accuracy"), "executed_fraction": final.get("test_executed_fraction"),
-            "images_per_second": final.get("images_per_second")}
+    return {"epochs": tc.epochs, "precision": result.precision, "checkpoint": str(run / pointer["checkpoint"]),
+            "best_epoch": pointer["epoch"], "plot": str(plot), "test_accuracy": best.get("test_accuracy"),
+            "executed_fraction": best.get("test_executed_fraction"),
+            "images_per_second": result.final.get("images_per_second")}
 
 
-def _calibrate(cfg: QuickstartConfig, out: Path, splits: Any) -> dict[str, Any]:
+def _calibrate(cfg: QuickstartConfig, checkpoint: Path, out: Path, splits: Any) -> dict[str, Any]:
     from edgeskip.e2cm.pipeline import run_calibration
     from edgeskip.e2cm.settings import CalibrateConfig
     from edgeskip.train.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(out / "run")
     settings = CalibrateConfig(feature="cls", path="agents", calibration_per_class=cfg.preset.calibration_per_class)
-    rep = run_calibration(ckpt, splits, settings, out / "e2cm", progress=cfg.progress)
+    rep = run_calibration(load_checkpoint(checkpoint), splits, settings, out, progress=cfg.progress)
     e = rep["features"]["cls"]
     return {"dir": e["saved"], "calibration_images": rep["calibration_images"],
             "thresholds": e["e2cm"]["thresholds"], "both_test": e.get("both", {}).get("test")}
 
 
-def _export(cfg: QuickstartConfig, model: str, out: Path) -> dict[str, Any]:
+def _export(cfg: QuickstartConfig, model: str, checkpoint: Path, out: Path) -> dict[str, Any]:
     from edgeskip.exporters.export import export_bundle
     from edgeskip.exporters.settings import ExportConfig
 
-    result = export_bundle(ExportConfig(model=model, target="cpu", out=str(out / "bundle"), checkpoint=str(out / "run"),
+    result = export_bundle(ExportConfig(model=model, target="cpu", out=str(out / "bundle"), checkpoint=str(checkpoint),
                                         e2cm=str(out / "e2cm" / "cls"), data=cfg.data, fidelity_images=16),
                            progress=cfg.progress)
     fid = result.manifest.fidelity or {}
@@ -212,7 +220,7 @@ def _export(cfg: QuickstartConfig, model: str, out: Path) -> dict[str, Any]:
             "gate_same_decisions": f"{gate.get('same_decisions')}/{gate.get('images')}"}
 
 
-def _profile(cfg: QuickstartConfig, bundle: Path) -> dict[str, Any]:
+def _profile(cfg: QuickstartConfig, bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from tqdm.auto import tqdm
 
     from edgeskip.devices.profiler import ProfileSettings, profile_bundle, save_profile
@@ -226,8 +234,8 @@ def _profile(cfg: QuickstartConfig, bundle: Path) -> dict[str, Any]:
     path = save_profile(profile, bundle)
     pieces = profile["batches"]["1"]
     layers = [v["median_ms"] for k, v in pieces.items() if k.startswith("layer_") and "@" not in k]
-    return {"path": str(path), "backend": profile["backend"].get("backend"), "energy": profile["energy"]["source"],
-            "layer_ms": [min(layers), max(layers)], "data": profile}
+    return profile, {"path": str(path), "backend": profile["backend"].get("backend"),
+                     "energy": profile["energy"]["source"], "layer_ms": [min(layers), max(layers)]}
 
 
 def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -325,7 +333,7 @@ def _run(bundle: Path, held_out: Any, progress: bool) -> dict[str, Any]:
             "latency_ratio_p50": row["default"]["p50_ms"] / row["static"]["p50_ms"],
             "latency_ratio_mean": row["default"]["mean_ms"] / row["static"]["mean_ms"],
             "selected_layers_per_image": layers / n, "selected_exit_rate": exits / n,
-            "paths": dict(paths.most_common())}
+            "paths": [[path, n] for path, n in paths.most_common()]}  # a list: JSON objects get sorted
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -337,8 +345,9 @@ def format_report(r: dict[str, Any]) -> str:
         (f"edgeskip quickstart: {r['model']} on {r['dataset']}, train -> calibrate -> export -> profile -> search -> "
          f"select -> run in {r['seconds']['total']:.0f} s"),
         "",
-        (f"train      {t['epochs']} epochs ({t['precision']}) with one skip agent per layer: test accuracy "
-         f"{t['test_accuracy']:.4f}, agents run {100 * (t['executed_fraction'] or 1):.0f}% of the layers"),
+        (f"train      {t['epochs']} epochs ({t['precision']}) with one skip agent per layer: best epoch "
+         f"{t['best_epoch']}, test accuracy {t['test_accuracy']:.4f}, agents run "
+         f"{100 * (1.0 if t['executed_fraction'] is None else t['executed_fraction']):.0f}% of the layers"),
         f"calibrate  E²CM exits from class means on {c['calibration_images']} training images",
         (f"export     cpu bundle, {e['files']} files, {e['megabytes']:.1f} MiB; max |ONNX - torch| {e['max_stage_error']:.1e}, "
          f"gate graph {e['gate_same_decisions']} identical decisions"),
@@ -367,11 +376,11 @@ def format_report(r: dict[str, Any]) -> str:
         "",
         f"Paths of the selected configuration (1 = layer ran, layers 0-{depth - 1}; most common first):",
     ]
-    total = sum(run["paths"].values())
-    for path, n in list(run["paths"].items())[:8]:
+    total = sum(n for _, n in run["paths"])
+    for path, n in run["paths"][:8]:
         lines.append(f"  {path}  {n:>5} images ({100 * n / total:.0f}%)")
     if len(run["paths"]) > 8:
-        lines.append(f"  ... {len(run['paths']) - 8} more paths ({sum(list(run['paths'].values())[8:])} images)")
+        lines.append(f"  ... {len(run['paths']) - 8} more paths ({sum(n for _, n in run['paths'][8:])} images)")
     f = r["files"]
     lines += [
         "",

@@ -25,6 +25,7 @@ import numpy as np
 import edgeskip
 from edgeskip.devices.search import ParetoFront, ParetoPoint, load_front, pareto_path
 from edgeskip.devices.select import NothingFits, choose
+from edgeskip.runtimes import Runtime
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".npy"}
 
@@ -71,6 +72,22 @@ def cheaper(front: ParetoFront, current_ms: float, saving: float) -> ParetoPoint
         return min(front.points, key=lambda p: p.latency_ms)
 
 
+def starting_point(rt: Runtime, front: ParetoFront) -> ParetoPoint:
+    """The bundle's default configuration (what ``edgeskip select`` wrote) as a point of the front; when the
+    front was searched again since, the point with the same genes, else the default itself."""
+    default = rt.manifest.default_config
+    if default is None:
+        return max(front.points, key=lambda p: p.accuracy)
+    for p in front.points:
+        if list(p.thresholds) == default["thresholds"] and (
+                p.exit_thresholds is None or list(p.exit_thresholds) == default["exit_thresholds"]):
+            return p
+    return ParetoPoint(genes=(), thresholds=tuple(default["thresholds"]),
+                       exit_thresholds=None if default["exit_thresholds"] is None else tuple(default["exit_thresholds"]),
+                       accuracy=default["accuracy"], latency_ms=default["predicted"]["latency_ms"],
+                       energy_mj=default["predicted"]["energy_mj"], executed_layers=float("nan"), exit_rate=float("nan"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True, help="bundle with a cpu profile and Pareto front (edgeskip quickstart)")
@@ -86,26 +103,30 @@ def main(argv: list[str] | None = None) -> int:
                     help="low-battery configuration: within this share of the current predicted latency (default: 0.6)")
     args = ap.parse_args(argv)
 
-    rt = edgeskip.Runtime(args.bundle)  # policy "auto": the configuration edgeskip select wrote
+    try:
+        return run(args)
+    except edgeskip.EdgeskipError as exc:  # a bad bundle, a missing front, an unreadable image: one line
+        raise SystemExit(f"on_device_app: error: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    rt = Runtime(args.bundle)  # policy "auto": the configuration edgeskip select wrote
     front = load_front(pareto_path(rt.bundle, args.device), rt.bundle, args.device)
-    points = list(front.points)
-    default = rt.manifest.default_config
-    current = next((p for p in points if default is not None and list(p.thresholds) == default["thresholds"]
-                    and (p.exit_thresholds is None or list(p.exit_thresholds) == default["exit_thresholds"])),
-                   max(points, key=lambda p: p.accuracy))
+    current = starting_point(rt, front)
     rt.set_policy(current.policy)
-    capacity = args.battery_calls * current.energy_mj
+    per_call = max(current.energy_mj, 1e-9)
+    capacity = args.battery_calls * per_call
     battery, saving = capacity, False
     classes = rt.manifest.classes
     print(f"{rt.manifest.model_name} on {args.device}: starting at {100 * current.accuracy:.1f}% accuracy, "
-          f"{current.latency_ms:.3f} ms predicted per image ({current.executed_layers:.2f} layers); "
+          f"{current.latency_ms:.3f} ms predicted per image; "
           f"battery {capacity:.1f} mJ (simulated; energy per call from the profile: {front.energy_source})")
     frames = folder_images(args.images, rt.input_spec.channels) if args.images else camera_frames(args.camera,
                                                                                                    args.frames)
     count = 0
     for name, image in frames:
         out = rt(image)
-        battery = max(0.0, battery - current.energy_mj)
+        battery = max(0.0, battery - max(current.energy_mj, 1e-9))
         level = 100 * battery / capacity
         count += 1
         print(f"{name:<24} {classes[int(out.labels[0])]:<12} {out.latency_ms:7.3f} ms  "
@@ -119,9 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{current.latency_ms:.3f} ms")
             current, saving = cheap, True
     stats = rt.stats()
-    print(f"{count} images; {stats.mean_executed_layers:.2f} layers per image on average; latency per image "
-          f"p50 {stats.latency_ms['p50']:.3f} ms, p90 {stats.latency_ms['p90']:.3f} ms; "
-          f"{'switched' if saving else 'never switched'} to the low-battery configuration")
+    if count == 0:
+        print("no images were classified")
+    else:
+        print(f"{count} images; {stats.mean_executed_layers:.2f} layers per image on average; latency per image "
+              f"p50 {stats.latency_ms['p50']:.3f} ms, p90 {stats.latency_ms['p90']:.3f} ms; "
+              f"{'switched' if saving else 'never switched'} to the low-battery configuration")
     rt.close()
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import edgeskip
 from edgeskip.bundle import Bundle
@@ -56,7 +57,7 @@ def register_one_thread_cpu() -> Device:
 def _profile_one(bundle: str, device: str, threads: int | None, quick: bool) -> str:
     register_one_thread_cpu()  # this runs in a fresh process
     settings = ProfileSettings.quick((1,)) if quick else ProfileSettings((1,))
-    options = {} if threads is None else {"threads": threads}
+    options: dict[str, Any] = {} if threads is None else {"threads": threads}
     return str(save_profile(profile_bundle(bundle, device, settings=settings, **options), bundle))
 
 
@@ -122,10 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="dataset copy for the search's calibration images (digits: none)")
     ap.add_argument("--images", type=int, default=400, help="calibration images for a search (default: 400)")
     args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except (edgeskip.EdgeskipError, ValueError) as exc:  # a bad bundle or profile, a budget that is no number
+        raise SystemExit(f"pick_by_budget: error: {exc}") from None
 
+
+def run(args: argparse.Namespace) -> int:
     register_one_thread_cpu()
     bundle = Bundle.open(args.bundle)
-    if args.profile_here:
+    if args.profile_here:  # replaces the bundle's cpu and cpu-1thread profiles (their fronts are searched again)
         profile_here(bundle, args.quick)
     devices = sorted(p.stem for p in (bundle.path / "profiles").glob("*.json"))
     if not devices:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import shutil
 import sys
 import tempfile
@@ -27,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeskip.data import load_dataset
+from edgeskip.devices.host import describe_host
 from edgeskip.e2cm.pipeline import run_calibration
 from edgeskip.e2cm.settings import CalibrateConfig
 from edgeskip.exporters.export import export_bundle
 from edgeskip.exporters.settings import ExportConfig
-from edgeskip.fsutil import atomic_write_bytes, atomic_write_json
+from edgeskip.fsutil import atomic_directory, atomic_write_bytes, atomic_write_json
 from edgeskip.plots import plot_training_curves
 from edgeskip.runtimes.evaluate import evaluate_bundle, format_results
 from edgeskip.train.checkpoint import load_checkpoint, save_checkpoint
@@ -46,8 +46,13 @@ def history(run: Path) -> list[dict[str, Any]]:
     return [{k: r[k] for k in keep if k in r} for r in rows]
 
 
+def best_checkpoint(run: Path) -> Path:
+    """The run's best epoch (``best.json``), which is what ships."""
+    return run / json.loads((run / "best.json").read_text())["checkpoint"]
+
+
 def fp16_checkpoint(run: Path, out: Path) -> tuple[Any, Path]:
-    ckpt = load_checkpoint(run)
+    ckpt = load_checkpoint(best_checkpoint(run))
     model = ckpt.build_model().half()
     path = save_checkpoint(out, model, model_name=ckpt.model_name, model_config=ckpt.model_config,
                            dataset=ckpt.dataset, normalization=ckpt.normalization, classes=ckpt.classes,
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="zoo-", dir=args.out.parent))
+    work = Path(tempfile.mkdtemp(prefix="edgeskip-zoo-"))  # outside the package: nothing half-built is listed
+    tmp = work / "entry"
     try:
         src, ckpt_path = fp16_checkpoint(args.run, tmp / "checkpoint")
         ckpt = load_checkpoint(ckpt_path)
@@ -83,12 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         torch_eval = evaluate_skipping(ckpt.build_model(), splits.test, ckpt.normalization).to_dict(top=10)
 
         log.info("exporting a cpu bundle and running every policy with edgeskip.Runtime ...")
-        bundle = tmp / "bundle"
+        bundle = work / "bundle"
         export_bundle(ExportConfig(model=ckpt.model_name, target="cpu", out=str(bundle), checkpoint=str(ckpt_path),
                                    e2cm=str(tmp / "e2cm" / "cls"), data=args.data))
         results = evaluate_bundle(bundle, splits.test.images, splits.test.labels, batch_size=128)
         table = format_results(results, ckpt.model_config.depth)
-        shutil.rmtree(bundle)
 
         runs = {"agents": history(args.run)}
         if args.pretrain_run:
@@ -99,11 +104,13 @@ def main(argv: list[str] | None = None) -> int:
                              "static pre-training, then agents")
         train_cfgs = {"agents": src.meta.get("train")}
         if args.pretrain_run:
-            train_cfgs["pretrain"] = load_checkpoint(args.pretrain_run).meta.get("train")
+            train_cfgs["pretrain"] = load_checkpoint(best_checkpoint(args.pretrain_run)).meta.get("train")
+        host = describe_host()
         report = {
             "model": ckpt.model_name, "dataset": ckpt.dataset, "params": ckpt.model_config.param_count(),
             "weights": "float16 safetensors (cast to float32 when loaded)",
-            "hardware": args.hardware or f"{platform.processor() or platform.machine()}, this project's 2-core CPU VM",
+            "hardware": args.hardware or f"{host.cpu_model} ({host.usable_cpus} usable CPUs, no GPU)",
+            "test_images": len(splits.test),
             "training": {"configs": train_cfgs, "history": runs,
                          "seconds": sum(r.get("epoch_seconds", 0.0) for h in runs.values() for r in h)},
             "torch_agents_test": torch_eval,
@@ -117,28 +124,41 @@ def main(argv: list[str] | None = None) -> int:
             "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         atomic_write_json(tmp / "report.json", report)
-        atomic_write_bytes(tmp / "REPORT.md", render(report, args).encode())
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        tmp.rename(args.out)
+        atomic_write_bytes(tmp / "REPORT.md", render(report).encode())
+        with atomic_directory(args.out, replace=True) as final:  # the old entry stays until the new one is whole
+            shutil.copytree(tmp, final, dirs_exist_ok=True)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        shutil.rmtree(work, ignore_errors=True)
     log.info("wrote %s in %.0f s", args.out, time.perf_counter() - start)
     return 0
 
 
-def render(r: dict[str, Any], args: argparse.Namespace) -> str:
+def _train_command(cfg: dict[str, Any], out: str, init: str | None) -> str:
+    """The ``edgeskip train`` command line of a recorded training config."""
+    parts = [f"edgeskip train --model {cfg['model']} --dataset {cfg['dataset']} --data DATA"]
+    if cfg.get("agents"):
+        parts.append(f"--agents --init {init} --depth-penalty {cfg['depth_penalty']}" if init else
+                     f"--agents --depth-penalty {cfg['depth_penalty']}")
+    parts.append(f"--epochs {cfg['epochs']} --lr {cfg['lr']} --warmup-epochs {cfg['warmup_epochs']} "
+                 f"--batch-size {cfg['batch_size']} --augment {cfg['augment']} --precision {cfg['precision']} "
+                 f"--seed {cfg['seed']} --out {out}")
+    return " ".join(parts)
+
+
+def render(r: dict[str, Any]) -> str:
     """REPORT.md: the figures and the commands that reproduce them."""
     t = r["training"]
     agents_cfg = t["configs"]["agents"] or {}
+    pre_cfg = t["configs"].get("pretrain")
     pre = t["history"].get("pretrain", [])
     ag = t["history"]["agents"]
+    precisions = sorted({c.get("precision_used", c.get("precision")) for c in t["configs"].values() if c})
+    name = f"{r['model']}-{r['dataset']}"
     lines = [
         f"# {r['model']} on {r['dataset']} (edgeskip model zoo)",
         "",
-        (f"{r['params']:,} parameters, {r['weights']}. Trained on {r['hardware']} with bf16 autocast (no GPU was "
-         f"available to this project); {t['seconds'] / 60:.0f} minutes of training in all."),
+        (f"{r['params']:,} parameters, {r['weights']}. Trained on {r['hardware']}, autocast "
+         f"{' / '.join(precisions)}; {t['seconds'] / 60:.0f} minutes of training in all."),
         "",
         "## Training (recorded run)",
         "",
@@ -149,7 +169,8 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
     lines.append(f"- skip agents (REINFORCE, depth penalty {agents_cfg.get('depth_penalty')}): {len(ag)} epochs, test "
                  f"accuracy {ag[-1]['test_accuracy']:.4f} running {100 * ag[-1].get('test_executed_fraction', 1):.1f}% "
                  "of the layers")
-    lines += ["", "![training curves](training.png)", "", "## Evaluation on the 10,000 CIFAR-10 test images", "",
+    lines += ["", "![training curves](training.png)", "",
+              f"## Evaluation on the {r['test_images']:,} {r['dataset']} test images", "",
               "`edgeskip.Runtime` (onnxruntime, cpu bundle exported from this entry), every policy:", "", "```",
               r["runtime_table"], "```", ""]
     tq = r["torch_agents_test"]
@@ -163,13 +184,10 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
     lines += [
         "## Reproduce", "",
         "```",
-        *([(f"edgeskip train --model vit9 --dataset cifar10 --data DATA --epochs {len(pre)} --augment basic "
-           f"--precision bf16 --out runs/vit9-static")] if pre else []),
-        (f"edgeskip train --model vit9 --dataset cifar10 --data DATA --agents --init runs/vit9-static "
-         f"--epochs {len(ag)} --depth-penalty {agents_cfg.get('depth_penalty')} --lr {agents_cfg.get('lr')} "
-         f"--warmup-epochs {agents_cfg.get('warmup_epochs')} --augment basic --precision bf16 --out runs/vit9-agents"),
-        ("python scripts/build_zoo.py --run runs/vit9-agents --pretrain-run runs/vit9-static --data DATA "
-         f"--out edgeskip/zoo/{r['model']}-{r['dataset']}"),
+        *([_train_command(pre_cfg, f"runs/{name}-static", None)] if pre_cfg else []),
+        _train_command(agents_cfg, f"runs/{name}-agents", f"runs/{name}-static" if pre_cfg else None),
+        (f"python scripts/build_zoo.py --run runs/{name}-agents"
+         + (f" --pretrain-run runs/{name}-static" if pre_cfg else "") + f" --data DATA --out edgeskip/zoo/{name}"),
         "# check the shipped entry:",
         f"edgeskip export --model {r['model']} --pretrained {r['dataset']} --target cpu --out /tmp/zoo-bundle",
         "edgeskip evaluate --bundle /tmp/zoo-bundle --data DATA",

@@ -61,6 +61,7 @@ def test_models_json() -> None:
     assert proc.returncode == 0
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert rows["vit10"]["params"] == 8_934_538 and rows["vit9"]["width"] == 192
+    assert rows["vit9"]["pretrained"] == ["cifar10"] and rows["vit10"]["pretrained"] == []
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgeskip.errors import UnknownNameError
+from edgeskip.errors import DataError, UnknownNameError
 
 __all__ = ["ZOO_DIR", "ZooEntry", "available", "pretrained"]
 
@@ -42,15 +42,25 @@ class ZooEntry:
         return self.path / "e2cm" / "cls"
 
     def report(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.path / "report.json").read_text())
+        """The evaluation report of the recorded run (``report.json``)."""
+        path = self.path / "report.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"the zoo's report {path} is unreadable: {exc}") from None
+        if not isinstance(data, dict):
+            raise DataError(f"the zoo's report {path} must hold a JSON object")
         return data
 
 
 def available() -> list[ZooEntry]:
-    """Every entry shipped with this installation (a folder with a checkpoint and a report)."""
+    """Every complete entry shipped with this installation (checkpoint config and weights, and a report);
+    folders being written (``.name.tmp``) are not entries."""
     out = []
     for d in sorted(ZOO_DIR.iterdir()):
-        if d.is_dir() and (d / "checkpoint" / "config.json").is_file() and (d / "report.json").is_file():
+        complete = all((d / f).is_file() for f in ("checkpoint/config.json", "checkpoint/model.safetensors",
+                                                   "report.json"))
+        if d.is_dir() and not d.name.startswith((".", "_")) and "-" in d.name and complete:
             model, _, dataset = d.name.rpartition("-")
             out.append(ZooEntry(model, dataset, d))
     return out
