@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="CIFAR-10 copy")
     ap.add_argument("--out", required=True, type=Path, help="zoo entry folder, e.g. edgeskip/zoo/vit9-cifar10")
     ap.add_argument("--hardware", default=None, help="what the training ran on (default: this machine)")
+    ap.add_argument("--limit-per-class", type=int, default=None, help="a trial build on fewer images (never ship it)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src, ckpt_path = fp16_checkpoint(args.run, tmp / "checkpoint")
         ckpt = load_checkpoint(ckpt_path)
-        splits = load_dataset(ckpt.dataset, args.data, progress=True)
+        splits = load_dataset(ckpt.dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
         log.info("calibrating E²CM on the fp16 checkpoint ...")
         settings = CalibrateConfig(feature="cls", path="agents", calibration_per_class=500)
         cal = run_calibration(ckpt, splits, settings, tmp / "e2cm", progress=True)

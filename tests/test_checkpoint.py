@@ -41,6 +41,22 @@ def test_round_trip(tmp_path: Path) -> None:
         torch.testing.assert_close(ckpt.build_model()(x), model(x), rtol=0, atol=0)
     info, tensors = ckpt.train_state()  # type: ignore[misc]
     assert info["step"] == 1 and any(k.endswith("exp_avg") for k in tensors)
+    for f in ("model.safetensors", "train_state.safetensors", "config.json"):  # shared results: readable by all
+        assert (tmp_path / "ckpt" / f).stat().st_mode & 0o777 == 0o644
+
+
+def test_fp16_weights_load_into_the_fp32_model(tmp_path: Path) -> None:
+    """The model zoo ships fp16 weights; loading casts them to the model's fp32."""
+    model = save_tiny(tmp_path / "full").eval()
+    ckpt = load_checkpoint(tmp_path / "full")
+    half = ckpt.build_model().half()
+    save_checkpoint(tmp_path / "half", half, model_name=ckpt.model_name, model_config=ckpt.model_config,
+                    dataset=ckpt.dataset, normalization=ckpt.normalization, classes=ckpt.classes)
+    loaded = load_checkpoint(tmp_path / "half").build_model()
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=5e-3)
 
 
 def test_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from torch import nn
 
 from edgeskip.config import ViTConfig, from_dict, to_dict
 from edgeskip.errors import CheckpointError, ConfigError
-from edgeskip.fsutil import atomic_directory, atomic_write_json
+from edgeskip.fsutil import FILE_MODE, atomic_directory, atomic_write_json
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
 
@@ -136,6 +137,7 @@ def save_checkpoint(
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(path) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
+        os.chmod(tmp / WEIGHTS_FILE, FILE_MODE)  # safetensors writes 0600; checkpoints are meant to be shared
         meta: dict[str, Any] = {
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -158,6 +160,7 @@ def save_checkpoint(
         if optimizer is not None:
             tensors, groups = _flatten_optimizer(optimizer)
             save_file(tensors, str(tmp / STATE_FILE))
+            os.chmod(tmp / STATE_FILE, FILE_MODE)
             meta["train_state"] = {
                 "file": STATE_FILE, "sha256": _sha256(tmp / STATE_FILE), "param_groups": groups, "step": step,
             }
