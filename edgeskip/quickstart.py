@@ -4,8 +4,8 @@ train (ViT + skip agents) -> calibrate (E²CM exits) -> export (cpu bundle) -> p
 machine) -> search (NSGA-II, accuracy vs predicted latency) -> select (a latency budget) ->
 run (``edgeskip.Runtime`` on held-out images, static and selected side by side) -> report.
 
-The default runs on scikit-learn's 8x8 digits with the small ``vit-digits`` model in about two
-minutes on two CPU cores; ``dataset="cifar10"`` runs the same journey on a CIFAR-10 copy.
+The default runs on scikit-learn's 8x8 digits with the small ``vit-digits`` model in under a
+minute on two CPU cores; ``dataset="cifar10"`` runs the same journey on a CIFAR-10 copy.
 Everything is written under one folder, the report last (as ``quickstart.json`` and
 ``report.md``), so a folder without it is an interrupted run.
 """

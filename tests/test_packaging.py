@@ -110,9 +110,12 @@ def test_mypy_checks_every_installed_module(installed: Path, repo_root: Path, tm
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     lines = (report / "linecount.txt").read_text().splitlines()
     checked = {line.split()[-1] for line in lines if line.strip() and not line.strip().endswith(" total")}
+    # folders of package data (the model zoo's entries) hold no Python: mypy counts them as empty namespaces
+    data = {m for m in checked if (d := installed / m.replace(".", "/")).is_dir() and not any(d.glob("*.py"))}
+    checked -= data
     assert {"edgeskip.exporters", "edgeskip.runtimes", "edgeskip.devices.host"} <= checked
     assert checked == modules, f"mypy skipped {sorted(modules - checked)}"
-    assert re.search(rf"in {len(modules)} source files", proc.stdout), proc.stdout
+    assert re.search(rf"in {len(modules) + len(data)} source files", proc.stdout), proc.stdout
 
 
 @pytest.mark.parametrize(
