@@ -42,7 +42,7 @@ from edgeskip.runtimes.runtime import Runtime, agent_runs
 
 __all__ = ["DEFAULT_EXIT_RATES", "FORMAT", "SCHEMA_VERSION", "Evaluation", "Genome", "ParetoFront", "ParetoPoint",
            "PathCache", "SearchSettings", "exit_grid", "hypervolume", "load_front", "non_dominated", "pareto_path", "plot_front",
-           "search_bundle"]
+           "search_and_save", "search_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -568,6 +568,20 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
     rt.close()
     return ParetoFront(tuple(front), static, str(profile.get("device")), m.fingerprint, settings.batch,
                        model.energy_source, hypervolume(np.asarray([objectives(p) for p in front])), meta)
+
+
+def search_and_save(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
+                    profile: Mapping[str, Any], settings: SearchSettings, *, calibration: str,
+                    out: str | Path | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[ParetoFront, Path, Path]:
+    """:func:`search_bundle`, then the front (with where its images came from) saved to ``out`` (default
+    ``pareto/<device>.json`` beside the bundle's files) and its picture beside it; (front, json, png)."""
+    front = search_bundle(bundle_dir, images, labels, profile, settings, progress=progress)
+    front = dataclasses.replace(front, meta={**front.meta, "calibration": calibration})
+    path = Path(out) if out else pareto_path(bundle_dir, front.device)
+    front.save(path)
+    png = plot_front(front, path.with_suffix(".png"), f"{front.meta['model']} on {front.device}: Pareto front")
+    return front, path, png
 
 
 def plot_front(front: ParetoFront, out: str | Path, title: str) -> Path:

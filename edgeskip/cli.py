@@ -422,12 +422,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from edgeskip.bundle import Bundle
     from edgeskip.devices.profiler import load_profile, profile_path
-    from edgeskip.devices.search import (
-        SearchSettings,
-        pareto_path,
-        plot_front,
-        search_bundle,
-    )
+    from edgeskip.devices.search import SearchSettings, search_and_save
 
     bundle = Bundle.open(args.bundle)
     profile = load_profile(args.profile or profile_path(bundle, args.device), bundle, args.device)
@@ -438,11 +433,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             bar.n = min(done, total)
             bar.refresh()
 
-        front = search_bundle(bundle.path, images, labels, profile, settings, progress=step)
-    front = dataclasses.replace(front, meta={**front.meta, "calibration": source})
-    out = Path(args.out) if args.out else pareto_path(bundle, args.device)
-    front.save(out)
-    png = plot_front(front, out.with_suffix(".png"), f"{front.meta['model']} on {front.device}: Pareto front")
+        front, out, png = search_and_save(bundle.path, images, labels, profile, settings, calibration=source,
+                                          out=args.out, progress=step)
     m = front.meta
     print(f"{len(front.points)} Pareto configurations of {m['evaluations']} evaluated on {m['images']} images "
           f"({source}) in {m['seconds']:.1f} s; hypervolume {front.hypervolume:.4f}; {m['layers_computed']} "

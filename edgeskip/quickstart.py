@@ -241,12 +241,7 @@ def _profile(cfg: QuickstartConfig, bundle: Path) -> tuple[dict[str, Any], dict[
 def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    from edgeskip.devices.search import (
-        SearchSettings,
-        pareto_path,
-        plot_front,
-        search_bundle,
-    )
+    from edgeskip.devices.search import SearchSettings, search_and_save
 
     p = cfg.preset
     settings = SearchSettings(pop_size=p.pop_size, generations=p.generations)
@@ -255,12 +250,8 @@ def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: dict[str, 
             bar.n = min(done, total)
             bar.refresh()
 
-        front = search_bundle(bundle, calib.images, calib.labels, profile, settings, progress=step)
-    front = dataclasses.replace(front, meta={**front.meta, "calibration":
-                                             f"{len(calib)} {cfg.dataset} images from the test-half split"})
-    path = pareto_path(bundle, "cpu")
-    front.save(path)
-    plot = plot_front(front, path.with_suffix(".png"), f"{front.meta['model']} on cpu: Pareto front (quickstart)")
+        front, path, plot = search_and_save(bundle, calib.images, calib.labels, profile, settings, progress=step,
+                                            calibration=f"{len(calib)} {cfg.dataset} images from the test-half split")
     return front, {"path": str(path), "plot": str(plot), "points": len(front.points),
                    "hypervolume": front.hypervolume, "seconds": front.meta["seconds"],
                    "static_predicted_ms": front.static.latency_ms, "static_accuracy": front.static.accuracy}

@@ -36,7 +36,7 @@ from edgeskip.devices.search import (
     SearchSettings,
     load_front,
     pareto_path,
-    search_bundle,
+    search_and_save,
 )
 from edgeskip.devices.select import NothingFits, choose
 
@@ -83,8 +83,9 @@ def front_for(bundle: Bundle, device: str, data: str | None, images: int) -> Par
             return front
     print(f"searching the front for {device} ...", flush=True)
     pool = load_dataset(bundle.manifest.dataset, data).test.halves()[0].take(images)
-    front = search_bundle(bundle.path, pool.images, pool.labels, profile, SearchSettings(pop_size=16, generations=12))
-    front.save(path)
+    front, _, _ = search_and_save(bundle.path, pool.images, pool.labels, profile,
+                                  SearchSettings(pop_size=16, generations=12),
+                                  calibration=f"{len(pool)} images from the test-half split")
     return front
 
 
