@@ -309,8 +309,10 @@ def read_record(path: str | Path, fmt: str, version: int, error: type[EdgeskipEr
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise error(f"no {what} at {path}: run edgeskip {command} first") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, integers beyond the digit limit
         raise error(f"{path} is not a readable {what}: {exc}") from None
+    except RecursionError:
+        raise error(f"{path} is not a readable {what}: it nests too deeply") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise error(f"{path} is not an edgeskip {what}")
     if data.get("schema_version") != version:
@@ -318,7 +320,8 @@ def read_record(path: str | Path, fmt: str, version: int, error: type[EdgeskipEr
                     f"reads {version}); run edgeskip {command} again")
     if device is not None and data.get("device") != device:
         raise error(f"{path} is the {what} of device {data.get('device')!r}, not {device!r}")
-    if bundle is not None and (data.get("bundle") or {}).get("fingerprint") != bundle.manifest.fingerprint:
+    bound = data.get("bundle")
+    if bundle is not None and (not isinstance(bound, dict) or bound.get("fingerprint") != bundle.manifest.fingerprint):
         raise error(f"{path} was made for another bundle (or this bundle changed since): run edgeskip {command} again")
     return data
 

@@ -70,8 +70,8 @@ def write_default(bundle: Bundle, point: ParetoPoint, front: ParetoFront, budget
     path = bundle.path / MANIFEST
     try:
         raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgeskipError(f"cannot read {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise EdgeskipError(f"cannot read {path}: {exc!r}") from None
     raw["default_config"] = {
         "thresholds": list(point.thresholds),
         "exit_thresholds": None if point.exit_thresholds is None else list(point.exit_thresholds),

@@ -11,17 +11,24 @@ A bundle is a directory described by ``manifest.json``::
     agents.npz            agent weights (L, D) and biases (L,)
     e2cm/                 class means, normalisers, thresholds (when calibrated)
 
-Every file is listed in the manifest's ``files`` table with its size and sha256; loading
-checks the schema, rejects any path that leaves the bundle (absolute, ``..``, symlinks),
-and verifies every checksum before a backend parses anything.
+Every file is listed in the manifest's ``files`` table with its size and sha256. Trust:
+nothing in a bundle is used until its checksum matches the manifest, and the manifest is
+trusted only as far as its schema. Loading checks the schema (types, ranges, sizes), rejects
+any path that leaves the bundle (absolute, ``..``) and any symlink or special file inside it,
+and verifies every size and checksum before a backend parses anything; :meth:`Bundle.read`
+hands a backend the very bytes it has just checked, so a file swapped after the check is
+refused too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,6 +47,12 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 TARGETS = ("cpu", "onnx", "tflite", "jetson")
 STAGE_KINDS = ("embed", "layer", "head", "agent")
+# Schema limits: a manifest may not make the runtime read, allocate or loop beyond these.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_FILE_BYTES = 4 << 30  # ONNX and TFLite files are at most 2 GiB (protobuf / flatbuffer offsets)
+MAX_FILES = 10_000
+LIMITS = {"depth": 1024, "width": 1 << 16, "heads": 1024, "mlp_hidden": 1 << 18, "image_size": 8192,
+          "patch_size": 8192, "in_channels": 64, "num_classes": 100_000}
 
 
 class BundleError(EdgeskipError):
@@ -85,10 +98,10 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> TensorSpec:
-        try:
-            spec = cls(str(data["name"]), tuple(data["shape"]), str(data["dtype"]))
-        except (KeyError, TypeError) as exc:
-            raise BundleError(f"malformed tensor spec {data!r}: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("shape"), list) \
+                or not isinstance(data.get("name"), str) or not isinstance(data.get("dtype"), str):
+            raise BundleError(f"malformed tensor spec {str(data)[:200]}: needs a name, a shape list and a dtype")
+        spec = cls(data["name"], tuple(data["shape"]), data["dtype"])
         if any(not (isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 1)) for d in spec.shape):
             raise BundleError(f"tensor {spec.name!r}: shape entries must be positive integers or axis names, got {spec.shape}")
         return spec
@@ -249,12 +262,19 @@ class Manifest:
 
     def _check(self) -> None:
         cfg = self.config
+        for key, limit in LIMITS.items():
+            if getattr(cfg, key) > limit:
+                raise BundleError(f"{MANIFEST}: config.{key} = {getattr(cfg, key)} is beyond this runtime's limit {limit}")
+        if len(self.files) > MAX_FILES:
+            raise BundleError(f"{MANIFEST}: {len(self.files)} files listed (at most {MAX_FILES})")
         if self.target not in TARGETS:
             raise BundleError(f"{MANIFEST}: unknown target {self.target!r} (known: {', '.join(TARGETS)})")
         if len(self.classes) != cfg.num_classes:
             raise BundleError(f"{MANIFEST}: {len(self.classes)} class names for a {cfg.num_classes}-class model")
-        if any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < cfg.depth for r in self.removed):
-            raise BundleError(f"{MANIFEST}: removed layers {list(self.removed)} must be layer indices 0..{cfg.depth - 1}")
+        if any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < cfg.depth for r in self.removed) \
+                or len(set(self.removed)) != len(self.removed):
+            raise BundleError(f"{MANIFEST}: removed layers {list(self.removed)} must be distinct layer indices "
+                              f"0..{cfg.depth - 1}")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise BundleError(f"{MANIFEST}: stage names repeat")
@@ -264,16 +284,76 @@ class Manifest:
             raise BundleError(f"{MANIFEST}: stages must be embed, the non-removed layers {expected} in order, "
                               f"then head; got {names}")
         if self.agents is not None:
+            _need_file(self.agents, "agents")
             t = self.agents.get("thresholds")
             if not isinstance(t, list) or len(t) != cfg.depth or any(
-                    v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)) for v in t):
+                    v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                    for v in t):
                 raise BundleError(f"{MANIFEST}: agents need {cfg.depth} thresholds (null for removed layers)")
+        if self.e2cm is not None:
+            self._check_e2cm(self.e2cm)
+        for section, key in ((self.gate, "gate"), (self.monolithic, "monolithic")):
+            if section is not None:
+                _need_file(section, key)
+        self._check_io()
+        if self.tensorrt is not None:
+            self._check_engines(self.tensorrt.get("engines") or [])
         if self.default_config is not None:
             self._check_default(self.default_config)
         for path in self.referenced_files():
             check_relative_path(path)
             if path not in self.files:
                 raise BundleError(f"{MANIFEST}: {path} is used but missing from the files table")
+
+
+    def _check_e2cm(self, section: Mapping[str, Any]) -> None:
+        depth = self.config.depth
+        where = f"{MANIFEST}: e2cm"
+        if not isinstance(section.get("dir"), str):
+            raise BundleError(f"{where} needs a 'dir' path")
+        check_relative_path(section["dir"])
+        exits, thresholds = section.get("exits"), section.get("thresholds")
+        if not isinstance(exits, list) or any(isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < depth
+                                              for e in exits) or len(set(exits)) != len(exits):
+            raise BundleError(f"{where}: 'exits' must be distinct layer indices 0..{depth - 1}, got {exits!r}")
+        if not isinstance(thresholds, list) or len(thresholds) != len(exits) or any(
+                isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) for t in thresholds):
+            raise BundleError(f"{where}: one finite threshold per exit needed, got {thresholds!r}")
+        if not isinstance(section.get("feature"), str):
+            raise BundleError(f"{where} needs a 'feature' name")
+
+    def _check_engines(self, engines: Any) -> None:
+        """TensorRT engines recorded by ``edgeskip build-engines``: stage, precision, batch, listed file."""
+        for r in engines if isinstance(engines, list) else [engines]:
+            ok = isinstance(r, dict) and isinstance(r.get("stage"), str) and isinstance(r.get("precision"), str) \
+                and isinstance(r.get("batch"), int) and not isinstance(r.get("batch"), bool) and r["batch"] >= 1 \
+                and isinstance(r.get("file"), str) and r["file"] in self.files
+            if not ok:
+                raise BundleError(f"{MANIFEST}: malformed TensorRT engine record {str(r)[:200]} (needs stage, "
+                                  "precision, batch >= 1 and a file listed in the files table)")
+
+    def _check_io(self) -> None:
+        """Preprocessing and per-format settings the runtime reads must have the right types."""
+        cfg, pre = self.config, self.preprocessing
+        if not isinstance(pre, Mapping):
+            raise BundleError(f"{MANIFEST}: 'preprocessing' must be an object")
+        for key, want in (("image_size", cfg.image_size), ("channels", cfg.in_channels)):
+            if key in pre and (isinstance(pre[key], bool) or pre[key] != want):
+                raise BundleError(f"{MANIFEST}: preprocessing.{key} = {pre[key]!r} disagrees with the model config ({want})")
+        if not isinstance(pre.get("layout", "NCHW"), str):
+            raise BundleError(f"{MANIFEST}: preprocessing.layout must be a string")
+        for fmt, info in self.formats.items():
+            batch = info.get("batch", 1) if isinstance(info, Mapping) else None
+            if not isinstance(info, Mapping) or not (batch == "dynamic" or (
+                    isinstance(batch, int) and not isinstance(batch, bool) and 1 <= batch <= 65536)):
+                raise BundleError(f"{MANIFEST}: formats.{fmt} must be an object with a batch of 'dynamic' or 1..65536")
+        if not isinstance(self.provenance, Mapping):
+            raise BundleError(f"{MANIFEST}: 'provenance' must be an object")
+
+
+def _need_file(section: Mapping[str, Any], key: str) -> None:
+    if not isinstance(section.get("file"), str):
+        raise BundleError(f"{MANIFEST}: the {key} section needs a 'file' path")
 
 
 def _threshold_list(value: Any, n: int) -> bool:
@@ -308,6 +388,11 @@ def _files_table(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or not isinstance(info.get("bytes"), int) \
                 or isinstance(info.get("bytes"), bool) or info["bytes"] < 0:
             raise BundleError(f"{MANIFEST}: file entry {name!r} needs a sha256 string and a byte count")
+        if info["bytes"] > MAX_FILE_BYTES:
+            raise BundleError(f"{MANIFEST}: {name} is said to hold {info['bytes']} bytes, more than any bundle file may "
+                              f"({MAX_FILE_BYTES})")
+        if len(info["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in info["sha256"]):
+            raise BundleError(f"{MANIFEST}: file entry {name!r}: sha256 must be 64 lowercase hex digits")
         out[name] = {"sha256": info["sha256"], "bytes": info["bytes"]}
     return out
 
@@ -321,45 +406,131 @@ class Bundle:
 
     @classmethod
     def open(cls, path: str | Path, *, verify: bool = True) -> Bundle:
+        """Open and check a bundle; ``verify=False`` skips hashing every file up front (files are still
+        checked as :meth:`read` hands them out)."""
         root = Path(path).expanduser()
         if not root.is_dir():
             raise BundleError(f"bundle {root} does not exist or is not a directory")
-        file = root / MANIFEST
-        if not file.is_file():
+        if not (root / MANIFEST).exists() and not (root / MANIFEST).is_symlink():
             raise BundleError(f"{root} is not a bundle ({MANIFEST} is missing)")
-        try:
-            raw = json.loads(file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{file} is not valid JSON: {exc}") from None
-        bundle = cls(root, Manifest.from_dict(raw))
+        bundle = cls(root, Manifest.from_dict(_parse_manifest(_read_manifest(root))))
         if verify:
             bundle.verify()
         return bundle
 
     def file(self, name: str) -> Path:
-        """The absolute path of a bundle file, refusing anything that resolves outside the bundle."""
+        """The path of a bundle file, refusing a name that leaves the bundle and any symlink on the way
+        (a bundle holds plain files only; it may itself be reached through a symlink)."""
         rel = check_relative_path(name)
-        root = self.path.resolve()
-        target = (self.path / rel).resolve()
-        if not target.is_relative_to(root):
-            raise BundleError(f"{name} resolves outside the bundle ({target}): refusing a symlink that escapes it")
-        return target
+        here = self.path
+        for part in rel.parts:
+            here = here / part
+            try:
+                mode = here.lstat().st_mode
+            except FileNotFoundError:
+                break  # a missing file is reported by whoever needs it
+            except OSError as exc:
+                raise BundleError(f"{self.path}: cannot inspect {name}: {exc.strerror}") from None
+            if stat.S_ISLNK(mode):
+                raise BundleError(f"{self.path}: {name} goes through a symlink ({here.relative_to(self.path)}); "
+                                  "a bundle holds plain files only")
+        return self.path / rel
 
     def verify(self) -> None:
-        """Every listed file exists inside the bundle with its recorded size and sha256."""
+        """Every listed file exists inside the bundle as a plain file with its recorded size and sha256
+        (sizes of all first, so a truncated or padded file is refused before anything is hashed)."""
         for name, info in self.manifest.files.items():
-            path = self.file(name)
-            if not path.is_file():
-                raise BundleError(f"{self.path}: {name} is missing")
-            size = path.stat().st_size
-            if size != info["bytes"]:
-                raise BundleError(f"{self.path}: {name} has {size} bytes, the manifest says {info['bytes']} "
-                                  "(truncated or replaced after export)")
-            if sha256_file(path) != info["sha256"]:
-                raise BundleError(f"{self.path}: {name} does not match its sha256 in the manifest (altered after export)")
+            self.file(name)
+            try:
+                st = (self.path / name).lstat()
+            except FileNotFoundError:
+                raise BundleError(f"{self.path}: {name} is missing") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise BundleError(f"{self.path}: {name} is not a regular file")
+            _check_size(self.path, name, st.st_size, info["bytes"])
+        for name, info in self.manifest.files.items():
+            h = hashlib.sha256()
+            with _open_regular(self.path, name, info["bytes"]) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _check_digest(self.path, name, h.hexdigest(), info["sha256"])
+
+    def read(self, name: str) -> bytes:
+        """The bytes of a listed file, checked against the manifest's size and sha256 as they are read:
+        what a backend parses is exactly what was verified."""
+        info = self.manifest.files.get(name)
+        if info is None:
+            raise BundleError(f"{self.path}: {name} is not listed in the manifest's files table")
+        self.file(name)  # no symlink on the way
+        with _open_regular(self.path, name, info["bytes"]) as f:
+            try:
+                data = f.read(info["bytes"] + 1)
+            except OSError as exc:
+                raise BundleError(f"{self.path}: cannot read {name}: {exc.strerror}") from None
+        _check_size(self.path, name, len(data), info["bytes"])
+        _check_digest(self.path, name, hashlib.sha256(data).hexdigest(), info["sha256"])
+        return data
 
     def stage_file(self, stage: str, fmt: str = "onnx") -> Path:
         s = self.manifest.stage(stage)
         if fmt not in s.files:
             raise BundleError(f"stage {stage!r} has no {fmt} file in this bundle (it has: {', '.join(s.files) or 'none'})")
         return self.file(s.files[fmt])
+
+    def read_stage(self, stage: str, fmt: str = "onnx") -> bytes:
+        """The verified bytes of a stage's file in format ``fmt``."""
+        s = self.manifest.stage(stage)
+        if fmt not in s.files:
+            raise BundleError(f"stage {stage!r} has no {fmt} file in this bundle (it has: {', '.join(s.files) or 'none'})")
+        return self.read(s.files[fmt])
+
+
+def _check_size(root: Path, name: str, size: int, recorded: int) -> None:
+    if size != recorded:
+        raise BundleError(f"{root}: {name} has {size} bytes, the manifest says {recorded} "
+                          f"({'truncated' if size < recorded else 'padded'} or replaced after export)")
+
+
+def _check_digest(root: Path, name: str, digest: str, recorded: str) -> None:
+    if digest != recorded:
+        raise BundleError(f"{root}: {name} does not match its sha256 in the manifest (altered after export)")
+
+
+def _open_regular(root: Path, name: str, limit: int) -> Any:
+    """Open a bundle file for reading, never following a final symlink, never blocking on a FIFO or
+    device, and refusing one larger than ``limit`` bytes before reading any of it."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(root / name, flags)
+    except FileNotFoundError:
+        raise BundleError(f"{root}: {name} is missing") from None
+    except OSError as exc:
+        reason = "it is a symlink; a bundle holds plain files only" if exc.errno == errno.ELOOP else exc.strerror
+        raise BundleError(f"{root}: cannot read {name}: {reason}") from None
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+        f.close()
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{root}: {name} is not a regular file")
+        raise BundleError(f"{root}: {name} has {st.st_size} bytes, more than the {limit} it may have")
+    return f
+
+
+def _read_manifest(root: Path) -> bytes:
+    with _open_regular(root, MANIFEST, MAX_MANIFEST_BYTES) as f:
+        try:
+            return f.read(MAX_MANIFEST_BYTES + 1)  # type: ignore[no-any-return]
+        except OSError as exc:
+            raise BundleError(f"{root}: cannot read {MANIFEST}: {exc.strerror}") from None
+
+
+def _parse_manifest(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{MANIFEST} is not UTF-8 text: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"{MANIFEST} nests too deeply to be a manifest") from None
+    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
+        raise BundleError(f"{MANIFEST} is not valid JSON: {exc}") from None

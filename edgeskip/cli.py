@@ -258,7 +258,7 @@ def cmd_apply_config(args: argparse.Namespace) -> int:
             thresholds = points[args.point]["thresholds"]
         except FileNotFoundError:
             raise EdgeskipError(f"--pareto {args.pareto}: no such file") from None
-        except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+        except (ValueError, RecursionError, KeyError, TypeError, IndexError) as exc:
             raise EdgeskipError(f"--pareto {args.pareto}: cannot read point {args.point} ({exc!r})") from None
         config = SkipConfig.from_dict({"thresholds": thresholds})
     else:

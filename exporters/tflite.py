@@ -85,16 +85,20 @@ def interpreter_class() -> type:
         "or tflite-runtime on a device")
 
 
-def load_interpreter(path: str | Path, *, num_threads: int | None = None) -> Any:
-    """An interpreter for ``path`` with tensors allocated; a bad path is a :class:`TFLiteError`."""
+def load_interpreter(path: str | Path, *, num_threads: int | None = None, content: bytes | None = None) -> Any:
+    """An interpreter for ``path`` (or for ``content``, the file's bytes already read and verified,
+    ``path`` then only names it) with tensors allocated; a bad model is a :class:`TFLiteError`."""
     path = Path(path)
-    if not path.is_file():
+    if content is None and not path.is_file():
         raise TFLiteError(f"TFLite model {path} does not exist; export the bundle again")
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise ConfigError(f"num_threads must be a positive int or None, got {num_threads!r}")
     cls = interpreter_class()
     try:
-        interpreter = cls(model_path=str(path), num_threads=num_threads)
+        if content is None:
+            interpreter = cls(model_path=str(path), num_threads=num_threads)
+        else:
+            interpreter = cls(model_content=content, num_threads=num_threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise TFLiteError(f"{path} is not a loadable TFLite model ({exc}); export it again") from None

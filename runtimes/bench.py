@@ -155,7 +155,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     loop = Runtime(bundle, policy="static", whole_static=False, **opts)
     from edgeskip.runtimes.ort_backend import SessionRunner, session
 
-    mono = SessionRunner(session(str(bundle.file(m.monolithic["file"])), threads=cfg.threads, thread_pool="global")[0]) \
+    mono = SessionRunner(session(bundle.read(m.monolithic["file"]), threads=cfg.threads, thread_pool="global")[0]) \
         if m.monolithic else None
     images, images_what = _workload(cfg, rt)
     x1 = _prepared(rt, images[:1])

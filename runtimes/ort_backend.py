@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.bundle import Bundle, BundleError
+from edgeskip.bundle import Bundle, BundleError, Stage
 from edgeskip.errors import BackendError, BackendUnavailableError, ConfigError
 from edgeskip.runtimes.backend import Backend, check_options, check_threads
 
@@ -98,15 +98,31 @@ def session_options(threads: int | None = None, thread_pool: str = "auto") -> tu
 
 
 def session(source: str | bytes, *, threads: int | None = None, thread_pool: str = "auto",
-            providers: Sequence[str] = ("CPUExecutionProvider",)) -> tuple[Any, str]:
-    """An InferenceSession and a description of the thread pool it really uses."""
+            providers: Sequence[str] = ("CPUExecutionProvider",), name: str | None = None) -> tuple[Any, str]:
+    """An InferenceSession (from a path, or from bytes a bundle has verified) and a description of the
+    thread pool it really uses. ``name`` says what the bytes are in error messages."""
     ort = _ort()
     opts, pool = session_options(threads, thread_pool)
     try:
         return ort.InferenceSession(source, opts, providers=list(providers)), pool
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        where = source if isinstance(source, str) else "model"
+        where = source if isinstance(source, str) else name or "model"
         raise BackendError(f"onnxruntime cannot load {where}: {exc}") from None
+
+
+def check_io(sess: Any, stage: Stage, where: str) -> None:
+    """The session's inputs and outputs are the ones the manifest describes (count, rank, fixed sizes):
+    a model swapped for another one with consistent checksums is refused before it runs."""
+    for kind, specs, got in (("input", stage.inputs, sess.get_inputs()), ("output", stage.outputs, sess.get_outputs())):
+        if len(specs) != len(got):
+            raise BundleError(f"{where}: has {len(got)} {kind}(s), the manifest describes {len(specs)}")
+        for spec, arg in zip(specs, got):
+            shape = list(arg.shape)
+            fixed_differ = len(shape) != len(spec.shape) or any(
+                isinstance(want, int) and isinstance(have, int) and want != have for want, have in zip(spec.shape, shape))
+            if fixed_differ:
+                raise BundleError(f"{where}: {kind} {arg.name!r} has shape {shape}, the manifest says "
+                                  f"{list(spec.shape)} (a different model)")
 
 
 def _session_settings(options: Mapping[str, Any]) -> tuple[int, str, tuple[str, ...]]:
@@ -154,8 +170,11 @@ class OnnxRuntimeBackend(Backend):
         self.version = ort.__version__
         self._stages: dict[str, SessionRunner] = {}
         for name in self.stages:
-            sess, self.pool = session(str(bundle.stage_file(name, self.format)), threads=self.threads,
-                                      thread_pool=self.thread_pool, providers=self.providers)
+            stage = bundle.manifest.stage(name)
+            where = f"{bundle.path}: {stage.files.get(self.format, name)}"
+            sess, self.pool = session(bundle.read_stage(name, self.format), threads=self.threads,
+                                      thread_pool=self.thread_pool, providers=self.providers, name=where)
+            check_io(sess, stage, where)
             self._stages[name] = SessionRunner(sess)
         self.active_providers = tuple(next(iter(self._stages.values())).session.get_providers())
 
@@ -165,8 +184,8 @@ class OnnxRuntimeBackend(Backend):
         if mono is None or self.format != "onnx":
             return None
         if self._static is None:
-            sess, _ = session(str(self.bundle.file(mono["file"])), threads=self.threads, thread_pool=self.thread_pool,
-                              providers=self.providers)
+            sess, _ = session(self.bundle.read(mono["file"]), threads=self.threads, thread_pool=self.thread_pool,
+                              providers=self.providers, name=f"{self.bundle.path}: {mono['file']}")
             self._static = SessionRunner(sess)
         stage = self._static
         return lambda x: stage(x)[0]
@@ -204,7 +223,11 @@ class GateGraph:
             raise BundleError(f"{bundle.path}: this bundle has no gate graph")
         import onnx  # the onnx package ships with edgeskip (a core dependency)
 
-        self._model = onnx.load(str(bundle.file(bundle.manifest.gate["file"])))
+        name = bundle.manifest.gate["file"]
+        try:
+            self._model = onnx.load_from_string(bundle.read(name))
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise BackendError(f"{bundle.path}: {name} is not a loadable ONNX model: {exc}") from None
         self._removed = set(bundle.manifest.removed)
         self._lock = threading.Lock()
         self._stage: SessionRunner | None = None

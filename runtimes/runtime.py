@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import math
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,8 @@ import numpy.typing as npt
 
 from edgeskip.agents.genes import SkipConfig
 from edgeskip.bundle import Bundle, BundleError, stage_name
-from edgeskip.e2cm.means import E2CM, exit_decisions
-from edgeskip.errors import BackendError, ConfigError, EdgeskipError
+from edgeskip.e2cm.means import E2CM, JSON as E2CM_JSON, NPZ as E2CM_NPZ, exit_decisions
+from edgeskip.errors import BackendError, ConfigError, DataError, EdgeskipError
 from edgeskip.runtimes.backend import Backend
 from edgeskip.runtimes.inputs import InputSpec, prepare
 from edgeskip.runtimes.policy import Plan, Policy, resolve
@@ -100,7 +102,7 @@ class Runtime:
         self.input_spec = InputSpec.from_manifest(m.preprocessing, m.config.image_size, m.config.in_channels,
                                                   m.normalization)
         self._agents = self._load_agents()
-        self._e2cm = E2CM.load(self.bundle.file(m.e2cm["dir"])) if m.e2cm is not None else None
+        self._e2cm = self._load_e2cm()
         self._plan = resolve(policy, m)
         self._gate = None
         self._backend: Backend | None = None
@@ -128,17 +130,33 @@ class Runtime:
         section = self.manifest.agents
         if section is None:
             return None
-        path = self.bundle.file(section["file"])
+        path = f"{self.bundle.path}: {section['file']}"
+        data = self.bundle.read(section["file"])
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 w, b = npz["weights"].astype(np.float32), npz["biases"].astype(np.float32)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise BundleError(f"{path}: unreadable agent parameters ({exc})") from None
         cfg = self.manifest.config
         if w.shape != (cfg.depth, cfg.width) or b.shape != (cfg.depth,):
             raise BundleError(f"{path}: agent weights {w.shape} / biases {b.shape} do not fit a "
                               f"{cfg.depth}-layer, width-{cfg.width} model")
         return w, b
+
+    def _load_e2cm(self) -> E2CM | None:
+        section = self.manifest.e2cm
+        if section is None:
+            return None
+        where = f"{self.bundle.path}: {section['dir']}"
+        try:
+            e2cm = E2CM.from_bytes(self.bundle.read(f"{section['dir']}/{E2CM_JSON}"),
+                                   self.bundle.read(f"{section['dir']}/{E2CM_NPZ}"), where)
+        except DataError as exc:
+            raise BundleError(str(exc)) from None
+        if list(e2cm.exits) != list(section["exits"]) or e2cm.means.shape[1] != self.num_classes:
+            raise BundleError(f"{where}: the E²CM exits {list(e2cm.exits)} disagree with the manifest's "
+                              f"{section['exits']} or do not fit a {self.num_classes}-class model")
+        return e2cm
 
     # -- configuration -------------------------------------------------------------------------
 

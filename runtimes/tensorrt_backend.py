@@ -137,7 +137,7 @@ class TensorRTBackend(Backend):
                 if not mine:
                     raise BundleError(f"{bundle.path} has no {self.precision} engine for stage {name!r} "
                                       f"(built: {sorted({r['stage'] for r in records})})")
-                self._engines[name] = {int(r["batch"]): _Engine(trt, cudart, runtime, bundle.file(r["file"]).read_bytes(),
+                self._engines[name] = {int(r["batch"]): _Engine(trt, cudart, runtime, bundle.read(r["file"]),
                                                                 r["file"]) for r in mine}
         except Exception:
             self.close()

@@ -44,12 +44,18 @@ class TFLiteBackend(Backend):
         self.format = FORMATS[self.precision]
         if self.format not in bundle.manifest.formats:
             raise BundleError(f"{bundle.path} has no {self.format} files (export it with --target tflite)")
-        self.batch = int(bundle.manifest.formats[self.format].get("batch", 1))
+        self.batch = bundle.manifest.formats[self.format].get("batch", 1)
+        if not isinstance(self.batch, int):
+            raise BundleError(f"{bundle.path}: {self.format} files need a fixed batch, the manifest says {self.batch!r}")
         self.threads = check_threads(options.get("threads"))
         self.interpreter = f"{interpreter.__module__}.{interpreter.__name__}"
         self._run_interpreter = run_interpreter
-        self._stages = {name: (load_interpreter(bundle.stage_file(name, self.format), num_threads=self.threads),
-                               threading.Lock()) for name in self.stages}
+        self._models: dict[str, bytes] = {}  # verified bytes, kept alive as long as their interpreters
+        self._stages = {}
+        for name in self.stages:
+            self._models[name] = bundle.read_stage(name, self.format)
+            self._stages[name] = (load_interpreter(bundle.stage_file(name, self.format), num_threads=self.threads,
+                                                   content=self._models[name]), threading.Lock())
 
     def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         interpreter, lock = self._stages[stage]

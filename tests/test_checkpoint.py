@@ -142,4 +142,8 @@ def test_a_pickle_in_place_of_weights_is_never_unpickled(tmp_path: Path) -> None
     edit_config(tmp_path / "ckpt", weights__sha256=_sha256(weights))  # even with a matching checksum
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(tmp_path / "ckpt").build_model()
+    torch.save({"embed.cls_token": _Evil()}, weights)  # torch's own pickle-in-a-zip format, the classic carrier
+    edit_config(tmp_path / "ckpt", weights__sha256=_sha256(weights))
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        load_checkpoint(tmp_path / "ckpt").build_model()
     assert not marker.exists()

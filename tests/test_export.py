@@ -223,7 +223,7 @@ def test_a_symlink_escaping_the_bundle_is_rejected(bundle_copy: Path, tmp_path: 
     outside = tmp_path / "elsewhere.onnx"
     shutil.move(f, outside)
     os.symlink(outside, f)
-    with pytest.raises(BundleError, match="outside the bundle"):
+    with pytest.raises(BundleError, match="goes through a symlink"):
         Bundle.open(bundle_copy)
 
 

@@ -98,7 +98,7 @@ class GeneCodec:
         g = np.asarray(genes)
         if g.shape != (self.depth,):
             raise ConfigError(f"a genome has {self.depth} genes (one per layer), got shape {g.shape}")
-        if not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() >= self.n_values:
+        if g.dtype.kind not in "iu" or g.min() < 0 or g.max() >= self.n_values:  # (timedelta64 is an integer to numpy)
             raise ConfigError(f"genes must be integers in [0, {self.n_values - 1}], got {g.tolist()}")
         return SkipConfig(tuple(None if k == 0 else self.grid[int(k) - 1] for k in g))
 

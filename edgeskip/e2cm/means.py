@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import math
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -190,21 +191,34 @@ class E2CM:
         """Read a saved folder, verifying its schema and checksum."""
         path = Path(path)
         try:
-            info = json.loads((path / JSON).read_text())
-            data = (path / NPZ).read_bytes()
+            info, data = (path / JSON).read_bytes(), (path / NPZ).read_bytes()
         except FileNotFoundError as exc:
             raise DataError(f"{path}: not an E²CM folder ({Path(exc.filename).name} is missing)") from None
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path / JSON}: invalid JSON ({exc})") from None
+        return cls.from_bytes(info, data, str(path))
+
+    @classmethod
+    def from_bytes(cls, info_bytes: bytes, data: bytes, where: str = "E²CM") -> E2CM:
+        """Parse the contents of ``e2cm.json`` and ``e2cm.npz`` (checked against each other); any defect is
+        a :class:`DataError` naming ``where``."""
+        try:
+            info = json.loads(info_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise DataError(f"{where}/{JSON}: invalid JSON ({exc})") from None
         if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("schema_version") != SCHEMA_VERSION:
-            raise DataError(f"{path / JSON}: not an {FORMAT} schema {SCHEMA_VERSION} file")
+            raise DataError(f"{where}/{JSON}: not an {FORMAT} schema {SCHEMA_VERSION} file")
         if hashlib.sha256(data).hexdigest() != info.get("npz_sha256"):
-            raise DataError(f"{path / NPZ}: checksum mismatch (changed or truncated after it was written)")
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            means, normalisers, thresholds = npz["means"], npz["normalisers"], npz["thresholds"]
-            exits = tuple(int(e) for e in npz["exits"])
-        costs = CostModel.from_dict(info.get("costs"))
+            raise DataError(f"{where}/{NPZ}: checksum mismatch (changed or truncated after it was written)")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                means, normalisers, thresholds = npz["means"], npz["normalisers"], npz["thresholds"]
+                exits = tuple(int(e) for e in npz["exits"])
+            costs = CostModel.from_dict(info.get("costs"))
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{where}/{NPZ}: unreadable ({exc})") from None
         if exits != costs.exits or list(exits) != info.get("exits"):
-            raise DataError(f"{path}: exits disagree between {NPZ} and {JSON}")
-        return cls(feature=str(info.get("feature")), means=means, normalisers=normalisers, thresholds=thresholds,
-                   costs=costs, meta=dict(info.get("meta") or {}))
+            raise DataError(f"{where}: exits disagree between {NPZ} and {JSON}")
+        try:
+            return cls(feature=str(info.get("feature")), means=means, normalisers=normalisers, thresholds=thresholds,
+                       costs=costs, meta=dict(info.get("meta") or {}))
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: {exc}") from None

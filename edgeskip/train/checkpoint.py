@@ -214,8 +214,8 @@ def _read_json(file: Path) -> dict[str, Any]:
         data = json.loads(file.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{file} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or huge integers
+        raise CheckpointError(f"{file} is not valid JSON: {exc!r}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{file} must hold a JSON object")
     return data
