@@ -6,6 +6,8 @@ numpy; training and exporters need torch (``pip install 'edgeskip[train]'``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from edgeskip.config import ViTConfig
 from edgeskip.errors import (
     BackendError,
@@ -20,10 +22,13 @@ from edgeskip.errors import (
 from edgeskip.normalization import Normalization, get_normalization, preprocess
 from edgeskip.variants import list_models, model_config
 
+if TYPE_CHECKING:  # imported lazily at run time (below); type checkers see the real classes
+    from edgeskip.runtimes import Policy, Runtime, RuntimeOutput
+
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     """``edgeskip.Runtime`` and ``edgeskip.Policy``, imported on first use (they live in edgeskip.runtimes)."""
     if name in ("Runtime", "Policy", "RuntimeOutput"):
         import importlib

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -656,6 +657,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write; edgeskip writes every result to a temporary path and renames
+    it when complete, so a failure leaves what was there before unchanged."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space or raise the quota",
+            errno.EFBIG: "the file size limit was reached", errno.EROFS: "choose a writable folder",
+            errno.EACCES: "check the folder's permissions"}.get(exc.errno or 0, "")
+    return (f"{exc.strerror or exc}{where}; what was already there is unchanged and the half-written "
+            f"temporary files were removed{'; ' + hint if hint else ''}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -669,6 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeskipError as exc:
         print(f"edgeskip {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine's fault (a full disk, a read-only folder), not the user's input
+        print(f"edgeskip {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("edgeskip: interrupted", file=sys.stderr)
         return 130

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory", "remove_stale"]
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half (a temp file of a
+    writer killed mid-way is removed by the next writer of ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
@@ -37,30 +43,95 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale(path: str | Path) -> list[Path]:
+    """Remove what writers of ``path`` killed mid-way left beside it (``.<name>.<pid>.*.tmp`` of a process
+    that no longer runs); returns what was removed."""
+    path = Path(path)
+    removed = []
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = leftover.name[len(path.name) + 2:].partition(".")[0]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # this kernel or filesystem cannot
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot sync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temp directory that becomes ``path`` when the block succeeds.
 
-    By default ``path`` must not exist yet: finished directories are immutable, so a crash
-    leaves either nothing or the complete directory (plus a ``.tmp`` folder to ignore).
-    With ``replace=True`` an existing ``path`` is moved aside, the new one renamed into
-    place, then the old removed: readers see the old complete directory or the new one.
+    By default ``path`` must not exist yet. With ``replace=True`` an existing ``path`` is swapped
+    with the new one in one atomic step (Linux; elsewhere two renames with a short window in
+    which ``path`` is absent), then the old removed. A writer killed at any point leaves the old
+    complete directory or the new one at ``path``, never a partial one; what it left beside
+    (``.<name>.<pid>.*.tmp``) is removed by the next writer of ``path``. An error (a full disk)
+    removes the temp directory and leaves ``path`` as it was.
     """
     path = Path(path)
     if path.exists() and not replace:
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         os.chmod(tmp, DIR_MODE)  # mkdtemp makes 0700
         yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        for file in tmp.rglob("*"):  # the data is on disk before the name points at it
+            if file.is_file() and not file.is_symlink():
+                with file.open("rb") as f:
+                    os.fsync(f.fileno())
+        if path.exists() and _exchange(tmp, path):
+            pass  # tmp now holds the old directory
+        elif path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
             os.rename(path, old / "x")
             os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            tmp = old
         else:
             os.rename(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(tmp, ignore_errors=True)
