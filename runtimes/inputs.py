@@ -9,8 +9,9 @@ Accepted, as an application has them:
 * floating-point tensors already normalised as the model expects, channels first: ``(C, H, W)``
   or ``(B, C, H, W)`` (what :func:`edgeskip.preprocess` returns); resized when needed.
 
-Anything else (another rank, dtype or channel count, an empty batch, NaN or infinite values)
-is an :class:`~edgeskip.errors.InputError` naming the problem.
+Anything else (another rank, dtype or channel count, an empty batch, NaN or infinite values,
+float values beyond ±10,000, which no normalised image has and which would overflow inside
+the model) is an :class:`~edgeskip.errors.InputError` naming the problem.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from edgeskip.normalization import Normalization, preprocess
 __all__ = ["InputSpec", "prepare", "resize_bilinear"]
 
 _FLOATS = (np.float16, np.float32, np.float64)
+MAX_ABS = 1e4  # a normalised uint8 image lies within about ±3; far beyond, float32 overflows in the model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,7 @@ def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
     """Application images -> contiguous float32 ``(B, C, S, S)``; one image becomes a batch of one."""
     if isinstance(images, np.ndarray) and images.dtype == np.float32 and images.ndim == 4 and images.shape[0] \
             and images.shape[1:] == (spec.channels, spec.image_size, spec.image_size) \
-            and images.flags.c_contiguous and _all_finite(images):
+            and images.flags.c_contiguous and _in_range(images):
         return images  # already the model's input: nothing to copy (the common case of a tight loop)
     if not isinstance(images, np.ndarray):
         try:
@@ -68,10 +70,17 @@ def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
                          f"got dtype {images.dtype}")
     if x.shape[0] == 0:
         raise InputError("empty batch: pass at least one image")
-    if x.dtype != np.uint8 and not _all_finite(x):
-        bad = np.flatnonzero(~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1))
-        raise InputError(f"images contain NaN or infinite values (batch rows {bad[:8].tolist()}"
-                         f"{' ...' if bad.size > 8 else ''})")
+    if x.dtype != np.uint8 and not _in_range(x):
+        rows = x.reshape(x.shape[0], -1)
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        where = f"batch rows {bad[:8].tolist()}{' ...' if bad.size > 8 else ''}"
+        if bad.size:
+            raise InputError(f"images contain NaN or infinite values ({where})")
+        bad = np.flatnonzero((np.abs(rows) > MAX_ABS).any(axis=1))
+        where = f"batch rows {bad[:8].tolist()}{' ...' if bad.size > 8 else ''}"
+        raise InputError(f"float images hold values up to {float(np.abs(rows).max()):.3g} ({where}): float input "
+                         f"must be normalised (a normalised image lies within about ±3; the limit is ±{MAX_ABS:g}); "
+                         "pass uint8 images, or normalise with edgeskip.preprocess")
     if x.shape[-1] != spec.image_size or x.shape[-2] != spec.image_size:
         x = resize_bilinear(x, spec.image_size)
     if x.dtype == np.uint8:  # (B, S, S, C) uint8 -> normalised NCHW
@@ -79,12 +88,9 @@ def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _all_finite(x: npt.NDArray[Any]) -> bool:
-    """One reduction, no temporary array: NaN and inf survive a sum; a sum that overflows gets the full check."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(x, axis=None)):
-            return True
-    return bool(np.isfinite(x).all())
+def _in_range(x: npt.NDArray[Any]) -> bool:
+    """Finite and within ±MAX_ABS, in two reductions without a temporary array (NaN fails both comparisons)."""
+    return bool(x.max() <= MAX_ABS) and bool(x.min() >= -MAX_ABS)
 
 
 def _uint8_batch(images: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.bundle import Bundle, BundleError
+from edgeskip.bundle import Bundle, BundleError, Stage
 from edgeskip.errors import ConfigError
 from edgeskip.runtimes.backend import Backend, check_options, check_threads, in_fixed_batches
 
@@ -54,8 +54,10 @@ class TFLiteBackend(Backend):
         self._stages = {}
         for name in self.stages:
             self._models[name] = bundle.read_stage(name, self.format)
-            self._stages[name] = (load_interpreter(bundle.stage_file(name, self.format), num_threads=self.threads,
-                                                   content=self._models[name]), threading.Lock())
+            interp = load_interpreter(bundle.stage_file(name, self.format), num_threads=self.threads,
+                                      content=self._models[name])
+            _check_io(interp, bundle.manifest.stage(name), f"{bundle.path}: {bundle.manifest.stage(name).files[self.format]}")
+            self._stages[name] = (interp, threading.Lock())
 
     def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         interpreter, lock = self._stages[stage]
@@ -72,3 +74,13 @@ class TFLiteBackend(Backend):
 
     def close(self) -> None:
         self._stages.clear()
+
+
+def _check_io(interpreter: Any, stage: Stage, where: str) -> None:
+    """The model's input and output have the shapes the manifest describes for its stage (batch aside)."""
+    for kind, spec, detail in (("input", stage.inputs[0], interpreter.get_input_details()[0]),
+                               ("output", stage.outputs[0], interpreter.get_output_details()[0])):
+        shape = [int(d) for d in detail["shape"]]
+        if len(shape) != len(spec.shape) or any(isinstance(want, int) and want != have
+                                                for want, have in zip(spec.shape, shape)):
+            raise BundleError(f"{where}: {kind} has shape {shape}, the manifest says {list(spec.shape)} (a different model)")

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from edgeskip.bundle import MANIFEST, Bundle, BundleError
+from edgeskip.bundle import Bundle, BundleError
 
 KILLER = textwrap.dedent('''
     import builtins, io, os, shutil, signal, sys
@@ -171,7 +171,7 @@ def _small_filesystem_command(size_kib: int, mount: Path, script: str) -> list[s
     if unshare is None:
         return None
     probe = subprocess.run([unshare, "--user", "--map-root-user", "--mount", "sh", "-c",
-                            f"mount -t tmpfs -o size=64k tmpfs {mount}"], capture_output=True)
+                            f"mount -t tmpfs -o size=64k tmpfs {mount}"], capture_output=True, check=False)
     if probe.returncode != 0:
         return None
     return [unshare, "--user", "--map-root-user", "--mount", "sh", "-c",
@@ -212,3 +212,24 @@ def test_export_on_a_full_disk_reports_it_and_keeps_the_bundle(tiny_bundle: Path
     assert "unchanged" in result["stderr"]
     assert result["same"], "the existing bundle changed"
     assert result["left"] == ["bundle"], result["left"]  # the temp folder of the failed export is gone
+
+
+def test_export_beyond_the_file_size_limit_reports_it_and_keeps_the_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The same on any POSIX machine: RLIMIT_FSIZE makes the kernel refuse a write (EFBIG) mid-export."""
+    import resource
+
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    before = _tree(out)
+    limit = 64 << 10  # smaller than a layer's ONNX file
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "edgeskip", "--quiet", *EXPORT, str(out)], preexec_fn=limited,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "File too large" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

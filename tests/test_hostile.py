@@ -22,7 +22,13 @@ import onnx
 import onnxruntime
 import pytest
 
-from edgeskip.bundle import MANIFEST, MAX_FILE_BYTES, MAX_MANIFEST_BYTES, Bundle, BundleError
+from edgeskip.bundle import (
+    MANIFEST,
+    MAX_FILE_BYTES,
+    MAX_MANIFEST_BYTES,
+    Bundle,
+    BundleError,
+)
 from edgeskip.errors import DataError
 from edgeskip.runtimes import Runtime
 
@@ -261,3 +267,16 @@ def test_no_code_path_calls_an_unrestricted_unpickler(repo_root: Path) -> None:
             for path in (repo_root / folder).rglob("*.py")
             for needle in bad if needle in path.read_text()]
     assert hits == []
+
+
+@pytest.mark.cifar10
+@pytest.mark.slow
+def test_another_tflite_model_with_matching_checksums_is_refused_for_its_shapes(cifar_tiny_bundle: Path,
+                                                                                 tmp_path: Path) -> None:
+    root = tmp_path / "bundle"
+    shutil.copytree(cifar_tiny_bundle, root)
+    files = {s["name"]: s["files"].get("tflite") for s in _manifest(root)["stages"]}
+    shutil.copy(root / files["layer_00"], root / files["embed"])
+    _rehash(root, files["embed"])
+    with pytest.raises(BundleError, match="embed.*input has shape .* the manifest says"):
+        Runtime(root, backend="tflite")

@@ -252,6 +252,8 @@ def test_images_of_another_size_are_resized_bilinearly(tiny: Runtime) -> None:
     (np.full((2, 3, 32, 32), np.nan, np.float32), "NaN or infinite"),
     (np.where(np.arange(2 * 3 * 32 * 32).reshape(2, 3, 32, 32) == 5, np.inf, 0).astype(np.float32), r"rows \[0\]"),
     (np.zeros((2, 3, 0, 32), np.float32), "empty spatial axis"),
+    (np.concatenate([np.zeros((1, 3, 32, 32)), np.full((1, 3, 32, 32), 1.7e38)]).astype(np.float32),
+     r"values up to 1.7e\+38 \(batch rows \[1\]\): float input must be normalised"),  # finite, would overflow
     (np.concatenate([np.zeros((1, 3, 32, 32)), np.full((1, 3, 32, 32), -np.inf)]).astype(np.float16), r"rows \[1\]"),
     ("not an image", "dtype <U"),
     ([[1, 2], [3]], "numpy array"),
