@@ -449,10 +449,12 @@ def load_front(path: str | Path, bundle: Bundle | None = None, device: str | Non
             "static", "points", "objectives", "hypervolume_reference_point"}}
         front = ParetoFront(points, static, str(data["device"]), str(data["bundle"]["fingerprint"]), int(data["batch"]),
                             str(data["energy_source"]), float(data["hypervolume"]), meta)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise FrontError(f"{path}: malformed Pareto front ({type(exc).__name__}: {exc})") from None
     if not points:
         raise FrontError(f"{path} holds no configurations")
+    if any(not all(map(math.isfinite, (p.accuracy, p.latency_ms, p.energy_mj))) for p in (*points, static)):
+        raise FrontError(f"{path}: malformed Pareto front (accuracy, latency and energy must be finite numbers)")
     return front
 
 
