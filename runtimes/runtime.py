@@ -81,7 +81,8 @@ class Runtime:
     tensorrt, torch) or a :class:`~edgeskip.runtimes.backend.Backend` subclass. ``policy``: a name
     (auto, static, agent, e2cm, agent+e2cm), a :class:`Policy` or a SkipConfig. ``graph``:
     ``stages`` (per-stage loop, per-input decisions inside a batch) or ``gate`` (the ONNX gate graph,
-    one input at a time). ``verify``: check every file's sha256 before loading (default).
+    one input at a time). ``verify``: check every file's size and sha256 before loading (default);
+    ``False`` skips the files the runtime does not load (those it loads are checked as they are read).
     ``whole_static``: a policy without decisions (``static``) runs the bundle's monolithic model in one
     backend call where the backend has one (onnxruntime: ``onnx/model.onnx``; measured 2-5% over a bare
     session at batch 1 against the per-stage loop's 1-16%, and about 15% less than the loop at batch 64

@@ -56,7 +56,8 @@ class TFLiteBackend(Backend):
             self._models[name] = bundle.read_stage(name, self.format)
             interp = load_interpreter(bundle.stage_file(name, self.format), num_threads=self.threads,
                                       content=self._models[name])
-            _check_io(interp, bundle.manifest.stage(name), f"{bundle.path}: {bundle.manifest.stage(name).files[self.format]}")
+            stage = bundle.manifest.stage(name)
+            _check_io(interp, stage, f"{bundle.path}: {stage.files[self.format]}")
             self._stages[name] = (interp, threading.Lock())
 
     def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
