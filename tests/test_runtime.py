@@ -225,8 +225,13 @@ def test_input_forms_give_the_same_result(tiny: Runtime) -> None:
 
 
 def test_huge_finite_values_are_not_mistaken_for_infinite(tiny: Runtime) -> None:
-    x = np.full((2, 3, 32, 32), 3e38, np.float32)  # their sum overflows; every value is finite
-    assert len(tiny(x)) == 2
+    """Finite values whose sum overflows are named for what they are: far outside a normalised image
+    (they would overflow inside the model and give NaN logits), not NaN or infinite."""
+    x = np.full((2, 3, 32, 32), 3e38, np.float32)
+    with pytest.raises(InputError, match=r"values up to 3e\+38 \(batch rows \[0, 1\]\): float input must be normalised"):
+        tiny(x)
+    near = np.full((2, 3, 32, 32), 9e3, np.float32)  # within the limit: runs, and the logits are finite
+    assert np.isfinite(tiny(near).logits).all()
 
 
 def test_images_of_another_size_are_resized_bilinearly(tiny: Runtime) -> None:
