@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,12 @@ def _tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _count_events(args: list[str], cwd: Path, tmp: Path) -> int:
+def _count_events(args: list[str], cwd: Path, tmp: Path) -> tuple[int, float]:
+    """How many write events a whole run has, and how long it took."""
     counter = tmp / "events"
+    start = time.perf_counter()
     assert _run(args, cwd, count=counter) == 0
-    return int(Path(str(counter) + ".n").read_text())
+    return int(Path(str(counter) + ".n").read_text()), time.perf_counter() - start
 
 
 def _kill_points(n: int, spread: int, seed: int) -> list[int]:
@@ -104,7 +107,7 @@ EXPORT = ["export", "--model", "vit-tiny", "--fidelity-images", "4", "--force", 
 def test_export_killed_between_writes_keeps_a_complete_bundle(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     args = [*EXPORT, str(out)]
-    events = _count_events(args, tmp_path, tmp_path)
+    events, seconds = _count_events(args, tmp_path, tmp_path)
     assert events >= 20, events  # the count saw the export's writes
     previous = _tree(out)
     kills = 0
@@ -113,9 +116,9 @@ def test_export_killed_between_writes_keeps_a_complete_bundle(tmp_path: Path) ->
             continue  # ran past its last counted event (a later run writes less: leftovers are cleaned)
         kills += 1
         _assert_complete(out, previous, f"killed before write event {k} of {events}")
-    for delay in (1.0, 2.5, 4.0):  # and at times that need not fall on an event
+    for delay in (0.6 * seconds, 0.8 * seconds, 0.95 * seconds):  # and at times that need not fall on an event
         kills += _run(args, tmp_path, kill_after=delay) == -signal.SIGKILL
-        _assert_complete(out, previous, f"killed after {delay} s")
+        _assert_complete(out, previous, f"killed after {delay:.1f} s")
     assert kills >= 12
     print(f"export: {events} write events, {kills} SIGKILLs, bundle complete after each")  # shown with -s
     _run(args, tmp_path)  # the next export cleans up what the killed ones left
@@ -147,14 +150,14 @@ def test_profile_killed_between_writes_keeps_the_previous_profile(tiny_bundle: P
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     args = [*PROFILE, str(bundle)]
-    events = _count_events(args, tmp_path, tmp_path)
+    events, seconds = _count_events(args, tmp_path, tmp_path)
     profile = bundle / "profiles" / "cpu.json"
     kills = 0
     for k in range(1, events + 1):  # every write event of the profile
         kills += _run(args, tmp_path, kill_at=k) == -signal.SIGKILL
         data = json.loads(profile.read_text())  # a complete profile: the old one or a new one
         assert data["device"] == "cpu" and data["batches"], k
-    for delay in (1.5, 3.0):
+    for delay in (0.8 * seconds, 0.95 * seconds):
         kills += _run(args, tmp_path, kill_after=delay) == -signal.SIGKILL
         json.loads(profile.read_text())
     assert kills >= events
