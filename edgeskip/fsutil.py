@@ -7,6 +7,7 @@ import ctypes
 import errno
 import glob
 import json
+import logging
 import os
 import shutil
 import sys
@@ -18,6 +19,8 @@ from typing import Any
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory", "remove_stale"]
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -55,13 +58,17 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale(path: str | Path) -> list[Path]:
     """Remove what writers of ``path`` killed mid-way left beside it (``.<name>.<pid>.*.tmp`` of a process
-    that no longer runs); returns what was removed."""
+    that no longer runs), first putting back a previous ``path`` such a writer had moved aside; returns
+    what was removed."""
     path = Path(path)
     removed = []
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = leftover.name[len(path.name) + 2:].partition(".")[0]
         if not pid.isdigit() or _pid_alive(int(pid)):
             continue
+        if not path.exists() and (leftover / "x").is_dir() and not leftover.is_symlink():
+            os.rename(leftover / "x", path)  # killed between the two renames of a swap without renameat2
+            log.warning("restored %s, which a killed writer had moved aside", path)
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
@@ -103,7 +110,8 @@ def atomic_directory(path: str | Path, *, replace: bool = False) -> Iterator[Pat
 
     By default ``path`` must not exist yet. With ``replace=True`` an existing ``path`` is swapped
     with the new one in one atomic step (Linux; elsewhere two renames with a short window in
-    which ``path`` is absent), then the old removed. A writer killed at any point leaves the old
+    which ``path`` is absent: a writer killed there leaves the old one aside, and the next
+    writer of ``path`` puts it back), then the old removed. A writer killed at any point leaves the old
     complete directory or the new one at ``path``, never a partial one; what it left beside
     (``.<name>.<pid>.*.tmp``) is removed by the next writer of ``path``. An error (a full disk)
     removes the temp directory and leaves ``path`` as it was.

@@ -236,3 +236,42 @@ def test_export_beyond_the_file_size_limit_reports_it_and_keeps_the_bundle(tiny_
     assert "File too large" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert _tree(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def _finished_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_bundle_moved_aside_by_a_killed_writer_is_put_back(tmp_path: Path) -> None:
+    """Without renameat2 a replace is two renames; a writer killed between them left the old directory in
+    its temp folder. The next writer of the path restores it before anything else."""
+    from edgeskip.fsutil import atomic_directory, remove_stale
+
+    target = tmp_path / "bundle"
+    aside = tmp_path / f".bundle.{_finished_pid()}.abc.tmp"
+    (aside / "x").mkdir(parents=True)
+    (aside / "x" / "manifest.json").write_text("old")
+    busy = tmp_path / f".bundle.{os.getpid()}.def.tmp"  # a live writer's folder: left alone
+    busy.mkdir()
+    assert remove_stale(target) == [aside]
+    assert (target / "manifest.json").read_text() == "old" and busy.is_dir()
+    busy.rmdir()
+    with atomic_directory(target, replace=True) as tmp:
+        (tmp / "manifest.json").write_text("new")
+    assert (target / "manifest.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_replacing_without_an_atomic_exchange_still_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two-rename fallback (non-Linux) gives the same result."""
+    from edgeskip import fsutil
+
+    monkeypatch.setattr(fsutil, "_exchange", lambda a, b: False)
+    target = tmp_path / "out"
+    for text in ("one", "two"):
+        with fsutil.atomic_directory(target, replace=True) as tmp:
+            (tmp / "f").write_text(text)
+    assert (target / "f").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
