@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import resource
 import sys
@@ -40,6 +39,7 @@ from edgeskip.devices.energy import EnergyMeter, select_meter
 from edgeskip.devices.host import describe_host
 from edgeskip.devices.table import Device, get_device
 from edgeskip.errors import ConfigError, EdgeskipError
+from edgeskip.fsutil import atomic_write_json, loads_json
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "ProfileError", "Timing", "ProfileSettings", "profile_bundle", "load_profile",
            "save_profile", "timing_stats", "profile_path", "trimmed_mean"]
@@ -293,8 +293,6 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
 
 def save_profile(profile: dict[str, Any], bundle_dir: str | Path) -> Path:
     """Write ``profiles/<device>.json`` beside the bundle's files, atomically."""
-    from edgeskip.fsutil import atomic_write_json
-
     path = profile_path(bundle_dir, profile["device"])
     atomic_write_json(path, profile)
     return path
@@ -306,13 +304,11 @@ def read_record(path: str | Path, fmt: str, version: int, error: type[EdgeskipEr
     schema ``version``, of ``device`` and bound to ``bundle``'s fingerprint when they are given."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = loads_json(path.read_bytes())
     except FileNotFoundError:
         raise error(f"no {what} at {path}: run edgeskip {command} first") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, integers beyond the digit limit
+    except (OSError, ValueError) as exc:
         raise error(f"{path} is not a readable {what}: {exc}") from None
-    except RecursionError:
-        raise error(f"{path} is not a readable {what}: it nests too deeply") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise error(f"{path} is not an edgeskip {what}")
     if data.get("schema_version") != version:

@@ -9,7 +9,6 @@ as the bundle's default configuration, which ``Runtime(bundle)`` (policy ``auto`
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from edgeskip.bundle import MANIFEST, Bundle, Manifest
 from edgeskip.devices.search import ParetoFront, ParetoPoint, load_front, pareto_path
 from edgeskip.errors import ConfigError, EdgeskipError
-from edgeskip.fsutil import atomic_write_json
+from edgeskip.fsutil import atomic_write_json, loads_json
 
 __all__ = ["NothingFits", "Selection", "choose", "select", "write_default"]
 
@@ -69,8 +68,8 @@ def write_default(bundle: Bundle, point: ParetoPoint, front: ParetoFront, budget
     """Record ``point`` in the manifest as the bundle's default configuration (atomically)."""
     path = bundle.path / MANIFEST
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raw = loads_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
         raise EdgeskipError(f"cannot read {path}: {exc!r}") from None
     raw["default_config"] = {
         "thresholds": list(point.thresholds),

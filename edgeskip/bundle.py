@@ -29,12 +29,13 @@ import json
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgeskip.config import ViTConfig, from_dict, to_dict
 from edgeskip.errors import ConfigError, EdgeskipError
+from edgeskip.fsutil import loads_json
 from edgeskip.normalization import Normalization
 
 __all__ = [
@@ -105,6 +106,14 @@ class TensorSpec:
         if any(not (isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 1)) for d in spec.shape):
             raise BundleError(f"tensor {spec.name!r}: shape entries must be positive integers or axis names, got {spec.shape}")
         return spec
+
+    def check_shape(self, shape: Sequence[Any], where: str, kind: str) -> None:
+        """A model's input/output ``shape`` (ints, or names / None for symbolic axes) fits this spec: the same
+        rank, and every size fixed on both sides equal; otherwise a BundleError (a different model)."""
+        if len(shape) != len(self.shape) or any(isinstance(want, int) and isinstance(have, int) and want != have
+                                                for want, have in zip(self.shape, shape)):
+            raise BundleError(f"{where}: {kind} has shape {list(shape)}, the manifest says {self.name!r} is "
+                              f"{list(self.shape)} (a different model)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +422,7 @@ class Bundle:
             raise BundleError(f"bundle {root} does not exist or is not a directory")
         if not (root / MANIFEST).exists() and not (root / MANIFEST).is_symlink():
             raise BundleError(f"{root} is not a bundle ({MANIFEST} is missing)")
-        bundle = cls(root, Manifest.from_dict(_parse_manifest(_read_manifest(root))))
+        bundle = cls(root, Manifest.from_dict(_parse_manifest(_read_regular(root, MANIFEST, MAX_MANIFEST_BYTES))))
         if verify:
             bundle.verify()
         return bundle
@@ -462,27 +471,23 @@ class Bundle:
         if info is None:
             raise BundleError(f"{self.path}: {name} is not listed in the manifest's files table")
         self.file(name)  # no symlink on the way
-        with _open_regular(self.path, name, info["bytes"]) as f:
-            try:
-                data = f.read(info["bytes"] + 1)
-            except OSError as exc:
-                raise BundleError(f"{self.path}: cannot read {name}: {exc.strerror}") from None
+        data = _read_regular(self.path, name, info["bytes"])
         _check_size(self.path, name, len(data), info["bytes"])
         _check_digest(self.path, name, hashlib.sha256(data).hexdigest(), info["sha256"])
         return data
 
     def stage_file(self, stage: str, fmt: str = "onnx") -> Path:
-        s = self.manifest.stage(stage)
-        if fmt not in s.files:
-            raise BundleError(f"stage {stage!r} has no {fmt} file in this bundle (it has: {', '.join(s.files) or 'none'})")
-        return self.file(s.files[fmt])
+        return self.file(self._stage_name(stage, fmt))
 
     def read_stage(self, stage: str, fmt: str = "onnx") -> bytes:
         """The verified bytes of a stage's file in format ``fmt``."""
+        return self.read(self._stage_name(stage, fmt))
+
+    def _stage_name(self, stage: str, fmt: str) -> str:
         s = self.manifest.stage(stage)
         if fmt not in s.files:
             raise BundleError(f"stage {stage!r} has no {fmt} file in this bundle (it has: {', '.join(s.files) or 'none'})")
-        return self.read(s.files[fmt])
+        return s.files[fmt]
 
 
 def _check_size(root: Path, name: str, size: int, recorded: int) -> None:
@@ -517,20 +522,17 @@ def _open_regular(root: Path, name: str, limit: int) -> Any:
     return f
 
 
-def _read_manifest(root: Path) -> bytes:
-    with _open_regular(root, MANIFEST, MAX_MANIFEST_BYTES) as f:
+def _read_regular(root: Path, name: str, limit: int) -> bytes:
+    """The whole of a bundle file opened by :func:`_open_regular` (one byte past ``limit`` reveals growth)."""
+    with _open_regular(root, name, limit) as f:
         try:
-            return f.read(MAX_MANIFEST_BYTES + 1)  # type: ignore[no-any-return]
+            return f.read(limit + 1)  # type: ignore[no-any-return]
         except OSError as exc:
-            raise BundleError(f"{root}: cannot read {MANIFEST}: {exc.strerror}") from None
+            raise BundleError(f"{root}: cannot read {name}: {exc.strerror}") from None
 
 
 def _parse_manifest(raw: bytes) -> Any:
     try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BundleError(f"{MANIFEST} is not UTF-8 text: {exc}") from None
-    except RecursionError:
-        raise BundleError(f"{MANIFEST} nests too deeply to be a manifest") from None
-    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
+        return loads_json(raw)
+    except ValueError as exc:
         raise BundleError(f"{MANIFEST} is not valid JSON: {exc}") from None

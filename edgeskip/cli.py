@@ -248,6 +248,7 @@ def cmd_posttrain(args: argparse.Namespace) -> int:
 
 def cmd_apply_config(args: argparse.Namespace) -> int:
     from edgeskip.agents.genes import SkipConfig
+    from edgeskip.fsutil import loads_json
     from edgeskip.train.checkpoint import save_checkpoint
 
     if Path(args.out).exists():
@@ -255,11 +256,11 @@ def cmd_apply_config(args: argparse.Namespace) -> int:
     ckpt, model = _load_skip_checkpoint(args.checkpoint)
     if args.pareto:
         try:
-            points = json.loads(Path(args.pareto).read_text())["pareto"]
+            points = loads_json(Path(args.pareto).read_bytes())["pareto"]
             thresholds = points[args.point]["thresholds"]
         except FileNotFoundError:
             raise EdgeskipError(f"--pareto {args.pareto}: no such file") from None
-        except (ValueError, RecursionError, KeyError, TypeError, IndexError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise EdgeskipError(f"--pareto {args.pareto}: cannot read point {args.point} ({exc!r})") from None
         config = SkipConfig.from_dict({"thresholds": thresholds})
     else:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory", "remove_stale"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory", "remove_stale", "loads_json"]
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
@@ -40,6 +40,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def loads_json(data: bytes | str) -> Any:
+    """``json.loads`` whose every failure is a ValueError saying what is wrong: bad syntax, bytes that are
+    not UTF-8, nesting too deep for the parser, an integer beyond Python's digit limit."""
+    try:
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -72,13 +72,11 @@ def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
         raise InputError("empty batch: pass at least one image")
     if x.dtype != np.uint8 and not _in_range(x):
         rows = x.reshape(x.shape[0], -1)
-        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-        where = f"batch rows {bad[:8].tolist()}{' ...' if bad.size > 8 else ''}"
-        if bad.size:
-            raise InputError(f"images contain NaN or infinite values ({where})")
-        bad = np.flatnonzero((np.abs(rows) > MAX_ABS).any(axis=1))
-        where = f"batch rows {bad[:8].tolist()}{' ...' if bad.size > 8 else ''}"
-        raise InputError(f"float images hold values up to {float(np.abs(rows).max()):.3g} ({where}): float input "
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            raise InputError(f"images contain NaN or infinite values ({_rows(bad)})")
+        bad = (np.abs(rows) > MAX_ABS).any(axis=1)
+        raise InputError(f"float images hold values up to {float(np.abs(rows).max()):.3g} ({_rows(bad)}): float input "
                          f"must be normalised (a normalised image lies within about ±3; the limit is ±{MAX_ABS:g}); "
                          "pass uint8 images, or normalise with edgeskip.preprocess")
     if x.shape[-1] != spec.image_size or x.shape[-2] != spec.image_size:
@@ -86,6 +84,12 @@ def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
     if x.dtype == np.uint8:  # (B, S, S, C) uint8 -> normalised NCHW
         return preprocess(x, spec.normalization)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _rows(bad: npt.ArrayLike) -> str:
+    """'batch rows [...]' for a per-row mask, at most 8 listed."""
+    index = np.flatnonzero(bad)
+    return f"batch rows {index[:8].tolist()}{' ...' if index.size > 8 else ''}"
 
 
 def _in_range(x: npt.NDArray[Any]) -> bool:

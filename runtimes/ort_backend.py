@@ -117,12 +117,7 @@ def check_io(sess: Any, stage: Stage, where: str) -> None:
         if len(specs) != len(got):
             raise BundleError(f"{where}: has {len(got)} {kind}(s), the manifest describes {len(specs)}")
         for spec, arg in zip(specs, got):
-            shape = list(arg.shape)
-            fixed_differ = len(shape) != len(spec.shape) or any(
-                isinstance(want, int) and isinstance(have, int) and want != have for want, have in zip(spec.shape, shape))
-            if fixed_differ:
-                raise BundleError(f"{where}: {kind} {arg.name!r} has shape {shape}, the manifest says "
-                                  f"{list(spec.shape)} (a different model)")
+            spec.check_shape(arg.shape, where, kind)
 
 
 def _session_settings(options: Mapping[str, Any]) -> tuple[int, str, tuple[str, ...]]:

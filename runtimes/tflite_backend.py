@@ -81,7 +81,4 @@ def _check_io(interpreter: Any, stage: Stage, where: str) -> None:
     """The model's input and output have the shapes the manifest describes for its stage (batch aside)."""
     for kind, spec, detail in (("input", stage.inputs[0], interpreter.get_input_details()[0]),
                                ("output", stage.outputs[0], interpreter.get_output_details()[0])):
-        shape = [int(d) for d in detail["shape"]]
-        if len(shape) != len(spec.shape) or any(isinstance(want, int) and want != have
-                                                for want, have in zip(spec.shape, shape)):
-            raise BundleError(f"{where}: {kind} has shape {shape}, the manifest says {list(spec.shape)} (a different model)")
+        spec.check_shape([int(d) for d in detail["shape"]], where, kind)

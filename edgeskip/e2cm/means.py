@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from edgeskip.e2cm.costs import FEATURES, CostModel
 from edgeskip.errors import ConfigError, DataError
-from edgeskip.fsutil import atomic_directory
+from edgeskip.fsutil import atomic_directory, loads_json
 
 __all__ = ["E2CM", "FORMAT", "SCHEMA_VERSION", "check_thresholds", "exit_decisions", "exit_features"]
 
@@ -201,8 +201,8 @@ class E2CM:
         """Parse the contents of ``e2cm.json`` and ``e2cm.npz`` (checked against each other); any defect is
         a :class:`DataError` naming ``where``."""
         try:
-            info = json.loads(info_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            info = loads_json(info_bytes)
+        except ValueError as exc:
             raise DataError(f"{where}/{JSON}: invalid JSON ({exc})") from None
         if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("schema_version") != SCHEMA_VERSION:
             raise DataError(f"{where}/{JSON}: not an {FORMAT} schema {SCHEMA_VERSION} file")

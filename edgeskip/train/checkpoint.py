@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -31,7 +30,7 @@ from torch import nn
 
 from edgeskip.config import ViTConfig, from_dict, to_dict
 from edgeskip.errors import CheckpointError, ConfigError
-from edgeskip.fsutil import FILE_MODE, atomic_directory, atomic_write_json
+from edgeskip.fsutil import FILE_MODE, atomic_directory, atomic_write_json, loads_json
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
 
@@ -211,10 +210,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def _read_json(file: Path) -> dict[str, Any]:
     try:
-        data = json.loads(file.read_text())
+        data = loads_json(file.read_bytes())
     except FileNotFoundError:
         raise CheckpointError(f"{file} is missing") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or huge integers
+    except (OSError, ValueError) as exc:
         raise CheckpointError(f"{file} is not valid JSON: {exc!r}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{file} must hold a JSON object")
