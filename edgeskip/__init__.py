@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from edgeskip import _source_tree
 from edgeskip.config import ViTConfig
 from edgeskip.errors import (
     BackendError,
@@ -26,6 +27,8 @@ if TYPE_CHECKING:  # imported lazily at run time (below); type checkers see the 
     from edgeskip.runtimes import Policy, Runtime, RuntimeOutput
 
 __version__ = "0.1.0"
+
+_source_tree.install()  # in a source checkout, edgeskip.runtimes etc. resolve to the folders beside edgeskip/
 
 
 def __getattr__(name: str) -> Any:
