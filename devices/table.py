@@ -21,7 +21,7 @@ class Device:
     precision: str
     target: str  # the export target whose bundle it runs
     energy: tuple[str, ...]  # energy sources to try, in order (see edgeskip.devices.energy)
-    rails: tuple[str, ...] = ()  # INA3221 rails summed for the module's power, where that is the source
+    rails: tuple[str, ...] = ()  # power-monitor rails summed (INA3221 or tegrastats), where that is the source
     watts_per_core: float = 4.0  # the estimate's power model: watts per busy core
     power_basis: str = ""  # where the estimate's constant comes from
     how: str = ""  # how to run the profiler there
@@ -63,10 +63,13 @@ register_device(Device(
 register_device(Device(
     "jetson-nano", "Jetson Nano (JetPack 4.6), onnxruntime on the CPU (TensorRT 8.2 cannot parse opset 17 "
     "LayerNormalization)", "onnxruntime", "fp32", "cpu",
-    ("estimate",), rails=("POM_5V_IN",),
+    ("jetson-ina3221-iio", "tegrastats", "estimate"), rails=("POM_5V_IN",),
     watts_per_core=2.5, power_basis="10 W power mode / 4 Cortex-A57 cores, an order of magnitude only",
-    how="edgeskip profile --device jetson-nano --bundle DIR; its power monitor is read through iio (JetPack 4) "
-        "or tegrastats (POM_5V_IN), which the profiler parses from a log (edgeskip.devices.energy.parse_tegrastats)"))
+    how="edgeskip profile --device jetson-nano --bundle DIR on the board. Energy is the POM_5V_IN rail (the module's "
+        "5 V input) of its INA3221: read from the JetPack 4 iio files (jetson-ina3221-iio: "
+        "/sys/bus/i2c/drivers/ina3221x/*/iio:device*/in_power<K>_input, sampled every 5 ms); where those are "
+        "missing, from tegrastats, which the profiler runs around each energy block (tegrastats --interval 20) and "
+        "whose lines it integrates; where neither works, the labelled estimate (estimate)"))
 register_device(Device(
     "raspberry-pi-5", "Raspberry Pi 5 (Cortex-A76), TFLite with XNNPACK", "tflite", "fp32", "tflite",
     ("estimate",),

@@ -11,8 +11,10 @@ turns it into the :class:`Plan` the runtime's loop follows. Named policies:
 * ``auto``: ``default`` when the bundle has one, else everything the bundle has (the default).
 
 Any explicit configuration works too: ``Policy.config(layers=[0.5, None, ...], exits=[...])``
-or NSGA-II genes with ``Policy.from_genes``; a threshold of ``None`` removes that layer, an exit
-threshold of 1.0 disables that exit (and its check).
+(a search's genes become one through :class:`edgeskip.search.Genome`); a threshold of ``None``
+removes that layer, an exit threshold of 1.0 disables that exit (and its check).
+
+Torch-free core: the runtime, the search and training share these types.
 """
 
 from __future__ import annotations
@@ -26,13 +28,57 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.agents.genes import DEFAULT_GRID, GeneCodec, SkipConfig
 from edgeskip.bundle import Manifest
 from edgeskip.errors import ConfigError
+from edgeskip.rule import agent_cut
 
-__all__ = ["POLICIES", "Policy", "Plan", "resolve"]
+__all__ = ["POLICIES", "Plan", "Policy", "SkipConfig", "resolve"]
 
 POLICIES = ("auto", "default", "static", "agent", "e2cm", "agent+e2cm")
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipConfig:
+    """Per-layer thresholds; ``None`` marks a removed layer."""
+
+    thresholds: tuple[float | None, ...]
+
+    def __post_init__(self) -> None:
+        if not self.thresholds:
+            raise ConfigError("a skip configuration needs at least one layer")
+        for j, t in enumerate(self.thresholds):
+            if t is None:
+                continue
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 <= t <= 1.0:
+                raise ConfigError(f"threshold of layer {j} must be in [0, 1] (or None to remove it), got {t!r}")
+        if all(t is None for t in self.thresholds):
+            raise ConfigError("every layer is removed: keep at least one layer")
+        object.__setattr__(self, "thresholds", tuple(None if t is None else float(t) for t in self.thresholds))
+
+    @classmethod
+    def uniform(cls, depth: int, threshold: float = 0.5) -> SkipConfig:
+        return cls((threshold,) * depth)
+
+    @property
+    def depth(self) -> int:
+        return len(self.thresholds)
+
+    @property
+    def removed(self) -> tuple[int, ...]:
+        return tuple(j for j, t in enumerate(self.thresholds) if t is None)
+
+    def check_depth(self, depth: int) -> None:
+        if self.depth != depth:
+            raise ConfigError(f"skip configuration has {self.depth} layer(s), the model has {depth}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"thresholds": list(self.thresholds)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SkipConfig:
+        if not isinstance(data, dict) or set(data) != {"thresholds"} or not isinstance(data["thresholds"], list):
+            raise ConfigError(f"a skip configuration is {{'thresholds': [...]}}, got {data!r}")
+        return cls(tuple(data["thresholds"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,19 +97,6 @@ class Policy:
         if isinstance(layers, SkipConfig):
             layers = layers.thresholds
         return cls("config", None if layers is None else tuple(layers), None if exits is None else tuple(exits))
-
-    @classmethod
-    def from_genes(cls, genes: Sequence[int], grid: Sequence[float] = DEFAULT_GRID,
-                   exits: Sequence[float] | None = None) -> Policy:
-        """NSGA-II genes (0 = remove the layer, k >= 1 = ``grid[k - 1]``) as a policy."""
-        return cls.config(GeneCodec(len(genes), grid).decode(np.asarray(genes)), exits)
-
-    @classmethod
-    def from_point(cls, point: Mapping[str, Any]) -> Policy:
-        """A point of ``pareto.json`` (its ``thresholds``, and ``exit_thresholds`` when present)."""
-        if not isinstance(point, Mapping) or "thresholds" not in point:
-            raise ConfigError(f"a Pareto point needs 'thresholds', got {point!r}")
-        return cls.config(point["thresholds"], point.get("exit_thresholds"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "layers": None if self.layers is None else list(self.layers),
@@ -85,8 +118,7 @@ class Plan:
     def cuts(self) -> tuple[tuple[int, float | None], ...]:
         """The steps with each agent threshold as a cut on the logit: ``p >= t`` iff ``z >= log(t / (1 - t))``
         (``inf`` for t = 1, which the runtime decides on the float32 sigmoid as PyTorch does)."""
-        return tuple((j, None if t is None else math.inf if t >= 1.0 else math.log(t) - math.log1p(-t))
-                     for j, t in self.steps)
+        return tuple((j, agent_cut(t)) for j, t in self.steps)
 
     @functools.cached_property
     def static_row(self) -> npt.NDArray[np.bool_]:
