@@ -28,9 +28,9 @@ from common import (  # benchmarks/common.py (run as a script)
 )
 
 from edgeskip.agents.model import SkipViT
-from edgeskip.agents.trainer import AgentTrainer
+from edgeskip.train.agents import AgentTrainer
 from edgeskip.data import DatasetSplits
-from edgeskip.devices import describe_host
+from edgeskip.host import describe_host
 from edgeskip.models.vit import ViT
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.loop import Trainer

@@ -37,8 +37,8 @@ import onnxruntime as ort
 import torch
 from common import DEFAULT_DATA
 
-from edgeskip.devices import describe_host
-from edgeskip.e2cm import E2CM, FEATURES, CostModel, feature_size
+from edgeskip.host import describe_host
+from edgeskip.e2cm import E2CM, FEATURES, MacCosts, feature_size
 from edgeskip.models.vit import ViT
 from edgeskip.variants import model_config
 
@@ -77,7 +77,7 @@ def check_vs_layer(name: str, repeats: int, threads: int, batch: int) -> dict[st
     checks = {}
     for feature in FEATURES:
         f = feature_size(cfg, feature)
-        costs = CostModel.from_config(cfg, [0], feature)
+        costs = MacCosts.from_config(cfg, [0], feature)
         e2cm = E2CM(feature, rng.normal(size=(1, cfg.num_classes, f)).astype(np.float32),
                     (1.0 + rng.random((1, cfg.num_classes))).astype(np.float32), np.array([0.9]), costs)
         checks[feature] = e2cm
@@ -107,7 +107,7 @@ def ort_session(module: torch.nn.Module, x: torch.Tensor, threads: int) -> ort.I
 
 def hull_on_cifar(checkpoint: str, data: str, per_class: int, split: str, step: float) -> dict[str, object]:
     from edgeskip.data import load_dataset
-    from edgeskip.e2cm.pipeline import run_calibration
+    from edgeskip.train.e2cm_pipeline import run_calibration
     from edgeskip.e2cm.settings import CalibrateConfig
     from edgeskip.train.checkpoint import load_checkpoint
 

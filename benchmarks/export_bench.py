@@ -64,8 +64,9 @@ def time_bundle(bundle_dir: Path, warmup: int, repeats: int, threads: int) -> di
     import onnx
 
     from edgeskip.bundle import Bundle
-    from edgeskip.e2cm import E2CM, FEATURES, CostModel
-    from edgeskip.exporters.gate import build_gate_graph, set_thresholds
+    from edgeskip.e2cm import E2CM, FEATURES, MacCosts
+    from edgeskip.exporters.gate import build_gate_graph
+    from edgeskip.runtimes.gate import set_thresholds
 
     bundle = Bundle.open(bundle_dir)
     m = bundle.manifest
@@ -82,7 +83,7 @@ def time_bundle(bundle_dir: Path, warmup: int, repeats: int, threads: int) -> di
         size = cfg.num_tokens * cfg.width if feature == "tokens" else cfg.width
         e2cm = E2CM(feature, rng.normal(size=(len(exits), cfg.num_classes, size)).astype(np.float32),
                     np.full((len(exits), cfg.num_classes), 50.0, np.float32), np.full(len(exits), 0.999999),
-                    CostModel.from_config(cfg, exits, feature))
+                    MacCosts.from_config(cfg, exits, feature))
         checks = build_gate_graph(load("embed"), layers, load("head"), cfg,
                                   agents=(agents["weights"], agents["biases"]), thresholds=[0.0] * cfg.depth, e2cm=e2cm)
         sessions[f"gate+checks ({feature})"] = _session(checks, threads)
@@ -138,7 +139,7 @@ def main() -> int:
         print(json.dumps(time_bundle(Path(args.time_only), args.warmup, args.repeats, args.threads)))
         return 0
 
-    from edgeskip.devices import describe_host
+    from edgeskip.host import describe_host
 
     models, targets = args.models.split(","), args.targets.split(",")
     results: dict[str, Any] = {"host": describe_host().to_dict(), "export_seconds": {}, "latency": {}}

@@ -41,8 +41,7 @@ def main() -> int:
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
 
-    from edgeskip.agents.genes import DEFAULT_GRID, GeneCodec
-    from edgeskip.devices.costmodel import CostModel, usage_of
+    from edgeskip.search import DEFAULT_GRID, Genome, ProfileCosts, usage_of
     from edgeskip.devices.profiler import ProfileSettings, profile_bundle
     from edgeskip.runtimes import Policy, Runtime
     from edgeskip.runtimes.inputs import prepare
@@ -52,7 +51,7 @@ def main() -> int:
     m = rt.manifest
     if m.agents is None:
         sys.exit("the bundle's model has no agents: nothing to configure")
-    model = CostModel.from_profile(profile, m.config.depth)
+    model = ProfileCosts.from_profile(profile, m.config.depth)
     if args.data:
         from edgeskip.data import load_dataset
 
@@ -63,14 +62,14 @@ def main() -> int:
                                                                      spec.channels), dtype=np.uint8)
     x = prepare(images, rt.input_spec)
     rows = [x[i:i + 1] for i in range(len(x))]
-    codec = GeneCodec(m.config.depth, DEFAULT_GRID)
+    genome = Genome(m.config.depth, None, DEFAULT_GRID)
     rng = np.random.default_rng(args.seed)
     policies = {"static": Policy.config([0.0] * m.config.depth), "all-0.5": Policy.config([0.5] * m.config.depth)}
     while len(policies) < args.configs:
-        genes = rng.integers(0, codec.n_values, m.config.depth)
+        genes = rng.integers(0, np.asarray(genome.upper) + 1)
         if (genes == 0).all():
             continue
-        policies["genes " + "".join(map(str, genes))] = Policy.from_genes(genes.tolist())
+        policies["genes " + "".join(map(str, genes))] = genome.policy(genes)
     runtimes = {name: Runtime(args.bundle, policy=p, whole_static=False) for name, p in policies.items()}
     # Fine interleaving: every round runs each configuration on the next block of images (a new random order
     # of configurations per round), so a machine that switches between fast and slow phases every few seconds
@@ -96,7 +95,7 @@ def main() -> int:
     for name, runtime in runtimes.items():
         out = runtime(x)  # the usage of this configuration on these images (decisions are per input)
         plan = runtime.plan
-        usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.cuts, exits, list(plan.exits))
+        usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.steps, exits, list(plan.exits))
         predicted = model.predict(usage, 1).latency_ms
         if name == "static":
             predicted_static = predicted

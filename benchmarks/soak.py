@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeskip.agents.genes import SkipConfig
-from edgeskip.devices import describe_host
+from edgeskip.policy import SkipConfig
+from edgeskip.host import describe_host
 from edgeskip.errors import EdgeskipError
 from edgeskip.fsutil import atomic_write_json
 from edgeskip.runtimes import Runtime

@@ -22,7 +22,7 @@ from common import (  # benchmarks/common.py (run as a script)
     benchmark_data,
 )
 
-from edgeskip.devices import describe_host
+from edgeskip.host import describe_host
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.loop import Trainer
 

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from edgeskip.bundle import Bundle, stage_name
 from edgeskip.errors import BackendUnavailableError, ConfigError
-from edgeskip.runtimes.policy import Policy
+from edgeskip.policy import Policy
 from edgeskip.runtimes.runtime import Runtime
 
 __all__ = ["BenchConfig", "run_bench", "format_table", "skip_pattern", "interleaved"]
@@ -166,7 +166,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
                    "ratio": "median over interleaved rounds of the per-round ratio"},
         "targets": TARGETS, "figures": {}, "skipped": {},
     }
-    from edgeskip.devices import describe_host
+    from edgeskip.host import describe_host
 
     report["host"] = describe_host().to_dict()
     figs = report["figures"]
@@ -277,7 +277,7 @@ def _torch_comparison(cfg: BenchConfig, bundle: Bundle, agent: Runtime, images: 
         import torch
     except ImportError:
         raise BackendUnavailableError("torch is not installed: the PyTorch comparison is skipped") from None
-    from edgeskip.agents.genes import SkipConfig
+    from edgeskip.policy import SkipConfig
     from edgeskip.runtimes.torch_backend import reference_model
 
     model = reference_model(bundle, cfg.checkpoint)

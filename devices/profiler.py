@@ -36,10 +36,11 @@ import numpy.typing as npt
 
 from edgeskip.bundle import Bundle, stage_name
 from edgeskip.devices.energy import EnergyMeter, select_meter
-from edgeskip.devices.host import describe_host
+from edgeskip.host import describe_host
 from edgeskip.devices.table import Device, get_device
 from edgeskip.errors import ConfigError, EdgeskipError
 from edgeskip.fsutil import atomic_write_json, loads_json
+from edgeskip.rule import agent_runs, exit_top
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "ProfileError", "Timing", "ProfileSettings", "profile_bundle", "load_profile",
            "save_profile", "timing_stats", "profile_path", "trimmed_mean"]
@@ -233,10 +234,8 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
                    settings: ProfileSettings | None = None, energy_root: str | Path = "/",
                    progress: Callable[[str], None] | None = None, **backend_options: Any) -> dict[str, Any]:
     """Measure every stage of the bundle on this machine; returns the profile (see :func:`save_profile`)."""
-    from edgeskip.e2cm.means import exit_decisions
     from edgeskip.runtimes import Policy, Runtime
     from edgeskip.runtimes.inputs import prepare
-    from edgeskip.runtimes.runtime import agent_runs
 
     settings = settings or ProfileSettings()
     dev = device if isinstance(device, Device) else get_device(device)
@@ -258,7 +257,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         images = rng.integers(0, 256, (b, spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
         x: npt.NDArray[np.float32] = prepare(images, spec)
         say(f"batch {b}: every piece in context")
-        calls = _pass_calls(be, rt, x, layers, exits, agent_runs, exit_decisions)
+        calls = _pass_calls(be, rt, x, layers, exits, agent_runs, exit_top)
         half_rt = Runtime(rt.bundle, backend=type(be), whole_static=False, policy=Policy.config(
             [0.0 if j in layers[::2] else None for j in range(m.config.depth)]), **backend_options)
         windows = _window_calls(calls, layers)

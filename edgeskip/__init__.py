@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edgeskip import _source_tree
+from edgeskip._version import __version__
 from edgeskip.config import ViTConfig
 from edgeskip.errors import (
     BackendError,
@@ -21,19 +21,17 @@ from edgeskip.errors import (
     UnknownNameError,
 )
 from edgeskip.normalization import Normalization, get_normalization, preprocess
+from edgeskip.policy import Policy, SkipConfig
 from edgeskip.variants import list_models, model_config
 
 if TYPE_CHECKING:  # imported lazily at run time (below); type checkers see the real classes
-    from edgeskip.runtimes import Policy, Runtime, RuntimeOutput
-
-__version__ = "0.1.0"
-
-_source_tree.install()  # in a source checkout, edgeskip.runtimes etc. resolve to the folders beside edgeskip/
+    from edgeskip.runtimes import Runtime, RuntimeOutput
 
 
 def __getattr__(name: str) -> Any:
-    """``edgeskip.Runtime`` and ``edgeskip.Policy``, imported on first use (they live in edgeskip.runtimes)."""
-    if name in ("Runtime", "Policy", "RuntimeOutput"):
+    """``edgeskip.Runtime`` and ``edgeskip.RuntimeOutput``, imported on first use: ``import edgeskip`` stays light, and
+    the package root is the facade above every stage (nothing inside edgeskip imports from it)."""
+    if name in ("Runtime", "RuntimeOutput"):
         import importlib
 
         return getattr(importlib.import_module("edgeskip.runtimes"), name)
@@ -52,6 +50,7 @@ __all__ = [
     "Policy",
     "Runtime",
     "RuntimeOutput",
+    "SkipConfig",
     "UnknownNameError",
     "ViTConfig",
     "__version__",

@@ -23,8 +23,11 @@ refused too.
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import errno
+import fcntl
 import hashlib
+import logging
 import json
 import math
 import os
@@ -35,17 +38,18 @@ from typing import Any
 
 from edgeskip.config import ViTConfig, from_dict, to_dict
 from edgeskip.errors import ConfigError, EdgeskipError
-from edgeskip.fsutil import loads_json
+from edgeskip.fsutil import atomic_write_bytes, loads_json
 from edgeskip.normalization import Normalization
 
 __all__ = [
     "FORMAT", "SCHEMA_VERSION", "MANIFEST", "BundleError", "TensorSpec", "Stage", "Manifest", "Bundle",
-    "sha256_file", "stage_name", "agent_name", "check_relative_path",
+    "sha256_file", "stage_name", "agent_name", "check_relative_path", "update_manifest",
 ]
 
 FORMAT = "edgeskip.bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # beside the manifest: an ed25519 signature of its bytes (edgeskip.signing)
 TARGETS = ("cpu", "onnx", "tflite", "jetson")
 STAGE_KINDS = ("embed", "layer", "head", "agent")
 # Schema limits: a manifest may not make the runtime read, allocate or loop beyond these.
@@ -54,6 +58,9 @@ MAX_FILE_BYTES = 4 << 30  # ONNX and TFLite files are at most 2 GiB (protobuf / 
 MAX_FILES = 10_000
 LIMITS = {"depth": 1024, "width": 1 << 16, "heads": 1024, "mlp_hidden": 1 << 18, "image_size": 8192,
           "patch_size": 8192, "in_channels": 64, "num_classes": 100_000}
+
+
+log = logging.getLogger(__name__)
 
 
 class BundleError(EdgeskipError):
@@ -536,3 +543,51 @@ def _parse_manifest(raw: bytes) -> Any:
         return loads_json(raw)
     except ValueError as exc:
         raise BundleError(f"{MANIFEST} is not valid JSON: {exc}") from None
+
+
+def update_manifest(bundle: Bundle, *, add_files: Sequence[str] = (), **changes: Any) -> Bundle:
+    """Change a bundle after export, the one way anything does (engines, a default configuration): manifest
+    fields replaced by ``changes``, files already written into the bundle added to the files table by their
+    size and sha256 (``add_files``), the result checked as a loader checks it and written atomically under a
+    lock on the bundle. What a profile or a Pareto front is bound to (:attr:`Manifest.fingerprint`) changes
+    only when the model's files do. A signature of the previous manifest no longer holds and is removed
+    (sign the bundle again). Returns the bundle as it now is."""
+    with _locked(bundle.path):
+        current = Bundle.open(bundle.path, verify=False).manifest
+        files = dict(current.files)
+        for name in add_files:
+            path = bundle.file(name)
+            if not path.is_file() or path.is_symlink():
+                raise BundleError(f"{bundle.path}: {name} must be a plain file inside the bundle before it is recorded")
+            files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        try:
+            updated = dataclasses.replace(current, files=files, **changes) if add_files or changes else current
+        except TypeError as exc:
+            raise BundleError(f"cannot update the manifest: {exc}") from None
+        data = json.dumps(updated.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
+        Manifest.from_dict(_parse_manifest(data))  # what is written must load
+        try:
+            atomic_write_bytes(bundle.path / MANIFEST, data)
+        except OSError as exc:
+            raise BundleError(f"cannot write {bundle.path / MANIFEST}: {exc.strerror or exc} (a read-only bundle?); "
+                              "nothing was changed") from None
+        signature = bundle.path / SIGNATURE
+        if signature.exists() or signature.is_symlink():
+            signature.unlink()
+            log.warning("%s changed, so its signature no longer holds and was removed: sign it again with "
+                        "'edgeskip sign %s --key KEY'", bundle.path / MANIFEST, bundle.path)
+    return Bundle.open(bundle.path, verify=False)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Any:
+    """An exclusive lock on the bundle folder while its manifest is read, changed and written."""
+    try:
+        fd = os.open(root, os.O_RDONLY)
+    except OSError as exc:
+        raise BundleError(f"cannot open bundle {root}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -61,10 +61,13 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type[Any], *, sk
             continue
         if isinstance(kind, types.UnionType):  # "int | None" -> int
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        choices = f.metadata.get("choices")
+        if typing.get_origin(kind) is typing.Literal:
+            choices, kind = typing.get_args(kind), str
         required = f.default is dataclasses.MISSING
         parser.add_argument(
             flag, dest=f.name, type=kind, default=None if required else f.default, required=required,
-            choices=f.metadata.get("choices"), metavar=None if "choices" in f.metadata else f.name.upper(),
+            choices=choices, metavar=None if choices else f.name.upper(),
             help=help_text if required else f"{help_text} (default: {f.default})",
         )
 
@@ -113,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.dataset == "cifar10" and cfg.data is None:
         raise EdgeskipError("--dataset cifar10 needs --data DIR (a CIFAR-10 folder or .tar.gz; see the README)")
     check_data(cfg.data)
-    from edgeskip.train.loop import train
+    from edgeskip.train.run import train
 
     result = train(cfg)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
@@ -148,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     head = {"checkpoint": str(ckpt.path), "model": ckpt.model_name, "dataset": dataset}
     if ckpt.has_agents:
         from edgeskip.agents.model import SkipViT
-        from edgeskip.agents.report import evaluate_skipping
+        from edgeskip.train.report import evaluate_skipping
 
         skip = evaluate_skipping(typing.cast(SkipViT, model), data.test, ckpt.normalization, batch_size=args.batch_size)
         print(json.dumps({**head, **skip.to_dict()}, indent=2) if args.json else
@@ -203,9 +206,11 @@ def _load_skip_checkpoint(path: str) -> tuple[Any, Any]:
 
 
 def cmd_posttrain(args: argparse.Namespace) -> int:
-    from edgeskip.agents.search import plot_front, search_skip_configs
-    from edgeskip.agents.settings import SearchConfig
     from edgeskip.data import load_dataset
+    from edgeskip.front import Searched
+    from edgeskip.search.plot import plot_front
+    from edgeskip.search.posttrain import posttrain
+    from edgeskip.search.settings import PosttrainSettings
     from edgeskip.train.evaluate import autocast_dtype
 
     ckpt, model = _load_skip_checkpoint(args.checkpoint)
@@ -213,56 +218,73 @@ def cmd_posttrain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "pareto.json").exists() and not args.force:
         raise EdgeskipError(f"{out / 'pareto.json'} exists: pass --force to replace it or choose another --out")
-    settings = _config_from_args(SearchConfig, args)
+    settings = _config_from_args(PosttrainSettings, args)
     check_data(args.data)
     data = load_dataset(ckpt.dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
     dtype = autocast_dtype(args.precision, torch_device())
-    result = search_skip_configs(model, data.test, ckpt.normalization, settings,
-                                 train_data=data.train if settings.joint else None, dtype=dtype, progress=True)
+    searched = Searched(kind="checkpoint", model=ckpt.model_name, fingerprint=ckpt.meta["weights"]["sha256"],
+                        weights_sha256=ckpt.meta["weights"]["sha256"])
+    from tqdm.auto import tqdm
+
+    with tqdm(total=settings.generations, desc="NSGA-II", unit="gen", disable=args.quiet) as bar:
+        front = posttrain(model, data.test, ckpt.normalization, settings, searched=searched,
+                          train_data=data.train if settings.joint else None, dtype=dtype,
+                          progress=lambda n, total: bar.update(min(n, total) - bar.n))
     out.mkdir(parents=True, exist_ok=True)
     source = args.checkpoint
-    if settings.joint:  # the points were measured on the fine-tuned weights: keep them
+    if settings.joint:  # the points were measured on the fine-tuned weights: keep them, and bind the front to them
         import shutil
 
-        from edgeskip.train.checkpoint import save_checkpoint
+        from edgeskip.train.checkpoint import load_checkpoint, save_checkpoint
 
         tuned = out / "finetuned"
         if tuned.exists():
             shutil.rmtree(tuned)
         save_checkpoint(tuned, model, model_name=ckpt.model_name, model_config=ckpt.model_config, dataset=ckpt.dataset,
                         normalization=ckpt.normalization, classes=ckpt.classes, train_config=ckpt.meta.get("train"),
-                        metrics={"fine_tuned_from": str(ckpt.path), "joint_search": True}, epoch=ckpt.meta.get("epoch"))
+                        metrics={"fine_tuned_from": ckpt.meta["weights"]["sha256"], "joint_search": True},
+                        epoch=ckpt.meta.get("epoch"))
+        sha = load_checkpoint(tuned).meta["weights"]["sha256"]
+        front = dataclasses.replace(front, searched=dataclasses.replace(searched, fingerprint=sha, weights_sha256=sha))
         source = str(tuned)
-    result.save(out / "pareto.json")
-    plot = plot_front(result, out / "pareto.png", f"{ckpt.model_name} on {ckpt.dataset}: NSGA-II post-training")
-    print(f"{len(result.points)} Pareto configurations from {result.evaluations} evaluations in {result.seconds:.0f} s; "
-          f"hypervolume {result.hypervolume:.4f} (all-0.5 model: {result.reference_hypervolume:.4f})")
-    print(f"{'#':>3} {'accuracy':>9} {'layers':>7}  thresholds (- = removed)")
-    for i, p in enumerate(result.points):
-        genes = " ".join("-" if t is None else f"{t:.2f}" for t in p.config.thresholds)
-        print(f"{i:>3} {p.accuracy:>9.4f} {p.mean_executed:>7.2f}  {genes}")
+    front.save(out / "pareto.json")
+    plot = plot_front(front, out / "pareto.png", f"{ckpt.model_name} on {ckpt.dataset}: NSGA-II post-training")
+    reference = front.meta.get("reference_hypervolume")
+    print(f"{len(front.points)} Pareto configurations from {front.meta['evaluations']} evaluations in "
+          f"{front.meta['seconds']:.0f} s; hypervolume {front.hypervolume:.4f}"
+          + (f" (all-0.5 model: {reference:.4f})" if reference is not None else ""))
+    print(f"{'#':>6} {'accuracy':>9} {'compute':>8} {'layers':>7}  thresholds (- = removed)")
+    for name, p in [("static", front.static), *((str(i), p) for i, p in enumerate(front.points))]:
+        genes = " ".join("-" if t is None else f"{t:.2f}" for t in p.thresholds)
+        print(f"{name:>6} {p.accuracy:>9.4f} {p.cost('compute'):>8.3f} {p.executed_layers:>7.2f}  {genes}")
     print(f"wrote {out / 'pareto.json'} and {plot}; apply a point with: "
           f"edgeskip apply-config --checkpoint {source} --pareto {out / 'pareto.json'} --point N --out CKPT")
     return 0
 
 
 def cmd_apply_config(args: argparse.Namespace) -> int:
-    from edgeskip.agents.genes import SkipConfig
-    from edgeskip.fsutil import loads_json
+    from edgeskip.front import load_front
+    from edgeskip.policy import SkipConfig
     from edgeskip.train.checkpoint import save_checkpoint
 
     if Path(args.out).exists():
         raise EdgeskipError(f"--out {args.out} already exists; choose a new folder")
     ckpt, model = _load_skip_checkpoint(args.checkpoint)
     if args.pareto:
-        try:
-            points = loads_json(Path(args.pareto).read_bytes())["pareto"]
-            thresholds = points[args.point]["thresholds"]
-        except FileNotFoundError:
-            raise EdgeskipError(f"--pareto {args.pareto}: no such file") from None
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise EdgeskipError(f"--pareto {args.pareto}: cannot read point {args.point} ({exc!r})") from None
-        config = SkipConfig.from_dict({"thresholds": thresholds})
+        front = load_front(args.pareto)
+        sha = ckpt.meta["weights"]["sha256"]
+        if front.searched.weights_sha256 not in (None, sha):
+            raise EdgeskipError(f"--pareto {args.pareto} was searched on other weights than {ckpt.path} "
+                                f"({front.searched.kind} of {front.searched.model}): pass the checkpoint it was "
+                                "searched on, or search this one")
+        if not -len(front.points) <= args.point < len(front.points):
+            raise EdgeskipError(f"--point {args.point}: the front has {len(front.points)} configurations "
+                                f"(0..{len(front.points) - 1}, or -1 for the last)")
+        point = front.points[args.point]
+        if point.exit_thresholds is not None and any(t < 1.0 for t in point.exit_thresholds):
+            log.warning("point %d also sets E²CM exit thresholds: a checkpoint holds agent thresholds only; export "
+                        "the checkpoint with its E²CM exits and 'edgeskip select' to run them", args.point)
+        config = point.skip
     else:
         values = [v.strip() for v in args.thresholds.split(",")]
         try:
@@ -273,7 +295,7 @@ def cmd_apply_config(args: argparse.Namespace) -> int:
     save_checkpoint(
         args.out, model, model_name=ckpt.model_name, model_config=ckpt.model_config, dataset=ckpt.dataset,
         normalization=ckpt.normalization, classes=ckpt.classes, train_config=ckpt.meta.get("train"),
-        metrics={**ckpt.metrics, "applied_from": str(ckpt.path), "applied_config": config.to_dict()},
+        metrics={**ckpt.metrics, "applied_from": ckpt.meta["weights"]["sha256"], "applied_config": config.to_dict()},
         epoch=ckpt.meta.get("epoch"),
     )
     print(f"wrote {args.out} with thresholds {list(config.thresholds)}")
@@ -282,7 +304,7 @@ def cmd_apply_config(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from edgeskip.data import load_dataset
-    from edgeskip.e2cm.pipeline import run_calibration
+    from edgeskip.train.e2cm_pipeline import run_calibration
     from edgeskip.e2cm.settings import CalibrateConfig
     from edgeskip.train.checkpoint import load_checkpoint
 
@@ -360,7 +382,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from edgeskip.fsutil import atomic_write_json
-    from edgeskip.runtimes.bench import BenchConfig, format_table, run_bench
+    from edgeskip.devices.bench import BenchConfig, format_table, run_bench
 
     bundle = args.bundle or args.bundle_opt
     if not bundle:
@@ -424,12 +446,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from edgeskip.bundle import Bundle
     from edgeskip.devices.profiler import load_profile, profile_path
-    from edgeskip.devices.search import SearchSettings, search_and_save
+    from edgeskip.search.bundle import search_and_save
+    from edgeskip.search.settings import BundleSearchSettings
 
     bundle = Bundle.open(args.bundle)
     profile = load_profile(args.profile or profile_path(bundle, args.device), bundle, args.device)
     images, labels, source = _calibration_images(bundle, args.data, args.images, args.split)
-    settings = SearchSettings(pop_size=args.pop_size, generations=args.generations, batch=args.batch, seed=args.seed)
+    settings = _config_from_args(BundleSearchSettings, args)
     with tqdm(total=settings.generations, desc="NSGA-II", unit="gen", disable=args.quiet) as bar:
         def step(done: int, total: int) -> None:
             bar.n = min(done, total)
@@ -442,13 +465,12 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"({source}) in {m['seconds']:.1f} s; hypervolume {front.hypervolume:.4f}; {m['layers_computed']} "
           f"image-layers computed for {m['states']} cached states")
     print(f"{'#':>6} {'accuracy':>9} {'latency':>10} {'energy':>10} {'layers':>7} {'exits':>6}  thresholds (- removed)")
-    s = front.static
-    rows = [("static", s)] + [(str(i), p) for i, p in enumerate(front.points)]
+    rows = [("static", front.static)] + [(str(i), p) for i, p in enumerate(front.points)]
     for name, p in rows:
         genes = " ".join("-" if t is None else f"{t:.2f}" for t in p.thresholds)
         ex = "" if p.exit_thresholds is None else "  exits " + " ".join(f"{t:.2f}" for t in p.exit_thresholds)
-        print(f"{name:>6} {100 * p.accuracy:8.2f}% {p.latency_ms:7.3f} ms {p.energy_mj:7.3f} mJ {p.executed_layers:7.2f} "
-              f"{100 * p.exit_rate:5.1f}%  {genes}{ex}")
+        print(f"{name:>6} {100 * p.accuracy:8.2f}% {p.cost('latency_ms'):7.3f} ms {p.cost('energy_mj'):7.3f} mJ "
+              f"{p.executed_layers:7.2f} {100 * p.exit_rate:5.1f}%  {genes}{ex}")
     energy = " (energy is an ESTIMATE, not a measurement)" if front.energy_source == "estimate" else ""
     print(f"wrote {out} and {png}{energy}; pick one with: edgeskip select --bundle {bundle.path} --device "
           f"{front.device} --budget-ms MS")
@@ -473,16 +495,17 @@ def _calibration_images(bundle: Any, data: str | None, count: int, split: str) -
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from edgeskip.devices.select import select
+    from edgeskip.search.select import record_selection, select
 
-    chosen = select(args.bundle, args.device, budget_ms=args.budget_ms, budget_mj=args.budget_mj, pareto=args.pareto,
-                    write=not args.dry_run)
+    chosen = select(args.bundle, args.device, budget_ms=args.budget_ms, budget_mj=args.budget_mj, pareto=args.pareto)
     print(f"selected for {chosen.budget:g} {chosen.unit} on {chosen.device}: {chosen.describe()}")
     print("layer thresholds (- removed): " + " ".join("-" if t is None else f"{t:.2f}" for t in chosen.point.thresholds))
     if chosen.point.exit_thresholds is not None:
         print("exit thresholds (1 = off): " + " ".join(f"{t:.2f}" for t in chosen.point.exit_thresholds))
-    if chosen.manifest is not None:
-        print(f"written to {chosen.manifest} as the default configuration: Runtime('{args.bundle}') now runs it")
+    if not args.dry_run:
+        bundle = record_selection(args.bundle, chosen)
+        print(f"written to {bundle.path / 'manifest.json'} as the default configuration: Runtime('{args.bundle}') "
+              "now runs it")
     return 0
 
 
@@ -525,7 +548,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgeskip import __version__
+    from edgeskip._version import __version__
 
     parser = _Parser(prog="edgeskip", description="Dynamic-depth Vision Transformers from workstation to edge device.")
     parser.add_argument("--version", action="version", version=f"edgeskip {__version__}")
@@ -569,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parsers["models"].add_argument("--json", action="store_true", help="print JSON")
 
-    from edgeskip.agents.settings import SearchConfig
+    from edgeskip.search.settings import PosttrainSettings
 
     pt = parsers["posttrain"]
     pt.add_argument("--checkpoint", required=True, help="agent checkpoint (or its training run folder)")
@@ -578,12 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", default="posttrain", help="folder for pareto.json and pareto.png")
     pt.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"), help="evaluation precision")
     pt.add_argument("--force", action="store_true", help="replace an existing pareto.json")
-    add_dataclass_options(pt, SearchConfig)
+    add_dataclass_options(pt, PosttrainSettings)
 
     ap = parsers["apply-config"]
     ap.add_argument("--checkpoint", required=True, help="agent checkpoint (or its training run folder)")
     which = ap.add_mutually_exclusive_group(required=True)
-    which.add_argument("--pareto", help="pareto.json written by posttrain")
+    which.add_argument("--pareto", help="a Pareto front: pareto.json of posttrain, or pareto/DEVICE.json of search")
     which.add_argument("--thresholds", help="comma-separated per-layer thresholds, '-' removes a layer")
     ap.add_argument("--point", type=int, default=0, help="index of the Pareto point (with --pareto; -1 = last)")
     ap.add_argument("--out", required=True, help="new checkpoint folder (must not exist)")
@@ -625,10 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--split", default="test-half", choices=("test-half", "train"),
                     help="where they come from: the first half of each test class, or the training set "
                          "(default: test-half)")
-    se.add_argument("--pop-size", type=positive_int, default=25, help="NSGA-II population (default: 25)")
-    se.add_argument("--generations", type=positive_int, default=30, help="NSGA-II generations (default: 30)")
-    se.add_argument("--batch", type=positive_int, default=1, help="batch size to predict for (default: 1)")
-    se.add_argument("--seed", type=int, default=0)
+    from edgeskip.search.settings import BundleSearchSettings
+
+    add_dataclass_options(se, BundleSearchSettings, skip=("exit_rates", "pool_mb"))
     se.add_argument("--out", default=None, help="pareto.json path (default: BUNDLE/pareto/DEVICE.json; a PNG beside it)")
 
     sl = parsers["select"]

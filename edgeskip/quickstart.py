@@ -176,7 +176,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
 def _train(cfg: QuickstartConfig, model: str, splits: Any, run: Path) -> dict[str, Any]:
     from edgeskip.plots import plot_training_curves
     from edgeskip.train.config import TrainConfig
-    from edgeskip.train.loop import train
+    from edgeskip.train.run import train
 
     p = cfg.preset
     tc = TrainConfig(model=model, dataset=cfg.dataset, data=cfg.data, out=str(run), epochs=cfg.epochs or p.epochs,
@@ -194,7 +194,7 @@ def _train(cfg: QuickstartConfig, model: str, splits: Any, run: Path) -> dict[st
 
 
 def _calibrate(cfg: QuickstartConfig, checkpoint: Path, out: Path, splits: Any) -> dict[str, Any]:
-    from edgeskip.e2cm.pipeline import run_calibration
+    from edgeskip.train.e2cm_pipeline import run_calibration
     from edgeskip.e2cm.settings import CalibrateConfig
     from edgeskip.train.checkpoint import load_checkpoint
 
@@ -241,10 +241,11 @@ def _profile(cfg: QuickstartConfig, bundle: Path) -> tuple[dict[str, Any], dict[
 def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    from edgeskip.devices.search import SearchSettings, search_and_save
+    from edgeskip.search.bundle import search_and_save
+    from edgeskip.search.settings import BundleSearchSettings
 
     p = cfg.preset
-    settings = SearchSettings(pop_size=p.pop_size, generations=p.generations)
+    settings = BundleSearchSettings(pop_size=p.pop_size, generations=p.generations)
     with tqdm(total=settings.generations, desc="NSGA-II", unit="gen", disable=not cfg.progress) as bar:
         def step(done: int, total: int) -> None:
             bar.n = min(done, total)
@@ -254,36 +255,38 @@ def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: dict[str, 
                                             calibration=f"{len(calib)} {cfg.dataset} images from the test-half split")
     return front, {"path": str(path), "plot": str(plot), "points": len(front.points),
                    "hypervolume": front.hypervolume, "seconds": front.meta["seconds"],
-                   "static_predicted_ms": front.static.latency_ms, "static_accuracy": front.static.accuracy}
+                   "static_predicted_ms": front.static.cost('latency_ms'), "static_accuracy": front.static.accuracy}
 
 
 def default_budget(front: Any, tolerance: float = 0.01) -> float:
     """The predicted latency of the cheapest configuration within ``tolerance`` of the static model's accuracy
     on the search images (the static model's own latency when none is cheaper)."""
     fits = [q for q in front.points if q.accuracy >= front.static.accuracy - tolerance]
-    cheapest = min((q.latency_ms for q in fits), default=front.static.latency_ms)
-    return math.ceil(min(cheapest, front.static.latency_ms) * 1000) / 1000
+    cheapest = min((q.cost('latency_ms') for q in fits), default=front.static.cost('latency_ms'))
+    return math.ceil(min(cheapest, front.static.cost('latency_ms')) * 1000) / 1000
 
 
 def _select(cfg: QuickstartConfig, bundle: Path, front: Any) -> dict[str, Any]:
-    from edgeskip.devices.select import NothingFits, choose, select
+    from edgeskip.front import NothingFits, choose
+    from edgeskip.search.select import record_selection, select
 
     if cfg.budget_ms is not None:
         budget, why = cfg.budget_ms, "--budget-ms"
     else:
         budget, why = default_budget(front), "the cheapest within 1 point of the static accuracy (--budget-ms sets it)"
     try:
-        chosen = select(bundle, "cpu", budget_ms=budget, write=True)
+        chosen = select(bundle, "cpu", budget_ms=budget)
+        record_selection(bundle, chosen)
     except NothingFits as exc:
         raise ConfigError(f"{exc}; the bundle, profile and front are in {bundle}") from None
     table = []  # what other budgets would get: a user picks by latency
     for share in (0.4, 0.6, 0.8, 1.0):
         try:
-            q, _ = choose(front, budget_ms=share * front.static.latency_ms)
-            table.append({"share": share, "budget_ms": share * front.static.latency_ms, "accuracy": q.accuracy,
+            q = choose(front, budget_ms=share * front.static.cost('latency_ms')).point
+            table.append({"share": share, "budget_ms": share * front.static.cost('latency_ms'), "accuracy": q.accuracy,
                           "predicted_ms": q.latency_ms, "executed_layers": q.executed_layers})
         except NothingFits:
-            table.append({"share": share, "budget_ms": share * front.static.latency_ms, "accuracy": None})
+            table.append({"share": share, "budget_ms": share * front.static.cost('latency_ms'), "accuracy": None})
     pt = chosen.point
     return {"budget_ms": budget, "why": why, "describe": chosen.describe(), "accuracy": pt.accuracy,
             "predicted_ms": pt.latency_ms, "executed_layers": pt.executed_layers, "exit_rate": pt.exit_rate,

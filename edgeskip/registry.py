@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from edgeskip.errors import UnknownNameError
@@ -30,14 +30,6 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = entry
         return entry
-
-    def decorator(self, name: str) -> Callable[[T], T]:
-        """Use as ``@registry.decorator("name")`` on a factory."""
-
-        def wrap(entry: T) -> T:
-            return self.register(name, entry)
-
-        return wrap
 
     def get(self, name: str) -> T:
         """Return the entry for ``name`` or raise with the list of valid names."""

@@ -65,7 +65,7 @@ def exit_top(distances: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64
     return top, label
 
 
-def exit_leaves(top: npt.NDArray[np.float64], threshold: float) -> npt.NDArray[np.bool_]:
+def exit_leaves(top: npt.NDArray[np.float64], threshold: float | npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
     """The exit rule: an input leaves when its top class-mean probability is above the threshold (strictly)."""
     return top > threshold  # type: ignore[no-any-return]
 
@@ -141,7 +141,7 @@ def route(steps: Any, exits: Any, n: int, depth: int, net: Network) -> Route:
             count = int(np.count_nonzero(ran))
         if count == 0:
             continue
-        rows = None if count == rows_now else np.flatnonzero(ran)
+        rows = None if count == rows_now or ran is None else np.flatnonzero(ran)
         net.run(j, rows)
         if rows is None:
             if ids is None:

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeskip
-from edgeskip.devices.search import ParetoFront, ParetoPoint, load_front, pareto_path
-from edgeskip.devices.select import NothingFits, choose
+from edgeskip.front import NothingFits, ParetoFront, ParetoPoint, choose, load_front, pareto_path
 from edgeskip.runtimes import Runtime
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".npy"}
@@ -67,9 +66,9 @@ def camera_frames(index: int, limit: int) -> Iterator[tuple[str, np.ndarray]]:
 def cheaper(front: ParetoFront, current_ms: float, saving: float) -> ParetoPoint:
     """The most accurate point within ``saving`` of ``current_ms`` (the cheapest point if none is)."""
     try:
-        return choose(front, budget_ms=current_ms * saving)[0]
+        return choose(front, budget_ms=current_ms * saving).point
     except NothingFits:
-        return min(front.points, key=lambda p: p.latency_ms)
+        return min(front.points, key=lambda p: p.cost('latency_ms'))
 
 
 def starting_point(rt: Runtime, front: ParetoFront) -> ParetoPoint:
@@ -111,33 +110,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     rt = Runtime(args.bundle)  # policy "auto": the configuration edgeskip select wrote
-    front = load_front(pareto_path(rt.bundle, args.device), rt.bundle, args.device)
+    front = load_front(pareto_path(rt.bundle, args.device), fingerprint=rt.manifest.fingerprint, device=args.device)
     current = starting_point(rt, front)
     rt.set_policy(current.policy)
-    per_call = max(current.energy_mj, 1e-9)
+    per_call = max(current.cost('energy_mj'), 1e-9)
     capacity = args.battery_calls * per_call
     battery, saving = capacity, False
     classes = rt.manifest.classes
     print(f"{rt.manifest.model_name} on {args.device}: starting at {100 * current.accuracy:.1f}% accuracy, "
-          f"{current.latency_ms:.3f} ms predicted per image; "
+          f"{current.cost('latency_ms'):.3f} ms predicted per image; "
           f"battery {capacity:.1f} mJ (simulated; energy per call from the profile: {front.energy_source})")
     frames = folder_images(args.images, rt.input_spec.channels) if args.images else camera_frames(args.camera,
                                                                                                    args.frames)
     count = 0
     for name, image in frames:
         out = rt(image)
-        battery = max(0.0, battery - max(current.energy_mj, 1e-9))
+        battery = max(0.0, battery - max(current.cost('energy_mj'), 1e-9))
         level = 100 * battery / capacity
         count += 1
         print(f"{name:<24} {classes[int(out.labels[0])]:<12} {out.latency_ms:7.3f} ms  "
               f"{int(out.executed[0].sum())}/{rt.depth} layers{'  exit' if out.exit_layer[0] >= 0 else ''}  "
               f"battery {level:5.1f}%")
         if not saving and level < args.low_battery:
-            cheap = cheaper(front, current.latency_ms, args.saving)
+            cheap = cheaper(front, current.cost('latency_ms'), args.saving)
             rt.set_policy(cheap.policy)  # no reload: the same sessions, another configuration
             print(f"-- battery below {args.low_battery:g}%: switched to {100 * cheap.accuracy:.1f}% accuracy at "
-                  f"{cheap.latency_ms:.3f} ms predicted ({cheap.executed_layers:.2f} layers) from "
-                  f"{current.latency_ms:.3f} ms")
+                  f"{cheap.cost('latency_ms'):.3f} ms predicted ({cheap.executed_layers:.2f} layers) from "
+                  f"{current.cost('latency_ms'):.3f} ms")
             current, saving = cheap, True
     stats = rt.stats()
     if count == 0:

@@ -31,14 +31,9 @@ from edgeskip.devices.profiler import (
     profile_bundle,
     save_profile,
 )
-from edgeskip.devices.search import (
-    ParetoFront,
-    SearchSettings,
-    load_front,
-    pareto_path,
-    search_and_save,
-)
-from edgeskip.devices.select import NothingFits, choose
+from edgeskip.front import NothingFits, ParetoFront, choose, load_front, pareto_path
+from edgeskip.search.bundle import search_and_save
+from edgeskip.search.settings import BundleSearchSettings
 
 ONE_THREAD = "cpu-1thread"
 
@@ -78,13 +73,13 @@ def front_for(bundle: Bundle, device: str, data: str | None, images: int) -> Par
     path = pareto_path(bundle, device)
     profile = load_profile(bundle.path / "profiles" / f"{device}.json", bundle, device)
     if path.is_file():
-        front = load_front(path, bundle, device)
+        front = load_front(path, fingerprint=bundle.manifest.fingerprint, device=device)
         if front.meta.get("profile_created_utc") == profile.get("created_utc"):
             return front
     print(f"searching the front for {device} ...", flush=True)
     pool = load_dataset(bundle.manifest.dataset, data).test.halves()[0].take(images)
     front, _, _ = search_and_save(bundle.path, pool.images, pool.labels, profile,
-                                  SearchSettings(pop_size=16, generations=12),
+                                  BundleSearchSettings(pop_size=16, generations=12),
                                   calibration=f"{len(pool)} images from the test-half split")
     return front
 
@@ -97,10 +92,10 @@ def plot(fronts: dict[str, ParetoFront], budgets: list[float], out: Path) -> Pat
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for device, front in fronts.items():
-        pts = sorted(front.points, key=lambda p: p.latency_ms)
-        line = ax.step([p.latency_ms for p in pts], [100 * p.accuracy for p in pts], where="post", marker="o",
-                       markersize=3, label=f"{device} (static {front.static.latency_ms:.3f} ms)")[0]
-        ax.plot(front.static.latency_ms, 100 * front.static.accuracy, "*", markersize=12, color=line.get_color())
+        pts = sorted(front.points, key=lambda p: p.cost('latency_ms'))
+        line = ax.step([p.cost('latency_ms') for p in pts], [100 * p.accuracy for p in pts], where="post", marker="o",
+                       markersize=3, label=f"{device} (static {front.static.cost('latency_ms'):.3f} ms)")[0]
+        ax.plot(front.static.cost('latency_ms'), 100 * front.static.accuracy, "*", markersize=12, color=line.get_color())
     for b in budgets:
         ax.axvline(b, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("predicted latency per image (ms, batch 1)")
@@ -141,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     fronts = {d: front_for(bundle, d, args.data, args.images) for d in devices}
     first = fronts[devices[0]]
     budgets = ([float(b) for b in args.budgets.split(",")] if args.budgets else
-               [round(s * first.static.latency_ms, 3) for s in (0.4, 0.6, 0.8, 1.0)])
+               [round(s * first.static.cost('latency_ms'), 3) for s in (0.4, 0.6, 0.8, 1.0)])
 
     print(f"\n{bundle.manifest.model_name}: the most accurate configuration within each budget "
           "(accuracy / predicted ms / layers per image)")
@@ -150,12 +145,12 @@ def run(args: argparse.Namespace) -> int:
         cells = []
         for d in devices:
             try:
-                p, _ = choose(fronts[d], budget_ms=b)
-                cells.append(f"{100 * p.accuracy:5.1f}% {p.latency_ms:7.3f} ms {p.executed_layers:4.1f} L")
+                p = choose(fronts[d], budget_ms=b).point
+                cells.append(f"{100 * p.accuracy:5.1f}% {p.cost('latency_ms'):7.3f} ms {p.executed_layers:4.1f} L")
             except NothingFits:
                 cells.append("nothing fits")
         print(f"{b:>6.3f} ms" + "".join(f"{c:>28}" for c in cells))
-    print(f"{'static':>9}" + "".join(f"{100 * fronts[d].static.accuracy:5.1f}% {fronts[d].static.latency_ms:7.3f} ms"
+    print(f"{'static':>9}" + "".join(f"{100 * fronts[d].static.accuracy:5.1f}% {fronts[d].static.cost('latency_ms'):7.3f} ms"
                                       f"{fronts[d].static.executed_layers:5.1f} L".rjust(28) for d in devices))
     png = plot(fronts, budgets, bundle.path / "pareto" / "devices.png")
     print(f"\nfronts: {', '.join(str(pareto_path(bundle, d)) for d in devices)}; picture: {png}")

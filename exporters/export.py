@@ -19,7 +19,7 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
-from edgeskip import __version__
+from edgeskip._version import __version__
 from edgeskip.bundle import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -35,13 +35,7 @@ from edgeskip.exporters.fidelity import (
     stage_errors,
     stage_inputs,
 )
-from edgeskip.exporters.gate import (
-    GATE_INPUT,
-    GATE_OUTPUTS,
-    build_gate_graph,
-    exit_threshold_name,
-    layer_threshold_name,
-)
+from edgeskip.exporters.gate import build_gate_graph
 from edgeskip.exporters.onnx import (
     ExportError,
     export_stage,
@@ -58,10 +52,11 @@ from edgeskip.exporters.stages import (
 )
 from edgeskip.fsutil import atomic_directory, atomic_write_json
 from edgeskip.models.vit import ViT
+from edgeskip.train.checkpoint import state_sha256
 from edgeskip.normalization import Normalization, get_normalization, preprocess
+from edgeskip.runtimes.gate import GATE_INPUT, GATE_OUTPUTS, exit_threshold_name, layer_threshold_name
 
-__all__ = ["export_bundle", "ExportResult", "FP32_TOLERANCE", "FP16_TOLERANCE", "UNTRAINED_WARNING",
-           "state_sha256"]
+__all__ = ["export_bundle", "ExportResult", "FP32_TOLERANCE", "FP16_TOLERANCE", "UNTRAINED_WARNING"]
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +84,6 @@ class _Source:
     classes: tuple[str, ...]
     thresholds: tuple[float | None, ...] | None
     weights: dict[str, Any]
-
-
-def state_sha256(model: torch.nn.Module) -> str:
-    """A fingerprint of a model's weights: sha256 over every tensor (name, dtype, shape, bytes) in name order.
-
-    Recorded in the manifest (``weights.state_sha256``) so the torch reference backend can prove it
-    rebuilt exactly the weights the bundle was exported from.
-    """
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _load_source(cfg: ExportConfig) -> _Source:
@@ -349,7 +328,8 @@ def _gate_fidelity(model: ViT, gate: onnx.ModelProto, images: torch.Tensor,
 
 def _export_tflite(stages: list[StageModule], inputs: dict[str, torch.Tensor], tmp: Path,
                    files: dict[str, dict[str, str]], bar: Any) -> dict[str, Any]:
-    from edgeskip.exporters.tflite import convert_stage, run_tflite
+    from edgeskip.exporters.tflite import convert_stage
+    from edgeskip.runtimes.tflite_interpreter import run_tflite
 
     out: dict[str, Any] = {}
     for precision, fmt in (("fp32", "tflite"), ("fp16", "tflite-fp16")):

@@ -38,22 +38,14 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeskip.bundle import stage_name
 from edgeskip.config import ViTConfig
 from edgeskip.errors import ConfigError
+from edgeskip.runtimes.gate import (
+    DISABLED_LAYER,
+    GATE_INPUT,
+    exit_threshold_name,
+    layer_threshold_name,
+)
 
-__all__ = ["GATE_INPUT", "GATE_OUTPUTS", "build_gate_graph", "set_thresholds", "layer_threshold_name",
-           "exit_threshold_name", "DISABLED_LAYER"]
-
-GATE_INPUT = "images"
-GATE_OUTPUTS = ("logits", "executed", "exit_layer")
-DISABLED_LAYER = 2.0  # an agent probability never reaches it
-
-
-def layer_threshold_name(j: int) -> str:
-    return f"threshold_layer_{j:02d}"
-
-
-def exit_threshold_name(i: int) -> str:
-    return f"threshold_exit_{i:02d}"
-
+__all__ = ["build_gate_graph"]
 
 class _Builder:
     """Names tensors and keeps each initialiser in the (sub)graph that uses it.
@@ -317,21 +309,3 @@ def _distances(b: _Builder, i: int, x: str, feature: str) -> tuple[list[onnx.Nod
         helper.make_node("Neg", [dn], [logits]),
     ]
     return nodes, leave, logits
-
-
-def set_thresholds(model: onnx.ModelProto, layers: Mapping[int, float | None] | None = None,
-                   exits: Sequence[float] | None = None) -> onnx.ModelProto:
-    """Rewrite the threshold initialisers in place (None for a layer: never runs) and return the model."""
-    by_name = {t.name: t for t in model.graph.initializer}
-    updates: dict[str, float] = {}
-    for j, t in (layers or {}).items():
-        updates[layer_threshold_name(j)] = DISABLED_LAYER if t is None else float(t)
-    for i, t in enumerate(exits or ()):
-        if not 0.0 <= float(t) <= 1.0:
-            raise ConfigError(f"exit threshold {i} must be in [0, 1], got {t}")
-        updates[exit_threshold_name(i)] = float(t)
-    for name, value in updates.items():
-        if name not in by_name:
-            raise ConfigError(f"the gate graph has no initialiser {name!r} (that layer or exit is not in it)")
-        by_name[name].CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), name))
-    return model

@@ -11,7 +11,7 @@ cannot lower these stages with a symbolic batch (``dynamic_shapes``, default and
 pipelines alike): its LayerNorm lowering needs static shapes, and the embed's patch reshape
 and the head's ``tokens[:, 0]`` fail on a symbolic dimension too. Resizing a fixed-shape
 file in the interpreter is no way out either: XNNPACK refuses to re-plan the embed and
-layer graphs, and the head silently keeps returning one row. :func:`run_tflite` therefore
+layer graphs, and the head silently keeps returning one row. :func:`~edgeskip.runtimes.tflite_interpreter.run_tflite` therefore
 resizes only files whose batch axis is symbolic (-1) and otherwise refuses a different
 batch with a clear error; export one file per batch size you run.
 
@@ -21,8 +21,8 @@ ai-edge-quantizer weight-only FLOAT_CASTING recipe, the same one as litert-torch
 float32 and only the file shrinks (layers to about 55 %; embed and head to about 80 %, as
 biases, LayerNorm parameters and the position embedding stay float32).
 
-Only numpy and the standard library are imported at module level: the on-device runtime
-uses :func:`interpreter_class`, :func:`load_interpreter` and :func:`run_tflite` without torch.
+Running a .tflite file (torch-free, what the on-device runtime uses) lives in
+:mod:`edgeskip.runtimes.tflite_interpreter`; the fidelity checks here use it too.
 """
 
 from __future__ import annotations
@@ -38,125 +38,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
-from edgeskip.errors import BackendUnavailableError, ConfigError, EdgeskipError
+from edgeskip.errors import BackendUnavailableError, ConfigError
 from edgeskip.fsutil import atomic_write_bytes
+from edgeskip.runtimes.tflite_interpreter import (
+    INSTALL,
+    TFLiteError,
+    interpreter_class,
+    load_interpreter,
+    run_interpreter,
+    single_io,
+    signature,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from edgeskip.exporters.stages import StageModule
 
-__all__ = [
-    "PRECISIONS",
-    "TFLiteError",
-    "check_fidelity",
-    "convert_stage",
-    "interpreter_class",
-    "io_shapes",
-    "load_interpreter",
-    "run_interpreter",
-    "run_tflite",
-]
+__all__ = ["PRECISIONS", "check_fidelity", "convert_stage"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16")
-_INSTALL = "pip install 'edgeskip[tflite]'"
-
-
-class TFLiteError(EdgeskipError):
-    """A .tflite file is missing, unreadable, or does not fit the input it is given."""
-
-
-# --- interpreter (torch-free) -------------------------------------------------------------
-
-def interpreter_class() -> type:
-    """``ai_edge_litert``'s Interpreter, else ``tflite_runtime``'s (same API), else an error."""
-    for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
-        try:
-            cls: type = importlib.import_module(module).Interpreter
-        except ImportError:
-            continue
-        return cls
-    raise BackendUnavailableError(
-        f"running .tflite files needs a LiteRT interpreter: {_INSTALL} (ai-edge-litert), "
-        "or tflite-runtime on a device")
-
-
-def load_interpreter(path: str | Path, *, num_threads: int | None = None, content: bytes | None = None) -> Any:
-    """An interpreter for ``path`` (or for ``content``, the file's bytes already read and verified,
-    ``path`` then only names it) with tensors allocated; a bad model is a :class:`TFLiteError`."""
-    path = Path(path)
-    if content is None and not path.is_file():
-        raise TFLiteError(f"TFLite model {path} does not exist; export the bundle again")
-    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-        raise ConfigError(f"num_threads must be a positive int or None, got {num_threads!r}")
-    cls = interpreter_class()
-    try:
-        if content is None:
-            interpreter = cls(model_path=str(path), num_threads=num_threads)
-        else:
-            interpreter = cls(model_content=content, num_threads=num_threads)
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise TFLiteError(f"{path} is not a loadable TFLite model ({exc}); export it again") from None
-    _single_io(interpreter, path)
-    return interpreter
-
-
-def io_shapes(path: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Input and output shape stored in ``path`` (-1 marks a symbolic axis)."""
-    interpreter = load_interpreter(path)
-    inp, out = _single_io(interpreter, path)
-    return _signature(inp), _signature(out)
-
-
-def run_interpreter(interpreter: Any, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    """Run a one-input, one-output interpreter on ``x`` (cast to the input dtype).
-
-    The batch is resized only where the file's batch axis is symbolic; a fixed-batch file
-    given another batch is a :class:`TFLiteError`, never a silently wrong result.
-    """
-    inp, out = _single_io(interpreter, "model")
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TFLiteError(f"TFLite input must be floating point, got {x.dtype}")
-    expected = _signature(inp)
-    if x.ndim != len(expected) or any(e not in (-1, s) for e, s in zip(expected[1:], x.shape[1:])):
-        raise TFLiteError(f"input of shape {x.shape} does not fit the model's input {expected}")
-    if tuple(inp["shape"]) != x.shape:
-        if expected[0] != -1:
-            raise TFLiteError(
-                f"this .tflite file was exported for batch {expected[0]}, got batch {x.shape[0]}; "
-                f"export it with batch={x.shape[0]} (litert-torch cannot export a dynamic batch)")
-        interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=True)
-        interpreter.allocate_tensors()
-        inp, out = _single_io(interpreter, "model")
-    interpreter.set_tensor(inp["index"], np.ascontiguousarray(x, dtype=inp["dtype"]))
-    interpreter.invoke()
-    y: npt.NDArray[np.float32] = interpreter.get_tensor(out["index"])  # a copy
-    if y.shape[0] != x.shape[0]:  # never hand back another batch's rows
-        raise TFLiteError(f"TFLite model returned batch {y.shape[0]} for an input of batch {x.shape[0]}")
-    return y
-
-
-def run_tflite(path: str | Path, x: npt.NDArray[Any], *, num_threads: int | None = None) -> npt.NDArray[np.float32]:
-    """Load ``path``, run it once on ``x`` and return the output (see :func:`run_interpreter`)."""
-    return run_interpreter(load_interpreter(path, num_threads=num_threads), x)
-
-
-def _single_io(interpreter: Any, where: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise TFLiteError(f"{where}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
-    return inputs[0], outputs[0]
-
-
-def _signature(detail: dict[str, Any]) -> tuple[int, ...]:
-    sig = detail.get("shape_signature")
-    return tuple(int(d) for d in (sig if sig is not None and len(sig) else detail["shape"]))
 
 
 # --- conversion (torch, litert-torch) ------------------------------------------------------
@@ -196,7 +100,7 @@ def check_fidelity(stage: StageModule, path: Path, inputs: torch.Tensor) -> floa
     import torch
 
     interpreter = load_interpreter(path)
-    batch = _signature(_single_io(interpreter, path)[0])[0]
+    batch = signature(single_io(interpreter, path)[0])[0]
     n = int(inputs.shape[0])
     if batch != -1 and n % batch:
         raise TFLiteError(f"{path} has batch {batch}; give a multiple of {batch} inputs, not {n}")
@@ -234,7 +138,7 @@ def _fp16_weights(data: bytes, name: str) -> bytes:
 def _check_io(stage: StageModule, data: bytes, batch: int) -> None:
     """The converted file must keep the stage's float32 I/O shapes (no NHWC transposes)."""
     interpreter = interpreter_class()(model_content=data)
-    inp, out = _single_io(interpreter, stage.name)
+    inp, out = single_io(interpreter, stage.name)
     for detail, spec in ((inp, stage.input), (out, stage.output)):
         want = tuple(batch if isinstance(d, str) else int(d) for d in spec.shape)
         got = tuple(int(d) for d in detail["shape"])
@@ -247,7 +151,7 @@ def _import(module: str, why: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise BackendUnavailableError(f"{why}: {_INSTALL} ({exc})") from None
+        raise BackendUnavailableError(f"{why}: {INSTALL} ({exc})") from None
 
 
 class _DropChatter(logging.Filter):

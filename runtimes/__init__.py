@@ -22,7 +22,7 @@ from typing import Any
 from edgeskip.normalization import preprocess
 from edgeskip.registry import Registry
 from edgeskip.runtimes.backend import Backend
-from edgeskip.runtimes.policy import POLICIES, Policy
+from edgeskip.policy import POLICIES, Policy
 from edgeskip.runtimes.runtime import GRAPHS, Runtime, RuntimeOutput
 from edgeskip.runtimes.telemetry import RuntimeStats
 

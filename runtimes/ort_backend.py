@@ -36,7 +36,7 @@ from edgeskip.bundle import Bundle, BundleError, Stage
 from edgeskip.errors import BackendError, BackendUnavailableError, ConfigError
 from edgeskip.runtimes.backend import Backend, check_options, check_threads
 
-__all__ = ["OnnxRuntimeBackend", "GateGraph", "SessionRunner", "default_threads", "session", "session_options"]
+__all__ = ["OnnxRuntimeBackend", "SessionRunner", "check_io", "default_threads", "session", "session_options"]
 
 log = logging.getLogger(__name__)
 
@@ -198,65 +198,3 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self._stages.clear()
         self._static = None
-
-
-class GateGraph:
-    """``onnx/gate.onnx``: the whole dynamic network in one session, one input at a time.
-
-    The graph takes one decision per layer for its whole batch, so the Runtime feeds it one
-    input per call (exact per-input decisions). Thresholds are initialisers: a new
-    configuration rewrites them in memory and makes a new session from the same bytes (the
-    bundle is not read again).
-    """
-
-    OPTIONS = ("threads", "thread_pool", "providers")
-
-    def __init__(self, bundle: Bundle, **options: Any) -> None:
-        check_options("onnxruntime (gate graph)", options, self.OPTIONS)
-        self.threads, self.thread_pool, self.providers = _session_settings(options)
-        if bundle.manifest.gate is None:
-            raise BundleError(f"{bundle.path}: this bundle has no gate graph")
-        import onnx  # the onnx package ships with edgeskip (a core dependency)
-
-        name = bundle.manifest.gate["file"]
-        try:
-            self._model = onnx.load_from_string(bundle.read(name))
-        except Exception as exc:  # protobuf's DecodeError and friends
-            raise BackendError(f"{bundle.path}: {name} is not a loadable ONNX model: {exc}") from None
-        self._removed = set(bundle.manifest.removed)
-        self._lock = threading.Lock()
-        self._stage: SessionRunner | None = None
-        self._key: tuple[Any, ...] | None = None
-        self.pool = ""
-
-    def configure(self, layers: Mapping[int, float | None], exits: Sequence[float]) -> None:
-        """Set per-layer thresholds (None: never runs; layers without an agent are ignored) and exit thresholds."""
-        import onnx
-
-        from edgeskip.exporters.gate import layer_threshold_name, set_thresholds  # torch-free (onnx + numpy)
-
-        names = {t.name for t in self._model.graph.initializer}
-        fixed = [j for j, t in layers.items()
-                 if layer_threshold_name(j) not in names and t != 0.0 and j not in self._removed]
-        if fixed:  # a layer without an agent in the graph always runs (or was removed at export)
-            raise ConfigError(f"the gate graph has no agent for layer(s) {fixed}: it cannot skip them "
-                              "(use graph='stages', which can)")
-        layers = {j: t for j, t in layers.items() if layer_threshold_name(j) in names}
-        key = (tuple(sorted(layers.items())), tuple(exits))
-        with self._lock:
-            if key == self._key:
-                return
-            model = onnx.ModelProto()
-            model.CopyFrom(self._model)
-            set_thresholds(model, layers, exits)
-            sess, self.pool = session(model.SerializeToString(), threads=self.threads, thread_pool=self.thread_pool,
-                                      providers=self.providers)
-            self._stage, self._key = SessionRunner(sess), key
-
-    def run(self, image: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], int]:
-        """(logits (1, K), executed (L,), exit layer or -1) for one preprocessed image (1, C, S, S)."""
-        stage = self._stage
-        if stage is None:
-            raise BackendError("the gate graph is not configured (call configure first)")
-        logits, executed, exit_layer = stage(image)
-        return logits, executed, int(exit_layer)

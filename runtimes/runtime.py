@@ -8,13 +8,12 @@
     rt.set_policy("static")   # switch configuration: no reload
     rt.stats()                # inputs, executed-layer and exit histograms, paths, latency percentiles
 
-Execution (``graph="stages"``, the default): embed, then for each layer the agent decides per
-input on the host (numpy: ``sigmoid(w . cls + b) >= t`` taken as one comparison of the logit
-with ``log(t / (1 - t))``, see :func:`agent_runs`), the rows
-that run are gathered, the backend runs the layer on them alone and they are scattered back;
-after a layer with an enabled E²CM exit, the rows that ran it are checked (numpy, the rule of
-:meth:`edgeskip.e2cm.E2CM.check`) and the confident ones leave with the class-mean logits
-``-d / mu``; the rest go on, and the head classifies whoever is left. One input and a batch
+Execution (``graph="stages"``, the default): embed, then the decision rule of
+:mod:`edgeskip.rule` drives the stages: for each layer the agent decides per input on the host
+(``sigmoid(w . cls + b) >= t`` taken as one comparison of the logit), the rows that run are
+gathered, the backend runs the layer on them alone and they are scattered back; after a layer
+with an enabled E²CM exit, the rows that ran it are checked and the confident ones leave with the
+class-mean logits ``-d / mu``; the rest go on, and the head classifies whoever is left. One input and a batch
 give the same decisions (logits equal up to float rounding of batched matrix products).
 
 ``graph="gate"`` runs ``onnx/gate.onnx`` (onnxruntime only) one input at a time instead.
@@ -33,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import math
 import time
 import zipfile
 from pathlib import Path
@@ -42,16 +40,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.agents.genes import SkipConfig
+from edgeskip.policy import SkipConfig
 from edgeskip.bundle import Bundle, BundleError, stage_name
-from edgeskip.e2cm.means import E2CM, JSON as E2CM_JSON, NPZ as E2CM_NPZ, exit_decisions
+from edgeskip.e2cm.means import E2CM, JSON as E2CM_JSON, NPZ as E2CM_NPZ
 from edgeskip.errors import BackendError, ConfigError, DataError, EdgeskipError
+from edgeskip.front import Selection, choose, load_front, pareto_path
 from edgeskip.runtimes.backend import Backend
 from edgeskip.runtimes.inputs import InputSpec, prepare
-from edgeskip.runtimes.policy import Plan, Policy, resolve
+from edgeskip.policy import Plan, Policy, resolve
+from edgeskip.rule import exit_logits, exit_top, route
 from edgeskip.runtimes.telemetry import RuntimeStats, Telemetry, path_string
 
-__all__ = ["Runtime", "RuntimeOutput", "GRAPHS", "agent_runs"]
+__all__ = ["Runtime", "RuntimeOutput", "GRAPHS"]
 
 GRAPHS = ("stages", "gate")
 
@@ -112,7 +112,7 @@ class Runtime:
         if graph == "gate":
             if backend not in ("onnxruntime",):
                 raise ConfigError("graph='gate' runs the ONNX gate graph, which needs backend='onnxruntime'")
-            from edgeskip.runtimes.ort_backend import GateGraph
+            from edgeskip.runtimes.gate import GateGraph
 
             self._gate = GateGraph(self.bundle, **backend_options)
             self._configure_gate(self._plan)
@@ -202,14 +202,14 @@ class Runtime:
         self._plan = plan
 
     def select(self, *, budget_ms: float | None = None, budget_mj: float | None = None, device: str = "cpu",
-               write: bool = False) -> Any:
+               pareto: str | Path | None = None) -> Selection:
         """Switch to the most accurate configuration of ``edgeskip search``'s front for ``device`` within the
-        budget (no reload); ``write=True`` also makes it the bundle's default. Returns the
-        :class:`~edgeskip.devices.select.Selection`."""
-        from edgeskip.devices.select import select
-
-        chosen = select(self.bundle, device, budget_ms=budget_ms, budget_mj=budget_mj, write=write)
-        self.set_policy(chosen.point.policy)
+        budget (no reload) and return the :class:`~edgeskip.front.Selection`. Nothing is written: make it the
+        bundle's default with ``edgeskip select`` or :func:`edgeskip.search.select.record_selection`."""
+        front = load_front(pareto or pareto_path(self.bundle, device), fingerprint=self.manifest.fingerprint,
+                           device=device)
+        chosen = choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
+        self.set_policy(chosen.policy)
         return chosen
 
     def _prepare_static(self, plan: Plan) -> None:
@@ -241,87 +241,21 @@ class Runtime:
 
     def _run_stages(self, x: npt.NDArray[np.float32], plan: Plan) -> tuple[
             npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
-        # As few numpy calls as possible per call and per layer: after a layer has streamed its
-        # weights through the caches, each small call costs 10-50 us on a small CPU (measured
-        # here), so arrays are made only when a call needs them.
         backend = self._backend
         assert backend is not None
         b = x.shape[0]
         if plan.static and self._static_runner is not None:  # made only when whole_static
             return self._static_runner(x), np.broadcast_to(plan.static_row, (b, self.depth)), _no_exits(b)
-        executed = np.zeros((b, self.depth), bool)
-        tokens = backend.run("embed", x)
-        ids = None  # the input of each row of ``tokens``; None until an input leaves: row r is input r
-        everyone_ran: list[int] = []  # layers every input ran, marked in one call at the end
-        left: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.float32], int]] = []  # (inputs, logits, layer)
-        for j, cut in plan.cuts:
-            rows = tokens.shape[0]
-            if cut is None:
-                ran, n = None, rows
-            else:
-                assert self._agents is not None
-                z = tokens[:, 0] @ self._agents[0][j] + self._agents[1][j]
-                ran = agent_runs(z, cut)
-                n = int(np.count_nonzero(ran))
-            if n == 0:
-                continue
-            if n == rows:
-                tokens = backend.run(self._layer_names[j], tokens)
-                if ids is None:
-                    everyone_ran.append(j)
-                else:
-                    executed[ids, j] = True
-                ran = None
-            else:
-                assert ran is not None
-                idx = np.flatnonzero(ran)
-                if not tokens.flags.writeable:
-                    tokens = tokens.copy()
-                tokens[idx] = backend.run(self._layer_names[j], tokens[idx])
-                executed[idx if ids is None else ids[idx], j] = True
-            exit_here = plan.exits.get(j)
-            if exit_here is not None and self._e2cm is not None:
-                tokens, ids, gone = self._check_exit(exit_here, tokens, ids, ran)
-                if gone is not None:
-                    left.append((*gone, j))
-                    if tokens.shape[0] == 0:
-                        break
-        if everyone_ran:
-            executed[:, everyone_ran] = True
-        if not left:  # nobody left early: the head's output is every input's, in order
-            return backend.run("head", tokens), executed, _no_exits(b)
+        net = _Stages(backend, backend.run("embed", x), self._layer_names, self._agents, self._e2cm)
+        path = route(plan.cuts, plan.exits, b, self.depth, net)
+        if not path.left:  # nobody left early: the head's output is every input's, in order
+            return backend.run("head", net.tokens), path.executed, _no_exits(b)
         logits = np.empty((b, self.num_classes), np.float32)
-        exit_layer = np.full(b, -1, np.int64)
-        for inputs, exit_logits, j in left:
-            logits[inputs] = exit_logits
-            exit_layer[inputs] = j
-        if tokens.shape[0]:
-            logits[ids] = backend.run("head", tokens)
-        return logits, executed, exit_layer
-
-    def _check_exit(self, exit_here: tuple[int, float], tokens: npt.NDArray[np.float32],
-                    ids: npt.NDArray[np.intp] | None, ran: npt.NDArray[np.bool_] | None) -> tuple[
-            npt.NDArray[np.float32], npt.NDArray[np.intp] | None,
-            tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]] | None]:
-        """E²CM at an exit, for the rows that ran its layer (all rows when ``ran`` is None).
-
-        Returns the rows that stay (tokens, their inputs) and, when some left, (their inputs,
-        their class-mean logits ``-d / mu``).
-        """
-        assert self._e2cm is not None
-        i, threshold = exit_here
-        checked = None if ran is None else np.flatnonzero(ran)
-        d = self._e2cm.distances(i, tokens if checked is None else tokens[checked])
-        top, _ = exit_decisions(d)
-        leave = top > threshold
-        if not leave.any():
-            return tokens, ids, None
-        gone = np.flatnonzero(leave) if checked is None else checked[leave]
-        if ids is None:
-            ids = np.arange(tokens.shape[0])
-        keep = np.ones(tokens.shape[0], bool)
-        keep[gone] = False
-        return tokens[keep], ids[keep], (ids[gone], (-d[leave]).astype(np.float32))
+        for (inputs, _), exit_logits_ in zip(path.left, net.left_logits, strict=True):
+            logits[inputs] = exit_logits_
+        if net.tokens.shape[0]:
+            logits[path.remaining] = backend.run("head", net.tokens)
+        return logits, path.executed, path.exit_layer
 
     def _run_gate(self, x: npt.NDArray[np.float32]) -> tuple[
             npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
@@ -376,15 +310,6 @@ def _no_exits(batch: int) -> npt.NDArray[np.int64]:
     return out
 
 
-def agent_runs(z: npt.NDArray[np.float32], cut: float) -> npt.NDArray[np.bool_]:
-    """The agent rule ``sigmoid(z) >= t`` as ``z >= logit(t)`` (one comparison; equal up to float rounding
-    at the threshold). ``t = 1`` keeps PyTorch's float32 meaning: the sigmoid rounds to 1 for z above ~16.6."""
-    if cut == math.inf:
-        with np.errstate(over="ignore"):
-            return (np.float32(1.0) / (np.float32(1.0) + np.exp(-z))) >= np.float32(1.0)  # type: ignore[no-any-return]
-    return z >= cut  # type: ignore[no-any-return]
-
-
 def _backend_class(backend: str | type[Backend]) -> type[Backend]:
     if isinstance(backend, type) and issubclass(backend, Backend):
         return backend
@@ -396,3 +321,40 @@ def _backend_class(backend: str | type[Backend]) -> type[Backend]:
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise BackendError(f"backend {backend!r} is registered with something that is not a Backend: {cls!r}")
     return cls  # type: ignore[no-any-return]
+
+
+class _Stages:
+    """The bundle's stages as :func:`~edgeskip.rule.route` drives them: the tokens of the inputs still in,
+    gathered for the rows a layer runs on and scattered back."""
+
+    __slots__ = ("backend", "tokens", "names", "agents", "e2cm", "distances", "left_logits")
+
+    def __init__(self, backend: Backend, tokens: npt.NDArray[np.float32], names: list[str],
+                 agents: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None, e2cm: E2CM | None) -> None:
+        self.backend, self.tokens, self.names, self.agents, self.e2cm = backend, tokens, names, agents, e2cm
+        self.distances: npt.NDArray[np.float64] | None = None
+        self.left_logits: list[npt.NDArray[np.float32]] = []
+
+    def agent_logits(self, layer: int) -> npt.NDArray[np.float32]:
+        assert self.agents is not None
+        return self.tokens[:, 0] @ self.agents[0][layer] + self.agents[1][layer]  # type: ignore[no-any-return]
+
+    def run(self, layer: int, rows: npt.NDArray[np.intp] | None) -> None:
+        if rows is None:
+            self.tokens = self.backend.run(self.names[layer], self.tokens)
+            return
+        if not self.tokens.flags.writeable:
+            self.tokens = self.tokens.copy()
+        self.tokens[rows] = self.backend.run(self.names[layer], self.tokens[rows])
+
+    def exit_top(self, index: int, layer: int, rows: npt.NDArray[np.intp] | None) -> npt.NDArray[np.float64]:
+        assert self.e2cm is not None
+        self.distances = self.e2cm.distances(index, self.tokens if rows is None else self.tokens[rows])
+        return exit_top(self.distances)[0]
+
+    def leave(self, index: int, layer: int, rows: npt.NDArray[np.intp], leaving: npt.NDArray[np.bool_]) -> None:
+        assert self.distances is not None
+        self.left_logits.append(exit_logits(self.distances[leaving]))
+
+    def keep(self, rows: npt.NDArray[np.intp]) -> None:
+        self.tokens = self.tokens[rows]

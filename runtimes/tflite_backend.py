@@ -35,7 +35,7 @@ class TFLiteBackend(Backend):
         super().__init__(bundle, stages)
         check_options(self.name, options, self.OPTIONS)
         # torch-free by design: the runner functions import numpy and the interpreter only
-        from edgeskip.exporters.tflite import interpreter_class, load_interpreter, run_interpreter
+        from edgeskip.runtimes.tflite_interpreter import interpreter_class, load_interpreter, run_interpreter
 
         interpreter = interpreter_class()  # a missing LiteRT says what to install before anything else
         self.precision = options.get("precision", "fp32")

@@ -34,14 +34,12 @@ def _torch() -> Any:
 def reference_model(bundle: Bundle, checkpoint: str | Path | None = None) -> Any:
     """The PyTorch model (eval mode) whose weights the bundle holds, verified by fingerprint."""
     torch = _torch()
-    from edgeskip.exporters.export import state_sha256
+    from edgeskip.train.checkpoint import load_checkpoint, state_sha256  # torch: imported once torch is known
 
     m = bundle.manifest
     weights = m.weights
     source = checkpoint if checkpoint is not None else weights.get("checkpoint")
     if source is not None:
-        from edgeskip.train.checkpoint import load_checkpoint
-
         if not Path(source).exists():
             raise CheckpointError(f"the torch backend needs the checkpoint {bundle.path} was exported from; "
                                   f"{source} does not exist here: pass checkpoint=PATH")

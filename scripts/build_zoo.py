@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeskip.data import load_dataset
-from edgeskip.devices.host import describe_host
-from edgeskip.e2cm.pipeline import run_calibration
+from edgeskip.host import describe_host
+from edgeskip.train.e2cm_pipeline import run_calibration
 from edgeskip.e2cm.settings import CalibrateConfig
 from edgeskip.exporters.export import export_bundle
 from edgeskip.exporters.settings import ExportConfig
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         e = cal["features"]["cls"]
 
         log.info("PyTorch evaluation of the agents ...")
-        from edgeskip.agents.report import evaluate_skipping
+        from edgeskip.train.report import evaluate_skipping
 
         torch_eval = evaluate_skipping(ckpt.build_model(), splits.test, ckpt.normalization).to_dict(top=10)
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def cifar_tiny_agents(cifar10_tarball: Path, tmp_path_factory: pytest.TempPathFa
     from edgeskip.cli import main
     from edgeskip.data import DatasetSplits, load_cifar10
     from edgeskip.train.config import TrainConfig
-    from edgeskip.train.loop import train
+    from edgeskip.train.run import train
 
     root = tmp_path_factory.mktemp("cifar-tiny")
     full = load_cifar10(cifar10_tarball, limit_per_class=200, progress=False)
@@ -119,3 +120,45 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("b") / "tiny"
     export_bundle(ExportConfig(model="vit-tiny", out=str(out), fidelity_images=4))
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_agents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """vit-digits with skip agents trained briefly on the digits every install has, thresholds set so inputs take
+    different paths, E²CM exits (CLS feature) calibrated for a budget at which inputs do exit, and the cpu bundle
+    of both. Returns {"checkpoint", "e2cm", "bundle"}: the tests that need a trained model and real images but
+    nothing of CIFAR-10 run on it."""
+    from edgeskip.cli import main
+    from edgeskip.exporters.export import export_bundle
+    from edgeskip.exporters.settings import ExportConfig
+    from edgeskip.train.config import TrainConfig
+    from edgeskip.train.run import train
+
+    root = tmp_path_factory.mktemp("digits-agents")
+    train(TrainConfig(model="vit-digits", dataset="digits", out=str(root / "run"), epochs=6, batch_size=64,
+                      augment="none", lr=2e-3, warmup_epochs=0.5, precision="fp32", progress=False, agents=True))
+    thresholds = ",".join(f"{t:.4f}" for t in _median_probabilities(root / "run"))  # each layer: about half run
+    assert main(["-q", "apply-config", "--checkpoint", str(root / "run"), "--thresholds", thresholds,
+                 "--out", str(root / "ckpt")]) == 0
+    assert main(["-q", "calibrate", "--checkpoint", str(root / "ckpt"), "--out", str(root / "e2cm"), "--feature", "cls",
+                 "--calibration-per-class", "60", "--test-per-class", "15", "--budget", "0.6", "--step", "0.05"]) == 0
+    export_bundle(ExportConfig(model="vit-digits", out=str(root / "bundle"), checkpoint=str(root / "ckpt"),
+                               e2cm=str(root / "e2cm" / "cls"), fidelity_images=16))
+    return {"checkpoint": root / "ckpt", "e2cm": root / "e2cm" / "cls", "bundle": root / "bundle"}
+
+
+def _median_probabilities(checkpoint: Path) -> list[float]:
+    """Each agent's median probability on the digits' training images when every layer runs."""
+    import torch
+
+    from edgeskip.data import load_digits
+    from edgeskip.normalization import get_normalization, preprocess
+    from edgeskip.policy import SkipConfig
+    from edgeskip.train.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint).build_model()
+    model.set_skip_config(SkipConfig((0.0,) * model.depth))  # type: ignore[operator]
+    x = torch.from_numpy(preprocess(load_digits().train.images, get_normalization("digits")))
+    with torch.no_grad():
+        probs = model(x, sample=False).probs.numpy()
+    return [float(v) for v in np.median(probs, axis=0)]

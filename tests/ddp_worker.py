@@ -16,7 +16,7 @@ agents = len(sys.argv) > 2 and sys.argv[2] == "agents"
 cfg = TrainConfig(model="vit-digits", dataset="digits", out=str(out / "run"), epochs=2, batch_size=64,
                   augment="none", precision="fp32", progress=False, limit_per_class=40, threads=1, agents=agents)
 if agents:
-    from edgeskip.agents.trainer import AgentTrainer
+    from edgeskip.train.agents import AgentTrainer
 
     trainer: Trainer = AgentTrainer(cfg)
 else:

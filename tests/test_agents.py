@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeskip.agents import GeneCodec, SkipConfig
+from edgeskip.policy import SkipConfig
 from edgeskip.agents.model import SkipViT
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.models.vit import ViT
@@ -163,24 +163,6 @@ def test_wrong_depth_and_wrong_pattern() -> None:
         model.set_skip_config(SkipConfig((0.5, 0.5, 0.5)))
     with pytest.raises(ConfigError, match="executed pattern must have shape"):
         model(torch.zeros(2, 3, 32, 32), executed=torch.ones(2, 3, dtype=torch.bool))
-
-
-def test_gene_codec_round_trip_and_errors() -> None:
-    codec = GeneCodec.with_step(4, 0.25)
-    assert codec.grid == (0.0, 0.25, 0.5, 0.75, 1.0) and codec.n_values == 6
-    config = SkipConfig((0.25, None, 1.0, 0.0))
-    assert codec.encode(config).tolist() == [2, 0, 5, 1]
-    assert codec.decode([2, 0, 5, 1]) == config
-    with pytest.raises(ConfigError, match="a genome has 4 genes"):
-        codec.decode([1, 2, 3])
-    with pytest.raises(ConfigError, match=r"genes must be integers in \[0, 5\]"):
-        codec.decode([1, 2, 3, 6])
-    with pytest.raises(ConfigError, match="every layer is removed"):
-        codec.decode([0, 0, 0, 0])
-    with pytest.raises(ConfigError, match="not on the grid"):
-        codec.encode(SkipConfig((0.3, 0.5, 0.5, 0.5)))
-    with pytest.raises(ConfigError, match="does not divide"):
-        GeneCodec.with_step(4, 0.3)
 
 
 def test_skip_checkpoint_round_trip(tmp_path: Path) -> None:

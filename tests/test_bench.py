@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeskip.cli import main
-from edgeskip.runtimes.bench import BenchConfig, format_table, interleaved, run_bench, skip_pattern
+from edgeskip.devices.bench import BenchConfig, format_table, interleaved, run_bench, skip_pattern
 
 
 def _finite(value: object) -> bool:

@@ -100,7 +100,7 @@ def test_agents_posttrain_apply_evaluate(tmp_path: Path) -> None:
              "--evaluation", "fixed", "--out", str(tmp_path / "pt"))
     assert pt.returncode == 0, pt.stderr[-2000:]
     pareto = json.loads((tmp_path / "pt" / "pareto.json").read_text())
-    assert (tmp_path / "pt" / "pareto.png").is_file() and pareto["hypervolume"] >= pareto["reference_hypervolume"]
+    assert (tmp_path / "pt" / "pareto.png").is_file() and pareto["hypervolume"] >= pareto["meta"]["reference_hypervolume"]
     again = run("posttrain", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "pt"))
     assert again.returncode == 2 and "--force" in again.stderr
     ap = run("apply-config", "--checkpoint", str(tmp_path / "run"), "--pareto", str(tmp_path / "pt" / "pareto.json"),
@@ -108,9 +108,9 @@ def test_agents_posttrain_apply_evaluate(tmp_path: Path) -> None:
     assert ap.returncode == 0, ap.stderr[-2000:]
     ev = run("evaluate", "--checkpoint", str(tmp_path / "chosen"), "--json")
     report = json.loads(ev.stdout)
-    point = pareto["pareto"][0]
+    point = pareto["points"][0]
     assert report["accuracy"] == pytest.approx(point["accuracy"])
-    assert report["mean_executed_layers"] == pytest.approx(point["mean_executed_layers"])
+    assert report["mean_executed_layers"] == pytest.approx(point["executed_layers"])
     assert report["paths"][0]["percent"] > 0 and len(report["layer_execution_rates"]) == 6
     bad = run("apply-config", "--checkpoint", str(tmp_path / "run"), "--thresholds", "0.5,0.5", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "2 layer(s), the model has 6" in bad.stderr
@@ -118,17 +118,18 @@ def test_agents_posttrain_apply_evaluate(tmp_path: Path) -> None:
                  "--out", str(tmp_path / "chosen"))
     assert exists.returncode == 2 and "already exists" in exists.stderr
     broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps({"pareto": [{"accuracy": 1.0}]}))
+    broken.write_text(json.dumps({**pareto, "points": [{"accuracy": 1.0}]}))
     malformed = run("apply-config", "--checkpoint", str(tmp_path / "run"), "--pareto", str(broken), "--out",
                     str(tmp_path / "y"))
-    assert malformed.returncode == 2 and "cannot read point 0" in malformed.stderr and "Traceback" not in malformed.stderr
+    assert malformed.returncode == 2 and "malformed Pareto front" in malformed.stderr
+    assert "points[0].genes: required key is missing" in malformed.stderr and "Traceback" not in malformed.stderr
 
     # The joint variant fine-tunes the model: its points must be applied to the saved fine-tuned weights.
     joint = run("posttrain", "--checkpoint", str(tmp_path / "run"), "--generations", "2", "--pop-size", "6",
                 "--evaluation", "fixed", "--joint", "--joint-steps", "2", "--out", str(tmp_path / "joint"))
     assert joint.returncode == 0, joint.stderr[-2000:]
     assert "--checkpoint " + str(tmp_path / "joint" / "finetuned") in joint.stdout
-    jp = json.loads((tmp_path / "joint" / "pareto.json").read_text())["pareto"][-1]
+    jp = json.loads((tmp_path / "joint" / "pareto.json").read_text())["points"][-1]
     ap = run("apply-config", "--checkpoint", str(tmp_path / "joint" / "finetuned"), "--pareto",
              str(tmp_path / "joint" / "pareto.json"), "--point", "-1", "--out", str(tmp_path / "joint-chosen"))
     assert ap.returncode == 0, ap.stderr[-2000:]

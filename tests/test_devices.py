@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
+import gc
 import json
+import os
+import re
 import shutil
+import textwrap
 import time
 from pathlib import Path
 
@@ -16,10 +18,15 @@ from edgeskip.bundle import TARGETS, Bundle
 from edgeskip.cli import main
 from edgeskip.devices import DEVICES
 from edgeskip.devices.energy import (
+    SOURCES,
     EnergyError,
     EstimateMeter,
+    Ina3221IioMeter,
     Ina3221Meter,
+    PowerIntegral,
     RaplMeter,
+    TegrastatsMeter,
+    ina3221_iio_rails,
     ina3221_rails,
     parse_tegrastats,
     rapl_delta_uj,
@@ -77,6 +84,112 @@ def test_tegrastats_nano_jetpack4() -> None:
         parse_tegrastats("hello world")
 
 
+# -- tegrastats run as a program: a fake that prints the recorded lines ----------------------------------
+
+FAKE_LINES = ["NvRmPrivGetChipIdLimited: Could not read Tegra chip id/rev (a junk line)", NANO_JP461]
+NANO_POWERS_W = [parse_tegrastats(line).power_mw(["POM_5V_IN"]) * 1e-3 for line in FAKE_LINES[1:]]
+
+
+def _fake_tegrastats(directory: Path, name: str = "fake-tegrastats") -> Path:
+    """A stand-in for tegrastats: the junk line, then the recorded Nano line every --interval ms."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / name
+    script.write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env python3
+        import argparse, itertools, sys, time
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--interval", type=int, default=1000)
+        interval = parser.parse_args().interval / 1000
+        junk, *lines = {FAKE_LINES!r}
+        print(junk, flush=True)
+        deadline = time.monotonic() + 60  # never outlive a broken test for long
+        for line in itertools.cycle(lines):
+            print(line, flush=True)
+            if time.monotonic() > deadline:
+                sys.exit(0)
+            time.sleep(interval)
+        """))
+    script.chmod(0o755)
+    return script
+
+
+def test_power_integral_is_trapezoids_with_the_last_sample_held() -> None:
+    integral = PowerIntegral()
+    for t, watts in [(10.0, 1.0), (11.0, 3.0), (12.0, 3.0)]:
+        integral.add(t, watts)
+    assert integral.samples == 3 and integral.joules == pytest.approx(2.0 + 3.0)
+    assert integral.until(13.5) == pytest.approx(5.0 + 3.0 * 1.5)
+    with pytest.raises(EnergyError, match="no power sample"):
+        PowerIntegral().until(1.0)
+
+
+def test_tegrastats_meter_integrates_the_lines(tmp_path: Path) -> None:
+    meter = TegrastatsMeter(rails=("POM_5V_IN",), executable=str(_fake_tegrastats(tmp_path)))
+    assert meter.process is not None and meter.process.poll() is not None  # the construction check ended it
+    t_before = time.perf_counter()
+    joules, seconds = meter.measure(lambda: time.sleep(0.3))
+    outer = time.perf_counter() - t_before
+    # the integral spans from the first line (before fn) to stop() (after it), inside the outer timing
+    assert min(NANO_POWERS_W) * seconds * (1 - 1e-9) <= joules <= max(NANO_POWERS_W) * outer * (1 + 1e-9)
+    assert meter.process.poll() is not None  # terminated and reaped: no zombie
+    info = meter.describe()
+    assert info["source"] == "tegrastats" and info["rails"] == ["POM_5V_IN"] and info["interval_ms"] == 20
+    assert info["skipped_lines"] == 2 and "junk line" in info["skipped_examples"][0]  # one per run
+
+
+def test_tegrastats_meter_sums_rails_and_leaves_no_process(tmp_path: Path) -> None:
+    fake = str(_fake_tegrastats(tmp_path))
+    meter = TegrastatsMeter(rails=("POM_5V_GPU", "POM_5V_CPU"), executable=fake, interval_ms=10)
+    t_before = time.perf_counter()
+    joules, seconds = meter.measure(lambda: time.sleep(0.1))
+    assert 0.366 * seconds * (1 - 1e-9) <= joules <= 0.366 * (time.perf_counter() - t_before) * (1 + 1e-9)
+    meter.start()  # never stopped: close() ends it
+    proc = meter.process
+    assert proc is not None and proc.poll() is None
+    meter.close()
+    assert proc.poll() is not None
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        meter.measure(boom)
+    assert meter.process is not proc and meter.process.poll() is not None  # a failing block closes it
+    with TegrastatsMeter(rails=("POM_5V_IN",), executable=fake) as in_with:
+        in_with.start()
+        proc = in_with.process
+    assert proc is not None and proc.poll() is not None
+    meter.start()
+    proc = meter.process
+    del meter
+    gc.collect()
+    assert proc is not None and proc.poll() is not None  # __del__ ended it
+
+
+def test_tegrastats_meter_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(EnergyError, match="not found: it ships with JetPack / L4T"):
+        TegrastatsMeter(rails=("POM_5V_IN",), executable=str(tmp_path / "absent"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(EnergyError, match="tegrastats.*not found"):
+        TegrastatsMeter(rails=("POM_5V_IN",))
+    monkeypatch.undo()
+    fake = str(_fake_tegrastats(tmp_path))
+    with pytest.raises(EnergyError, match="no rail VDD_IN .this board reports: POM_5V_IN, POM_5V_GPU, POM_5V_CPU"):
+        TegrastatsMeter(rails=("VDD_IN",), executable=fake)
+    slow = TegrastatsMeter(rails=("POM_5V_IN",), executable=fake, interval_ms=2000)
+    slow.start()
+    with pytest.raises(EnergyError, match="shorter than the tegrastats interval .2000 ms"):
+        slow.stop()
+    assert slow.process is not None and slow.process.poll() is not None
+    with pytest.raises(EnergyError, match="stop.. without start"):
+        slow.stop()
+    silent = tmp_path / "silent"
+    silent.write_text("#!/bin/sh\necho 'tegrastats: permission denied' >&2\nexit 1\n")
+    silent.chmod(0o755)
+    with pytest.raises(EnergyError, match="ended before printing a tegrastats line .it printed: tegrastats: perm"):
+        TegrastatsMeter(rails=("POM_5V_IN",), executable=str(silent))
+
+
 # -- RAPL on a fake powercap tree -------------------------------------------------------------------------
 
 def _rapl_tree(root: Path, energy: dict[str, int], max_range: int = 1000) -> None:
@@ -123,6 +236,36 @@ def test_ina3221_power_and_energy(tmp_path: Path) -> None:
         Ina3221Meter(["VIN_SYS_5V0"], tmp_path)
 
 
+# -- Jetson INA3221 on a fake JetPack 4 iio tree --------------------------------------------------------
+
+def _iio_tree(root: Path, rails: dict[str, int]) -> Path:
+    device = root / "sys/bus/i2c/drivers/ina3221x/6-0040/iio:device0"
+    device.mkdir(parents=True, exist_ok=True)
+    for k, (name, mw) in enumerate(rails.items()):
+        (device / f"rail_name_{k}").write_text(name + "\n")
+        (device / f"in_power{k}_input").write_text(f"{mw}\n")
+    return device
+
+
+def test_ina3221_iio_power_and_energy(tmp_path: Path) -> None:
+    device = _iio_tree(tmp_path, {"POM_5V_IN": 1750, "POM_5V_GPU": 0, "POM_5V_CPU": 366})
+    (device / "rail_name_3").write_text("NO_POWER_FILE\n")
+    assert ina3221_iio_rails(tmp_path) == {n: device / f"in_power{k}_input"
+                                          for k, n in enumerate(["POM_5V_IN", "POM_5V_GPU", "POM_5V_CPU"])}
+    meter = Ina3221IioMeter(["POM_5V_IN"], tmp_path, interval_s=0.002)
+    assert meter.power_w() == pytest.approx(1.75)
+    t_before = time.perf_counter()
+    joules, seconds = meter.measure(lambda: time.sleep(0.2))
+    # first sample in start() (before fn), last in stop() (after it): constant power x a span between the two
+    assert 1.75 * seconds * (1 - 1e-9) <= joules <= 1.75 * (time.perf_counter() - t_before) * (1 + 1e-9)
+    assert Ina3221IioMeter(["POM_5V_GPU", "POM_5V_CPU"], tmp_path).power_w() == pytest.approx(0.366)
+    assert meter.describe() == {"source": "jetson-ina3221-iio", "rails": ["POM_5V_IN"], "interval_s": 0.002}
+    with pytest.raises(EnergyError, match="VDD_IN.*this board has: POM_5V_IN, POM_5V_GPU, POM_5V_CPU"):
+        Ina3221IioMeter(["VDD_IN"], tmp_path)
+    with pytest.raises(EnergyError, match="could not read a power monitor"):
+        meter.measure(lambda: (device / "in_power0_input").unlink())
+
+
 # -- choosing a source; the estimate ---------------------------------------------------------------------
 
 def test_select_meter_falls_back_to_a_labelled_estimate(tmp_path: Path) -> None:
@@ -136,6 +279,22 @@ def test_select_meter_falls_back_to_a_labelled_estimate(tmp_path: Path) -> None:
         select_meter(("rapl",), root=tmp_path / "none")
     with pytest.raises(ConfigError, match="unknown energy source"):
         select_meter(("battery",))
+
+
+def test_select_meter_for_the_jetson_nano(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nano = ("jetson-ina3221-iio", "tegrastats", "estimate")
+    path = os.environ.get("PATH", "")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    meter, why = select_meter(nano, root=tmp_path, rails=("POM_5V_IN",))
+    assert meter.source == "estimate" and len(why) == 2
+    assert why[0].startswith("jetson-ina3221-iio:") and "this board has: none" in why[0]
+    assert why[1].startswith("tegrastats:") and "not found" in why[1]
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{path}")  # keeps python3 findable
+    _fake_tegrastats(tmp_path / "bin", name="tegrastats")
+    meter, why = select_meter(nano, root=tmp_path, rails=("POM_5V_IN",))
+    assert meter.source == "tegrastats" and len(why) == 1
+    _iio_tree(tmp_path, {"POM_5V_IN": 1750})
+    assert select_meter(nano, root=tmp_path, rails=("POM_5V_IN",))[0].source == "jetson-ina3221-iio"
 
 
 def test_estimate_counts_cpu_time() -> None:
@@ -155,9 +314,17 @@ def test_every_device_names_a_backend_target_and_energy_source() -> None:
     for name in DEVICES.names():
         d = DEVICES.get(name)
         assert d.backend in BACKENDS and d.target in TARGETS and d.how and d.power_basis
-        assert set(d.energy) <= {"rapl", "jetson-ina3221", "nvml", "estimate"} and d.energy[-1] == "estimate"
-        if "jetson-ina3221" in d.energy:
+        assert set(d.energy) <= set(SOURCES) and d.energy[-1] == "estimate"
+        if {"jetson-ina3221", "jetson-ina3221-iio", "tegrastats"} & set(d.energy):
             assert d.rails
+
+
+def test_jetson_nano_how_names_exactly_its_energy_sources() -> None:
+    d = DEVICES.get("jetson-nano")
+    assert d.energy == ("jetson-ina3221-iio", "tegrastats", "estimate") and d.rails == ("POM_5V_IN",)
+    named = {s for s in SOURCES if re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", d.how)}
+    assert named == set(d.energy) and "POM_5V_IN" in d.how
+    assert "log" not in d.how  # the profiler runs tegrastats itself; it reads no log
 
 
 # -- the profiler ---------------------------------------------------------------------------------------
@@ -237,70 +404,3 @@ def test_cli_profile(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFi
 
 
 # -- the cost model -------------------------------------------------------------------------------------
-
-def _profile(overhead: tuple[float, float] = (0.01, 0.1)) -> dict:  # type: ignore[type-arg]
-    pieces = {"embed": 0.2, "head": 0.05, "layer_00": 1.0, "layer_01": 2.0, "layer_02": 3.0, "agent_00": 0.01,
-              "agent_01": 0.02, "agent_02": 0.03, "exit_00": 0.5}
-    as_timing = {k: {"median_ms": v, "p90_ms": v, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * v}
-                 for k, v in pieces.items()}
-    return {"device": "cpu", "energy": {"source": "estimate"}, "batches": {"1": as_timing},
-            "overhead": {"1": {"per_call_ms": overhead[0], "fixed_ms": overhead[1]}}}
-
-
-def test_cost_model_is_the_hand_sum() -> None:
-    from edgeskip.devices.costmodel import CostKey, CostModel, Usage
-
-    model = CostModel.from_profile(_profile(), depth=3)
-    assert model.entries[CostKey("layer", 1, 1)] == (2.0, 20.0) and model.batch_sizes == [1]
-    usage = Usage(layers=(1.0, 0.5, 0.25), asked=(1.0, 1.0, 0.8), checked=(0.5,), reach_head=0.9)
-    p = model.predict(usage, batch=1)
-    stages = 0.2 + 0.05 * 0.9 + 1.0 + 2.0 * 0.5 + 3.0 * 0.25
-    extras = 0.01 + 0.02 + 0.03 * 0.8 + 0.5 * 0.5
-    calls = 1 + 1.75 + 0.9
-    assert p.latency_ms == pytest.approx(stages + extras + 0.01 * calls + 0.1)
-    assert p.energy_mj == pytest.approx(10 * (stages + extras))
-    with pytest.raises(ConfigError, match="batch 8"):
-        model.predict(usage, batch=8)
-    with pytest.raises(ConfigError, match="usage covers 2 layers"):
-        model.predict(Usage((1.0, 1.0), (0.0, 0.0), (0.0,), 1.0))
-
-
-def test_usage_of_a_run() -> None:
-    from edgeskip.devices.costmodel import usage_of
-
-    executed = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 0], [1, 0, 0]], bool)
-    exit_layer = np.array([-1, 1, -1, 0])  # input 1 left after layer 1, input 3 after layer 0
-    u = usage_of(executed, exit_layer, cuts=[(0, 0.1), (1, None), (2, 0.3)], exits=[0, 1], checked_exits=[0, 1])
-    assert u.layers == (0.75, 0.25, 0.25)
-    assert u.asked == (1.0, 0.0, 0.5)  # layer 1 runs without asking; 2 of 4 inputs are still in at layer 2
-    assert u.checked == (0.75, 0.25) and u.reach_head == 0.5
-    assert u.calls == pytest.approx(1 + 1.25 + 0.5)
-
-
-def test_reuse_distances_and_warm_agents_in_the_model() -> None:
-    from edgeskip.devices.costmodel import CostKey, CostModel, Usage, reuse_shares, usage_of
-
-    # inputs one at a time: the layers run in the order 0 | 0 1 | 0 2 | - | 2
-    executed = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 1], [0, 0, 0], [0, 0, 1]], bool)
-    # layer 0: first run (counts as d = 2), again with nothing between (d = 0), again after layer 1 (d = 1);
-    # layer 2: first run, then right after itself
-    assert reuse_shares(executed) == ((0.2, 0.2, 0.2), (0.0, 0.0, 0.2), (0.2, 0.0, 0.2))
-    assert reuse_shares(np.ones((4, 3), bool)) == ((0.0, 0.0, 1.0),) * 3  # static: every other layer between
-    u = usage_of(executed, np.full(5, -1), cuts=[(0, 0.1), (1, 0.2), (2, 0.3)], exits=[], checked_exits=[])
-    assert u.asked_after_skip == (0.0, 0.4, 0.8)  # asked where the previous layer (0, then 1) did not run
-    profile = _profile()
-    extra = {"layer_01@0": 1.0, "agent_01@0": 0.005}
-    profile["batches"]["1"].update({k: {"median_ms": v, "p90_ms": v, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * v}
-                                    for k, v in extra.items()})
-    model = CostModel.from_profile(profile, depth=3)
-    assert model.entries[CostKey("layer", 1, 1, 0)] == (1.0, 10.0)
-    static = Usage(layers=(1.0, 0.5, 0.25), asked=(0.0, 1.0, 0.0), checked=(0.0,), reach_head=1.0)
-    reused = dataclasses.replace(static, reuse=((0.0, 0.0, 1.0), (0.25, 0.25, 0.0), (0.0, 0.0, 0.25)),
-                                 asked_after_skip=(0.0, 0.5, 0.0))
-    # layer 1: a quarter at d = 0 (1.0 ms), a quarter at d = 1 (1.5 ms, between d = 0 and the static 2.0 ms at
-    # d = 2) instead of half at 2.0 ms; agent 1: half asked after a skip (0.005 instead of 0.02 ms)
-    saved = 0.5 * 2.0 - (0.25 * 1.0 + 0.25 * 1.5) + 0.5 * (0.02 - 0.005)
-    assert model.predict(reused).latency_ms == pytest.approx(model.predict(static).latency_ms - saved)
-    assert model.predict(reused).energy_mj == pytest.approx(model.predict(static).energy_mj - 10 * saved)
-    with pytest.raises(ConfigError, match="unknown profile entry"):
-        CostKey.parse("exit_01@0", 1)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgeskip.agents import SkipConfig
+from edgeskip.policy import SkipConfig
 from edgeskip.agents.model import SkipViT
 from edgeskip.data.dataset import ImageDataset
-from edgeskip.e2cm import E2CM, CostModel, exit_features, simulate
-from edgeskip.e2cm.calibrate import calibrate, collect_cache
+from edgeskip.e2cm import E2CM, MacCosts, exit_features, simulate
+from edgeskip.train.e2cm_calibration import calibrate, collect_cache
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import get_normalization, preprocess
@@ -82,7 +82,7 @@ def test_means_and_normalisers_equal_numpy(feature: str) -> None:
 
 
 def hand_e2cm(thresholds: list[float]) -> E2CM:
-    costs = CostModel(embed=0.1, layers=(0.3, 0.3, 0.3), head=0.0, agents=(0.0,) * 3, exits=(0, 1), checks=(0.01, 0.01))
+    costs = MacCosts(embed=0.1, layers=(0.3, 0.3, 0.3), head=0.0, agents=(0.0,) * 3, exits=(0, 1), checks=(0.01, 0.01))
     means = np.array([[[0.0, 0.0], [4.0, 0.0]], [[0.0, 0.0], [0.0, 3.0]]], dtype=np.float32)
     return E2CM("cls", means, np.array([[2.0, 2.0], [1.0, 1.0]], dtype=np.float32), np.array(thresholds), costs)
 
@@ -101,21 +101,21 @@ def test_exit_rule_by_hand() -> None:
 
 def test_cost_model_is_normalised_and_cumulative() -> None:
     cfg = model_config("vit9")
-    costs = CostModel.from_config(cfg, None, "tokens")
+    costs = MacCosts.from_config(cfg, None, "tokens")
     assert costs.embed + sum(costs.layers) + costs.head == pytest.approx(1.0)
     assert costs.exits == tuple(range(8))
     cum = costs.cumulative()
     assert all(b > a for a, b in zip(cum, cum[1:], strict=False))
     assert cum[-1] + costs.layers[-1] + costs.head > 1.0  # never exiting pays the checks on top
     assert costs.checks[0] / costs.layers[0] < 0.02  # the check is cheap against a layer
-    assert CostModel.from_dict(costs.to_dict()) == costs
+    assert MacCosts.from_dict(costs.to_dict()) == costs
 
 
 def random_cache(seed: int = 0, n: int = 400):  # type: ignore[no-untyped-def]
     from edgeskip.e2cm import ExitCache
 
     rng = np.random.default_rng(seed)
-    costs = CostModel.from_config(model_config("vit-tiny"), None, "tokens")
+    costs = MacCosts.from_config(model_config("vit-tiny"), None, "tokens")
     labels = rng.integers(0, 10, n)
     pred = np.where(rng.random((n, 3)) < 0.6, labels[:, None], rng.integers(0, 10, (n, 3)))
     top = 0.1 + 0.9 * rng.random((n, 3))
@@ -296,7 +296,7 @@ def digits_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     """A static and an agent vit-digits checkpoint (briefly trained, so exits have signal)."""
     from edgeskip.data import load_digits
     from edgeskip.train.config import TrainConfig
-    from edgeskip.train.loop import train
+    from edgeskip.train.run import train
 
     root = tmp_path_factory.mktemp("ckpts")
     data = load_digits()

@@ -18,7 +18,7 @@ from edgeskip.bundle import MANIFEST, Bundle, BundleError, Manifest
 from edgeskip.cli import main
 from edgeskip.exporters.export import export_bundle
 from edgeskip.exporters.fidelity import compare_paths, reference_paths
-from edgeskip.exporters.gate import DISABLED_LAYER, set_thresholds
+from edgeskip.runtimes.gate import DISABLED_LAYER, set_thresholds
 from edgeskip.exporters.onnx import ort_session
 from edgeskip.exporters.settings import ExportConfig
 from edgeskip.normalization import preprocess

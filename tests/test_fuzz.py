@@ -25,10 +25,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgeskip.agents.genes import GeneCodec, SkipConfig
 from edgeskip.bundle import MANIFEST, Bundle, BundleError, Manifest
 from edgeskip.errors import ConfigError, EdgeskipError, InputError
+from edgeskip.policy import SkipConfig
 from edgeskip.runtimes import Runtime, RuntimeOutput
+from edgeskip.search.genome import Genome
 
 SCALE = float(os.environ.get("EDGESKIP_FUZZ_SCALE", "1"))
 HANG_SECONDS = 600  # a whole test taking longer than this is a hang: dump every thread's stack and exit
@@ -240,15 +241,15 @@ THRESHOLDS = st.one_of(st.none(), st.floats(allow_nan=True), st.integers(-3, 3),
        depth=st.integers(1, 6), grid=st.lists(st.floats(-0.5, 1.5), min_size=1, max_size=6))
 def test_genes_decode_or_raise_config_error(genes: Any, depth: int, grid: list[float]) -> None:
     try:
-        codec = GeneCodec(depth, grid)
+        genome = Genome(depth, None, grid)
     except ConfigError:
         return
     try:
-        config = codec.decode(genes)
+        policy = genome.policy(genes)
     except ConfigError:
         return
-    assert config.depth == depth
-    assert np.array_equal(codec.encode(config), np.asarray(genes))
+    assert policy.layers is not None and len(policy.layers) == depth
+    assert genome.genes_of(policy.layers, policy.exits) == tuple(np.asarray(genes).tolist())
 
 
 @examples(500)
@@ -279,7 +280,8 @@ def test_any_policy_is_applied_or_a_config_error(runtime: Runtime, policy: Any) 
 def front_file(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, Path]:
     """A real Pareto front of the tiny bundle (quick profile + a short search on random images)."""
     from edgeskip.devices.profiler import ProfileSettings, profile_bundle
-    from edgeskip.devices.search import SearchSettings, search_and_save
+    from edgeskip.search.bundle import search_and_save
+    from edgeskip.search.settings import BundleSearchSettings
 
     root = tmp_path_factory.mktemp("front") / "b"
     shutil.copytree(tiny_bundle, root)
@@ -287,7 +289,7 @@ def front_file(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, 60)
-    search_and_save(root, x, y, profile, SearchSettings(generations=3, pop_size=12), calibration="random images")
+    search_and_save(root, x, y, profile, BundleSearchSettings(generations=3, pop_size=12), calibration="random images")
     return Bundle.open(root), root / "pareto" / "cpu.json"
 
 
@@ -298,23 +300,22 @@ BUDGETS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(
 @examples(500)
 @given(ms=BUDGETS, mj=BUDGETS)
 def test_any_budget_selects_within_it_or_raises(front_file: tuple[Bundle, Path], ms: Any, mj: Any) -> None:
-    from edgeskip.devices.select import select
+    from edgeskip.search.select import select
 
     bundle, path = front_file
     try:
-        chosen = select(bundle, "cpu", budget_ms=ms, budget_mj=mj, pareto=path, write=False)
+        chosen = select(bundle, "cpu", budget_ms=ms, budget_mj=mj, pareto=path)
     except EdgeskipError:
         return
     value = ms if ms is not None else mj
-    assert (chosen.point.latency_ms if ms is not None else chosen.point.energy_mj) <= value
+    assert chosen.point.cost("latency_ms" if ms is not None else "energy_mj") <= value
 
 
 @examples(300)
 @given(data=st.data())
 def test_mutated_pareto_files_load_or_raise(front_file: tuple[Bundle, Path], tmp_path_factory: pytest.TempPathFactory,
                                             data: st.DataObject) -> None:
-    from edgeskip.devices.search import load_front
-    from edgeskip.devices.select import choose
+    from edgeskip.front import choose, load_front
 
     bundle, path = front_file
     doc = json.loads(path.read_text())
@@ -323,8 +324,8 @@ def test_mutated_pareto_files_load_or_raise(front_file: tuple[Bundle, Path], tmp
     out = tmp_path_factory.mktemp("front") / "cpu.json"
     out.write_text(json.dumps(doc))
     try:
-        front = load_front(out, bundle, "cpu")
-        point, _ = choose(front, budget_ms=data.draw(st.floats(0.001, 1e6)))
+        front = load_front(out, fingerprint=bundle.manifest.fingerprint, device="cpu")
+        point = choose(front, budget_ms=data.draw(st.floats(0.001, 1e6))).point
     except EdgeskipError:
         return
     assert point in front.points

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeskip.devices import describe_host
-from edgeskip.devices.host import cpu_flags, cpu_has_bf16
+from edgeskip.host import describe_host
+from edgeskip.host import cpu_flags, cpu_has_bf16
 
 # First block of /proc/cpuinfo as printed on this project's 2-core x86 CI machine (AMD EPYC).
 X86 = """processor\t: 0

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-# Subprocesses start outside the repository: run from its root, ./edgeskip (the source folder)
-# would shadow the installed package (see test_source_folder_shadows_a_regular_install).
+# Subprocesses start outside the repository: run from its root, ./edgeskip (the source folder) would
+# shadow a regular install (the README's set-up is an editable install, where both are the same).
 NEUTRAL = tempfile.gettempdir()
 MAPPED = {"edgeskip": "edgeskip", "edgeskip.exporters": "exporters", "edgeskip.runtimes": "runtimes",
           "edgeskip.devices": "devices"}
@@ -113,7 +113,7 @@ def test_mypy_checks_every_installed_module(installed: Path, repo_root: Path, tm
     # folders of package data (the model zoo's entries) hold no Python: mypy counts them as empty namespaces
     data = {m for m in checked if (d := installed / m.replace(".", "/")).is_dir() and not any(d.glob("*.py"))}
     checked -= data
-    assert {"edgeskip.exporters", "edgeskip.runtimes", "edgeskip.devices.host"} <= checked
+    assert {"edgeskip.exporters", "edgeskip.runtimes", "edgeskip.host"} <= checked
     assert checked == modules, f"mypy skipped {sorted(modules - checked)}"
     assert re.search(rf"in {len(modules) + len(data)} source files", proc.stdout), proc.stdout
 
@@ -122,11 +122,12 @@ def test_mypy_checks_every_installed_module(installed: Path, repo_root: Path, tm
     "module",
     ["edgeskip", "edgeskip.runtimes", "edgeskip.devices", "edgeskip.exporters", "edgeskip.data", "edgeskip.cli",
      "edgeskip.agents", "edgeskip.e2cm", "edgeskip.e2cm.settings", "edgeskip.bundle", "edgeskip.exporters.settings",
-     "edgeskip.exporters.gate", "edgeskip.exporters.tensorrt", "edgeskip.runtimes.runtime", "edgeskip.runtimes.bench",
+     "edgeskip.exporters.gate", "edgeskip.exporters.tensorrt", "edgeskip.runtimes.runtime", "edgeskip.devices.bench",
      "edgeskip.runtimes.ort_backend", "edgeskip.runtimes.tflite_backend", "edgeskip.runtimes.tensorrt_backend",
-     "edgeskip.devices.energy", "edgeskip.devices.profiler", "edgeskip.devices.table", "edgeskip.devices.costmodel",
-     "edgeskip.devices.search", "edgeskip.devices.select", "edgeskip.agents.operators", "edgeskip.runtimes.evaluate",
-     "edgeskip.zoo"],
+     "edgeskip.devices.energy", "edgeskip.devices.profiler", "edgeskip.devices.table", "edgeskip.search",
+     "edgeskip.search.costs", "edgeskip.search.bundle", "edgeskip.search.select", "edgeskip.search.plot",
+     "edgeskip.search.operators", "edgeskip.runtimes.evaluate", "edgeskip.runtimes.gate", "edgeskip.front",
+     "edgeskip.policy", "edgeskip.rule", "edgeskip.schema", "edgeskip.signing", "edgeskip.zoo"],
 )
 def test_core_imports_without_torch(torch_blocker: str, module: str) -> None:
     code = torch_blocker + f"""
@@ -134,7 +135,7 @@ import importlib
 importlib.import_module({module!r})
 import edgeskip
 from edgeskip.runtimes import preprocess
-from edgeskip.devices import describe_host
+from edgeskip.host import describe_host
 describe_host()
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
 """
@@ -152,18 +153,3 @@ def test_cli_help_without_torch(torch_blocker: str) -> None:
     code = torch_blocker + "import sys; from edgeskip.cli import main; sys.argv=['edgeskip','--help']; main()"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=NEUTRAL)
     assert proc.returncode == 0 and "quickstart" in proc.stdout, proc.stderr[-2000:]
-
-
-def test_the_source_tree_imports_like_an_install(repo_root: Path) -> None:
-    """Python started in the repository's root imports the source folder (it shadows a regular install);
-    the mapped subpackages then resolve to the folders beside it, as the README says."""
-    code = "import edgeskip, edgeskip.devices.select, sys; print(edgeskip.__file__); print(edgeskip.devices.__file__)"
-    inside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root)
-    outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=NEUTRAL)
-    assert inside.returncode == 0 and outside.returncode == 0, inside.stderr[-2000:] + outside.stderr[-2000:]
-    installed = Path(outside.stdout.split()[0]).parent
-    if installed == repo_root / "edgeskip":
-        pytest.skip("edgeskip is installed in editable mode; the shadowing only concerns regular installs")
-    package, devices = (Path(line).parent for line in inside.stdout.split())
-    assert package == repo_root / "edgeskip" and devices == repo_root / "devices"
-    assert Path(outside.stdout.split()[1]).parent == installed / "devices"  # an install is never redirected

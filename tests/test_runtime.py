@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import edgeskip
-from edgeskip.agents import SkipConfig
+from edgeskip.policy import SkipConfig
 from edgeskip.bundle import Bundle, BundleError
 from edgeskip.errors import BackendUnavailableError, ConfigError, InputError, UnknownNameError
 from edgeskip.exporters.export import export_bundle
@@ -26,6 +26,7 @@ from edgeskip.normalization import preprocess
 from edgeskip.runtimes import BACKENDS, Policy, Runtime
 from edgeskip.runtimes.inputs import resize_bilinear
 from edgeskip.runtimes.backend import chunk_plan, in_fixed_batches
+from edgeskip.search.genome import Genome
 
 NEUTRAL = tempfile.gettempdir()
 
@@ -141,7 +142,7 @@ def test_policy_switching_needs_no_reload(cifar_tiny_bundle: Path, cifar_test_ui
     rt.set_policy(Policy.config(thresholds))
     out = rt(images)
     assert not out.executed[:, 1].any() and (out.exit_layer == -1).all()
-    rt.set_policy(Policy.from_genes([3, 0, 3, 3]))  # 0.5, removed, 0.5, 0.5
+    rt.set_policy(Genome(4).policy([3, 0, 3, 3]))  # 0.5, removed, 0.5, 0.5
     genes = rt(images)
     rt.set_policy(SkipConfig((0.5, None, 0.5, 0.5)))
     assert np.array_equal(rt(images).executed, genes.executed) and not genes.executed[:, 1].any()
@@ -155,7 +156,7 @@ def test_policy_switching_needs_no_reload(cifar_tiny_bundle: Path, cifar_test_ui
 def test_gate_graph_policy_switching(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray) -> None:
     images = cifar_test_uint8[:16]
     stages, gate = Runtime(cifar_tiny_bundle), Runtime(cifar_tiny_bundle, graph="gate")
-    for policy in ["static", Policy.from_genes([3, 0, 4, 2]), "e2cm", "agent+e2cm"]:
+    for policy in ["static", Genome(4).policy([3, 0, 4, 2]), "e2cm", "agent+e2cm"]:
         stages.set_policy(policy)
         gate.set_policy(policy)
         a, b = stages(images), gate(images)

@@ -22,6 +22,7 @@ import torch
 
 from edgeskip.errors import BackendUnavailableError, ConfigError, EdgeskipError
 from edgeskip.exporters import tflite
+from edgeskip.runtimes import tflite_interpreter as interp
 from edgeskip.exporters.stages import StageModule, stage_modules
 from edgeskip.models.vit import ViT
 from edgeskip.variants import model_config
@@ -69,9 +70,9 @@ def test_every_stage_fp32_matches_torch(stages: list[StageModule], fp32_files: d
 def test_io_layout_is_torch_layout(stages: list[StageModule], fp32_files: dict[str, Path]) -> None:
     """NCHW images in, (B, N, D) tokens, (B, K) logits: litert transposes nothing."""
     embed, head = stages[0], stages[-1]
-    assert tflite.io_shapes(fp32_files["embed"]) == ((BATCH, 3, 32, 32), (BATCH, 65, 64))
-    assert tflite.io_shapes(fp32_files["layer_00"]) == ((BATCH, 65, 64), (BATCH, 65, 64))
-    assert tflite.io_shapes(fp32_files["head"]) == ((BATCH, 65, 64), (BATCH, 10))
+    assert interp.io_shapes(fp32_files["embed"]) == ((BATCH, 3, 32, 32), (BATCH, 65, 64))
+    assert interp.io_shapes(fp32_files["layer_00"]) == ((BATCH, 65, 64), (BATCH, 65, 64))
+    assert interp.io_shapes(fp32_files["head"]) == ((BATCH, 65, 64), (BATCH, 10))
     assert embed.input.shape[1:] == (3, 32, 32) and head.output.shape[1:] == (10,)
 
 
@@ -85,7 +86,7 @@ def test_chain_through_tflite_equals_torch_model(
     for i in range(0, images.shape[0], BATCH):
         x = images[i:i + BATCH].numpy()
         for stage in stages:
-            x = tflite.run_tflite(fp32_files[stage.name], x, num_threads=1)
+            x = interp.run_tflite(fp32_files[stage.name], x, num_threads=1)
         got.append(x)
     assert np.abs(np.concatenate(got) - expected).max() <= FP32_TOL
 
@@ -100,7 +101,7 @@ def test_fp16_halves_weights_with_bounded_error(
     ratio = path.stat().st_size / fp32_files[name].stat().st_size
     # Layers are all weights (measured 0.55); embed keeps its position embedding in fp32 (0.81).
     assert ratio < (0.6 if stage.kind == "layer" else 0.9), ratio
-    assert tflite.io_shapes(path) == tflite.io_shapes(fp32_files[name])  # I/O stays float32
+    assert interp.io_shapes(path) == interp.io_shapes(fp32_files[name])  # I/O stays float32
     x = inputs(stage)
     with torch.no_grad():
         scale = float(stage.module(x).abs().max())
@@ -111,7 +112,7 @@ def test_fp16_halves_weights_with_bounded_error(
 def test_interpreter_class_is_litert() -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    assert tflite.interpreter_class() is Interpreter
+    assert interp.interpreter_class() is Interpreter
 
 
 def test_interpreter_falls_back_to_tflite_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,15 +121,15 @@ def test_interpreter_falls_back_to_tflite_runtime(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # None: import fails
     monkeypatch.setitem(sys.modules, "tflite_runtime", types.ModuleType("tflite_runtime"))
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake)
-    assert tflite.interpreter_class() is fake.Interpreter  # type: ignore[attr-defined]
+    assert interp.interpreter_class() is fake.Interpreter  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'edgeskip\[tflite\]'"):
-        tflite.interpreter_class()
+        interp.interpreter_class()
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(EdgeskipError, match="does not exist") as info:
-        tflite.run_tflite(tmp_path / "nope.tflite", np.zeros((1, 65, 64), np.float32))
+        interp.run_tflite(tmp_path / "nope.tflite", np.zeros((1, 65, 64), np.float32))
     exc = info.value  # raised before any backend call: no chained traceback from LiteRT
     assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
 
@@ -137,16 +138,16 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer" * 8)
     with pytest.raises(EdgeskipError, match="not a loadable TFLite model") as info:
-        tflite.run_tflite(bad, np.zeros((1, 65, 64), np.float32))
+        interp.run_tflite(bad, np.zeros((1, 65, 64), np.float32))
     assert info.value.__suppress_context__
 
 
 def test_other_batch_is_refused_not_resized(fp32_files: dict[str, Path]) -> None:
     """A fixed-shape head resized to batch 3 would silently return one row; we refuse instead."""
     with pytest.raises(EdgeskipError, match=f"exported for batch {BATCH}.*batch=3"):
-        tflite.run_tflite(fp32_files["head"], np.zeros((3, 65, 64), np.float32))
+        interp.run_tflite(fp32_files["head"], np.zeros((3, 65, 64), np.float32))
     with pytest.raises(EdgeskipError, match="does not fit"):
-        tflite.run_tflite(fp32_files["head"], np.zeros((BATCH, 64, 65), np.float32))
+        interp.run_tflite(fp32_files["head"], np.zeros((BATCH, 64, 65), np.float32))
 
 
 def test_bad_arguments(stages: list[StageModule], tmp_path: Path) -> None:
@@ -160,7 +161,7 @@ def test_bad_arguments(stages: list[StageModule], tmp_path: Path) -> None:
 def test_runner_needs_no_torch(torch_blocker: str, fp32_files: dict[str, Path], tmp_path: Path) -> None:
     code = torch_blocker + f"""
 import numpy as np
-from edgeskip.exporters.tflite import interpreter_class, run_tflite
+from edgeskip.runtimes.tflite_interpreter import interpreter_class, run_tflite
 interpreter_class()
 y = run_tflite({str(fp32_files["head"])!r}, np.zeros(({BATCH}, 65, 64), np.float32), num_threads=1)
 assert y.shape == ({BATCH}, 10), y.shape
@@ -200,6 +201,6 @@ def test_tflite_bundle_of_a_trained_model_on_real_test_images(cifar_tiny_agents:
     x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
     y = x
     for s in layer_like:
-        y = tflite.run_tflite(bundle.stage_file(s.name, "tflite"), y)
+        y = interp.run_tflite(bundle.stage_file(s.name, "tflite"), y)
     want = ort_session(bundle.file("onnx/model.onnx")).run(None, {"images": x})[0]
     assert np.abs(y - want).max() <= FP32_TOL

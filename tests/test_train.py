@@ -15,7 +15,7 @@ from edgeskip.errors import ConfigError, UnknownNameError
 from edgeskip.train.checkpoint import load_checkpoint
 from edgeskip.train.config import TrainConfig
 from edgeskip.train.distributed import shard_indices
-from edgeskip.train.loop import train
+from edgeskip.train.run import train
 from edgeskip.train.schedule import warmup_cosine
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgeskip.agents.genes import SkipConfig
+from edgeskip.policy import SkipConfig
 from edgeskip.config import ViTConfig
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.models.vit import ViT

@@ -8,7 +8,7 @@ threshold search, all shared with the runtime); calibration with torch lives in
 
 from __future__ import annotations
 
-from edgeskip.e2cm.costs import FEATURES, CostModel, check_exits, feature_size
+from edgeskip.e2cm.costs import FEATURES, MacCosts, check_exits, feature_size
 from edgeskip.e2cm.means import E2CM, exit_features
 from edgeskip.e2cm.thresholds import (
     ExitCache,
@@ -23,6 +23,6 @@ from edgeskip.e2cm.thresholds import (
 )
 
 __all__ = [
-    "E2CM", "FEATURES", "CostModel", "ExitCache", "HullPoint", "Outcome", "Sweep", "check_exits", "exit_features",
+    "E2CM", "FEATURES", "MacCosts", "ExitCache", "HullPoint", "Outcome", "Sweep", "check_exits", "exit_features",
     "feature_size", "plot_hulls", "search_thresholds", "simulate", "sweep", "upper_hull",
 ]

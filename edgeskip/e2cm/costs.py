@@ -20,7 +20,7 @@ import numpy.typing as npt
 from edgeskip.config import ViTConfig
 from edgeskip.errors import ConfigError
 
-__all__ = ["CostModel", "FEATURES", "feature_size", "check_exits"]
+__all__ = ["MacCosts", "FEATURES", "feature_size", "check_exits"]
 
 FEATURES = ("tokens", "cls", "mean")
 
@@ -56,8 +56,9 @@ def check_exits(exits: Sequence[int] | None, depth: int) -> tuple[int, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class CostModel:
-    """Per-stage costs as fractions of the static model (``embed + sum(layers) + head == 1``)."""
+class MacCosts:
+    """Per-stage multiply-accumulates as fractions of the static model (``embed + sum(layers) + head == 1``): the
+    compute model of E²CM threshold search and the MACs cost of :mod:`edgeskip.search`."""
 
     embed: float
     layers: tuple[float, ...]
@@ -72,8 +73,9 @@ class CostModel:
             raise ConfigError("cost model: one agent cost per layer and one check cost per exit are needed")
 
     @classmethod
-    def from_config(cls, cfg: ViTConfig, exits: Sequence[int] | None, feature: str, *, agents: bool = False) -> CostModel:
-        exits = check_exits(exits, cfg.depth)
+    def from_config(cls, cfg: ViTConfig, exits: Sequence[int] | None, feature: str, *, agents: bool = False) -> MacCosts:
+        """The costs of ``cfg`` with checks after ``exits`` (None: after every layer but the last; empty: none)."""
+        exits = () if exits is not None and len(exits) == 0 else check_exits(exits, cfg.depth)
         d, k = cfg.width, cfg.num_classes
         embed = cfg.num_patches * cfg.in_channels * cfg.patch_size**2 * d + cfg.num_tokens * d
         layer = cfg.layer_flops()
@@ -120,7 +122,7 @@ class CostModel:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> CostModel:
+    def from_dict(cls, data: Any) -> MacCosts:
         try:
             return cls(
                 embed=float(data["embed"]), layers=tuple(map(float, data["layers"])), head=float(data["head"]),

@@ -2,9 +2,9 @@
 
 At exit ``i`` (after layer ``exits[i]``) an input's feature ``x`` is compared with every
 class mean: ``d_k = ||x - c_k||_2 / mu_k``, ``p = softmax(-d)``; the input leaves when
-``max p > T_i`` (strictly) and is labelled ``argmax p``. A threshold of 1.0 can never fire
-(a softmax never exceeds 1), so such an exit is *disabled*: its check is not computed and
-costs nothing. Torch-free: this is the code the on-device runtime runs.
+``max p > T_i`` (strictly) and is labelled ``argmax p`` (the rule itself: :mod:`edgeskip.rule`).
+A threshold of 1.0 can never fire (a softmax never exceeds 1), so such an exit is *disabled*:
+its check is not computed and costs nothing. Torch-free: this is the code the on-device runtime runs.
 
 On disk (a folder): ``e2cm.npz`` (means, normalisers, thresholds, exits; loaded with
 ``allow_pickle=False``) and ``e2cm.json`` (feature, costs, provenance, sha256 of the npz).
@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.e2cm.costs import FEATURES, CostModel
+from edgeskip.e2cm.costs import FEATURES, MacCosts
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.fsutil import atomic_directory, loads_json
+from edgeskip.rule import exit_leaves, exit_top
 
-__all__ = ["E2CM", "FORMAT", "SCHEMA_VERSION", "check_thresholds", "exit_decisions", "exit_features"]
+__all__ = ["E2CM", "FORMAT", "SCHEMA_VERSION", "check_thresholds", "exit_features"]
 
 FORMAT = "edgeskip.e2cm"
 SCHEMA_VERSION = 1
@@ -50,17 +51,6 @@ def exit_features(tokens: npt.NDArray[Any], feature: str) -> npt.NDArray[np.floa
     else:
         raise ConfigError(f"unknown E²CM feature {feature!r}; choose one of {', '.join(FEATURES)}")
     return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def exit_decisions(distances: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """Top exit probability and label from (..., K) normalised distances ``d_k / mu_k``.
-
-    ``max softmax(-d) = 1 / sum_k exp(d_min - d_k)``, the label is ``argmin d``: no full
-    softmax is formed.
-    """
-    label = distances.argmin(axis=-1)
-    top = 1.0 / np.exp(distances.min(axis=-1, keepdims=True) - distances).sum(axis=-1)
-    return top, label
 
 
 def check_thresholds(thresholds: Sequence[float] | npt.NDArray[Any], n_exits: int) -> npt.NDArray[np.float64]:
@@ -83,7 +73,7 @@ class E2CM:
     means: npt.NDArray[np.floating[Any]]  # (J, K, F) float32 or float16
     normalisers: npt.NDArray[np.float32]  # (J, K)
     thresholds: npt.NDArray[np.float64]  # (J,) in [0, 1]; 1 = disabled
-    costs: CostModel
+    costs: MacCosts
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -162,8 +152,8 @@ class E2CM:
 
     def check(self, index: int, tokens: npt.NDArray[Any]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """Exit rule at exit ``index``: (leaves, label, top probability) per input."""
-        top, label = exit_decisions(self._distances(index, tokens))
-        return top > self.thresholds[index], label, top
+        top, label = exit_top(self._distances(index, tokens))
+        return exit_leaves(top, float(self.thresholds[index])), label, top
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -212,7 +202,7 @@ class E2CM:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 means, normalisers, thresholds = npz["means"], npz["normalisers"], npz["thresholds"]
                 exits = tuple(int(e) for e in npz["exits"])
-            costs = CostModel.from_dict(info.get("costs"))
+            costs = MacCosts.from_dict(info.get("costs"))
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
             raise DataError(f"{where}/{NPZ}: unreadable ({exc})") from None
         if exits != costs.exits or list(exits) != info.get("exits"):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.e2cm.costs import CostModel
+from edgeskip.e2cm.costs import MacCosts
 from edgeskip.e2cm.means import check_thresholds
 from edgeskip.errors import ConfigError
 
@@ -55,7 +55,7 @@ class ExitCache:
 
     @classmethod
     def build(cls, top_prob: npt.NDArray[Any], pred: npt.NDArray[Any], final_pred: npt.NDArray[Any],
-              labels: npt.NDArray[Any], executed: npt.NDArray[Any], costs: CostModel) -> ExitCache:
+              labels: npt.NDArray[Any], executed: npt.NDArray[Any], costs: MacCosts) -> ExitCache:
         executed = np.asarray(executed, dtype=bool)
         checked = executed[:, list(costs.exits)]
         base, final = costs.path_costs(executed)

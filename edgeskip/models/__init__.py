@@ -8,13 +8,9 @@ from edgeskip.config import ViTConfig
 from edgeskip.models.vit import ViT
 from edgeskip.variants import MODEL_CONFIGS, list_models, model_config
 
-__all__ = ["ViT", "ViTConfig", "create", "create_from_config", "list_models", "MODEL_CONFIGS"]
+__all__ = ["ViT", "ViTConfig", "create", "list_models", "MODEL_CONFIGS"]
 
 
 def create(name: str, **overrides: Any) -> ViT:
     """Build the registered model ``name``, e.g. ``create("vit9", num_classes=100)``."""
     return ViT(model_config(name, **overrides))
-
-
-def create_from_config(cfg: ViTConfig) -> ViT:
-    return ViT(cfg)

@@ -1,4 +1,13 @@
-"""One additive latency and energy model of a bundle on a device, from its profile.
+"""What a configuration costs: one additive model over how often each piece runs (torch-free).
+
+:func:`usage_of` turns a run (which layers each input ran, where it left) into a :class:`Usage`; a
+cost turns a usage into figures. Two costs plug into every search (:class:`Cost`):
+
+* :class:`MacsCost`: multiply-accumulates as a share of the static model (the thesis objective; the
+  per-stage counts are :class:`edgeskip.e2cm.MacCosts`), needing nothing but the model's shape;
+* :class:`ProfileCost`: latency and energy on a device, from its ``edgeskip profile`` (:class:`ProfileCosts`).
+
+The latency and energy model of a bundle on a device, from its profile:
 
 For a configuration and a set of images (what matters is how often each piece runs)::
 
@@ -25,14 +34,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from edgeskip.e2cm.costs import MacCosts
 from edgeskip.errors import ConfigError
 
-__all__ = ["CostKey", "CostModel", "Prediction", "Usage", "reuse_shares", "usage_of"]
+__all__ = ["Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +86,11 @@ class Usage:
         return 1.0 + sum(self.layers) + self.reach_head
 
 
-def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64], cuts: Sequence[tuple[int, Any]],
+def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64], steps: Sequence[tuple[int, Any]],
              exits: Sequence[int], checked_exits: Sequence[int]) -> Usage:
     """The usage of a run: ``executed`` (N, L) with the inputs in the order they ran one at a time,
-    ``exit_layer`` (N,), the plan's (layer, cut) steps (a cut of None: the layer runs without asking its
-    agent), the exit layers of the bundle and those enabled in the plan."""
+    ``exit_layer`` (N,), the plan's (layer, threshold or cut) steps (None: the layer runs without asking its
+    agent), the exit layers of the model and those enabled in the plan."""
     n, depth = executed.shape
     if n == 0:
         raise ConfigError("usage needs at least one input")
@@ -89,7 +99,7 @@ def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64],
     still_in = present.mean(axis=0)
     asked = [0.0] * depth
     after_skip = [0.0] * depth
-    steps = list(cuts)
+    steps = list(steps)
     for k, (j, cut) in enumerate(steps):
         if cut is not None:
             asked[j] = float(still_in[j])
@@ -127,7 +137,7 @@ class Prediction:
     energy_mj: float
 
 
-class CostModel:
+class ProfileCosts:
     """Latency and energy entries of one bundle on one device, from ``edgeskip profile``."""
 
     def __init__(self, entries: Mapping[CostKey, tuple[float, float]], overhead: Mapping[int, tuple[float, float]],
@@ -139,7 +149,7 @@ class CostModel:
         self.energy_source = energy_source
 
     @classmethod
-    def from_profile(cls, profile: Mapping[str, Any], depth: int) -> CostModel:
+    def from_profile(cls, profile: Mapping[str, Any], depth: int) -> ProfileCosts:
         entries: dict[CostKey, tuple[float, float]] = {}
         overhead: dict[int, tuple[float, float]] = {}
         for b, pieces in profile["batches"].items():
@@ -200,3 +210,51 @@ class CostModel:
         energy = sum(mj * w for (_, mj), w in terms)
         per_call, fixed = self.overhead.get(batch, (0.0, 0.0))
         return Prediction(latency + usage.calls * per_call + fixed, energy)
+
+
+class Cost(Protocol):
+    """What a search minimises besides the error: figures of a usage (all minimised, normalised by the static
+    model's in the search's objectives)."""
+
+    kind: str  # "macs" or "profile": what the front records as its cost
+    figures: tuple[str, ...]  # the ParetoPoint fields it fills, e.g. ("latency_ms", "energy_mj")
+
+    def __call__(self, usage: Usage) -> dict[str, float]:
+        """The figures of one configuration's usage."""
+
+
+class MacsCost:
+    """Multiply-accumulates per input as a share of the static model: embed, the layers that ran, the agents asked,
+    the exit checks made and the head where it was reached."""
+
+    kind: str = "macs"
+    figures: tuple[str, ...] = ("compute",)
+
+    def __init__(self, costs: MacCosts) -> None:
+        self.costs = costs
+
+    def __call__(self, usage: Usage) -> dict[str, float]:
+        c = self.costs
+        if len(usage.layers) != c.depth or len(usage.checked) != len(c.exits):
+            raise ConfigError(f"usage of {len(usage.layers)} layers and {len(usage.checked)} exits does not fit MACs "
+                              f"costs of {c.depth} layers and {len(c.exits)} exits")
+        total = c.embed + c.head * usage.reach_head + float(np.dot(usage.layers, c.layers)) \
+            + float(np.dot(usage.asked, c.agents)) + float(np.dot(usage.checked, c.checks))
+        return {"compute": total}
+
+
+class ProfileCost:
+    """Latency and energy per call at ``batch`` on the profiled device."""
+
+    kind: str = "profile"
+    figures: tuple[str, ...] = ("latency_ms", "energy_mj")
+
+    def __init__(self, costs: ProfileCosts, batch: int = 1) -> None:
+        if batch not in costs.batch_sizes:
+            raise ConfigError(f"the profile has no measurements at batch {batch} (it has {costs.batch_sizes}): "
+                              f"profile with --batch-sizes {batch}")
+        self.costs, self.batch = costs, batch
+
+    def __call__(self, usage: Usage) -> dict[str, float]:
+        p = self.costs.predict(usage, self.batch)
+        return {"latency_ms": p.latency_ms, "energy_mj": p.energy_mj}

@@ -1,4 +1,4 @@
-"""NSGA-II operators on integer genomes (pymoo, torch-free), shared by both searches.
+"""NSGA-II operators on integer genomes (pymoo, torch-free): what :func:`edgeskip.search.problem.nsga2` builds.
 
 A genome is one integer gene per decision; gene ``g`` takes values ``0 .. upper[g]``. The
 first ``layer_genes`` genes are layers, where 0 removes the layer: :class:`KeepOneLayer`

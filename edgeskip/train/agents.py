@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from edgeskip.agents.genes import SkipConfig
+from edgeskip.policy import SkipConfig
 from edgeskip.agents.model import SkipOutput, SkipViT
 from edgeskip.agents.reinforce import (
     baseline_loss,
@@ -18,7 +18,7 @@ from edgeskip.agents.reinforce import (
     rewards,
     whiten,
 )
-from edgeskip.agents.report import evaluate_skipping
+from edgeskip.train.report import evaluate_skipping
 from edgeskip.errors import CheckpointError
 from edgeskip.models.vit import ViT
 from edgeskip.train.checkpoint import load_checkpoint

@@ -34,7 +34,7 @@ from edgeskip.fsutil import FILE_MODE, atomic_directory, atomic_write_json, load
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "resolve_checkpoint", "git_commit"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "resolve_checkpoint", "git_commit", "state_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,20 @@ SCHEMA_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, LATEST_FILE = (
     "config.json", "model.safetensors", "train_state.safetensors", "latest.json",
 )
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """A fingerprint of a model's weights: sha256 over every tensor (name, dtype, shape, bytes) in name order.
+
+    Recorded in the manifest (``weights.state_sha256``) so the torch reference backend can prove it
+    rebuilt exactly the weights the bundle was exported from.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +90,7 @@ class Checkpoint:
     def _empty_model(self) -> ViT:
         if not self.has_agents:
             return ViT(self.model_config)
-        from edgeskip.agents.genes import SkipConfig
+        from edgeskip.policy import SkipConfig
         from edgeskip.agents.model import SkipViT
 
         info = self.meta["agents"]

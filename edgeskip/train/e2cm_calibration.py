@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from edgeskip.agents.model import SkipViT
 from edgeskip.data.dataset import ImageDataset
-from edgeskip.e2cm.costs import FEATURES, CostModel, check_exits
-from edgeskip.e2cm.means import E2CM, exit_decisions
+from edgeskip.e2cm.costs import FEATURES, MacCosts, check_exits
+from edgeskip.e2cm.means import E2CM
 from edgeskip.e2cm.thresholds import ExitCache
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
+from edgeskip.rule import exit_top
 from edgeskip.train.evaluate import eval_mode, image_batches
 
 __all__ = ["PATHS", "Calibration", "calibrate", "collect_cache", "collect_caches"]
@@ -112,8 +113,8 @@ def _distances(model: ViT, data: ImageDataset, norm: Normalization, means: dict[
 def _cache(model: ViT, e2cm: E2CM, distances: npt.NDArray[np.float64], final_pred: npt.NDArray[np.int64],
            labels: npt.NDArray[np.int64], executed: npt.NDArray[np.bool_]) -> ExitCache:
     """The exit decisions of ``e2cm`` from (N, J, K) raw distances, with the model's path costs."""
-    top, pred = exit_decisions(distances / e2cm.normalisers.astype(np.float64)[None])
-    costs = CostModel.from_config(model.config, e2cm.exits, e2cm.feature, agents=isinstance(model, SkipViT))
+    top, pred = exit_top(distances / e2cm.normalisers.astype(np.float64)[None])
+    costs = MacCosts.from_config(model.config, e2cm.exits, e2cm.feature, agents=isinstance(model, SkipViT))
     return ExitCache.build(top, pred, final_pred, labels, executed, costs)
 
 
@@ -156,7 +157,7 @@ def calibrate(model: ViT, data: ImageDataset, norm: Normalization, *, exits: Seq
         e2cm = E2CM(
             feature=f, means=means[f].float().cpu().numpy(), normalisers=normalisers.astype(np.float32),
             thresholds=np.ones(len(exits)),
-            costs=CostModel.from_config(model.config, exits, f, agents=isinstance(model, SkipViT)),
+            costs=MacCosts.from_config(model.config, exits, f, agents=isinstance(model, SkipViT)),
             meta={"path": path, "calibration_images": len(data), "class_counts": counts.tolist(), **(meta or {})},
         )
         result[f] = Calibration(e2cm, _cache(model, e2cm, dists[f], final_pred, data.labels, executed))

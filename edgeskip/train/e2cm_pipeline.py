@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgeskip.data.dataset import DatasetSplits, ImageDataset
-from edgeskip.e2cm.calibrate import Calibration, calibrate, collect_caches
+from edgeskip.train.e2cm_calibration import Calibration, calibrate, collect_caches
 from edgeskip.e2cm.settings import CalibrateConfig, parse_exits
 from edgeskip.e2cm.thresholds import (
     ExitCache,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeskip.data.dataset import ImageDataset
-from edgeskip.devices.host import cpu_has_bf16
+from edgeskip.host import cpu_has_bf16
 from edgeskip.errors import ConfigError
 from edgeskip.normalization import Normalization
 

@@ -46,7 +46,7 @@ from edgeskip.train.evaluate import (
 from edgeskip.train.schedule import warmup_cosine
 from edgeskip.variants import model_config
 
-__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "train"]
+__all__ = ["Trainer", "TrainResult", "TrainingDivergedError"]
 
 log = logging.getLogger(__name__)
 BEST_FILE, HISTORY_FILE = "best.json", "history.json"
@@ -66,15 +66,6 @@ class TrainResult:
     @property
     def final(self) -> dict[str, Any]:
         return self.history[-1] if self.history else {}
-
-
-def train(cfg: TrainConfig, data: DatasetSplits | None = None) -> TrainResult:
-    """Run training as ``cfg`` says (with skip agents if ``cfg.agents``); under torchrun every rank calls this."""
-    if cfg.agents:
-        from edgeskip.agents.trainer import AgentTrainer
-
-        return AgentTrainer(cfg, data).run()
-    return Trainer(cfg, data).run()
 
 
 class Trainer:

@@ -1,0 +1,245 @@
+"""The Pareto front: one type and one file format for every search, and the choice by budget (torch-free).
+
+``edgeskip posttrain`` (a checkpoint, compute in MACs) and ``edgeskip search`` (a bundle, latency and
+energy from a device profile) both write a :class:`ParetoFront`; ``edgeskip apply-config``,
+``edgeskip select``, :meth:`edgeskip.Runtime.select` and the examples read it. On disk::
+
+    {"format": "edgeskip.pareto", "schema_version": 2, "searched": {...}, "cost": "profile" | "macs",
+     "objectives": [...], "device": ..., "static": {point}, "points": [{point}, ...], ...}
+
+Every point carries its genes, the configuration (per-layer agent thresholds: ``None`` removed, 0
+always runs; per-exit thresholds, 1 disabled), its accuracy on the search images, its mean executed
+layers and exit rate, and whatever costs its search knew: ``compute`` (share of the static model's
+multiply-accumulates), ``latency_ms`` and ``energy_mj`` (predicted from a device profile), ``reward``
+(the joint post-training variant). Schema 1 fronts of ``edgeskip search`` load through one
+migration; post-training files of older releases (a bare ``{"pareto": [...]}``) are refused with the
+command that writes them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from edgeskip.errors import ConfigError, EdgeskipError
+from edgeskip.fsutil import atomic_write_json, loads_json
+from edgeskip.policy import Policy, SkipConfig
+from edgeskip.schema import Record, SchemaError, field
+
+__all__ = ["FORMAT", "SCHEMA_VERSION", "FrontError", "NothingFits", "ParetoFront", "ParetoPoint", "Searched",
+           "Selection", "choose", "load_front", "pareto_path"]
+
+FORMAT = "edgeskip.pareto"
+SCHEMA_VERSION = 2
+MAX_POINTS = 100_000
+# Hypervolume reference in normalised objectives (error, cost / static, ...): a little beyond "every input
+# wrong at the static model's cost", the same for every search so hypervolumes compare.
+REFERENCE = 1.1
+
+
+class FrontError(EdgeskipError):
+    """A Pareto front is missing, unreadable, of another bundle or device, or of an unknown schema."""
+
+
+class NothingFits(EdgeskipError):
+    """No configuration of the front fits the budget."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ParetoPoint(Record):
+    """One configuration and what it did on the search images."""
+
+    genes: tuple[int, ...]
+    thresholds: tuple[float | None, ...] = field(ge=0.0, le=1.0)  # per layer: None removed, 0 always runs
+    exit_thresholds: tuple[float, ...] | None = field(default=None, ge=0.0, le=1.0)  # per exit; None: no exits
+    accuracy: float = field(ge=0.0, le=1.0)
+    executed_layers: float = field(ge=0.0)  # mean per input
+    exit_rate: float = field(default=0.0, ge=0.0, le=1.0)  # share of inputs that left at an exit
+    compute: float | None = field(default=None, ge=0.0)  # share of the static model's MACs
+    latency_ms: float | None = field(default=None, ge=0.0)  # predicted per call at the front's batch
+    energy_mj: float | None = field(default=None, ge=0.0)
+    reward: float | None = None  # mean agent reward (the joint post-training objective)
+
+    @property
+    def policy(self) -> Policy:
+        """The configuration as a runtime policy."""
+        return Policy.config(self.thresholds, self.exit_thresholds)
+
+    @property
+    def skip(self) -> SkipConfig:
+        """The layer thresholds as a checkpoint's skip configuration (exits are a bundle's, not a checkpoint's)."""
+        return SkipConfig(self.thresholds)
+
+    def cost(self, key: str) -> float:
+        value = getattr(self, key)
+        if value is None:
+            raise FrontError(f"this front's points have no {key}")
+        return float(value)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Searched(Record):
+    """What a front was searched on: a bundle (by its manifest fingerprint) or a checkpoint (by its weights)."""
+
+    kind: Literal["bundle", "checkpoint"]
+    model: str
+    fingerprint: str  # the bundle's manifest fingerprint, or the checkpoint's weights sha256
+    weights_sha256: str | None = None  # the checkpoint weights the model came from, where known
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ParetoFront(Record):
+    """The non-dominated configurations of one search, sorted by cost, with the static model for reference."""
+
+    searched: Searched
+    cost: Literal["macs", "profile"]
+    objectives: tuple[str, ...]
+    hypervolume: float
+    static: ParetoPoint  # every layer, no exit
+    points: tuple[ParetoPoint, ...] = field(max_items=MAX_POINTS)
+    reference: ParetoPoint | None = None  # post-training's uniform 0.5 thresholds
+    device: str | None = None  # the profiled device (cost "profile")
+    batch: int | None = field(default=None, ge=1)  # the batch latency and energy are predicted at
+    energy_source: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # images, evaluations, seconds, settings, calibration
+
+    def __post_init__(self) -> None:
+        if not self.points:
+            raise ConfigError("a Pareto front needs at least one configuration")
+        if self.cost == "profile" and (self.device is None or self.batch is None or any(
+                p.latency_ms is None or p.energy_mj is None for p in (*self.points, self.static))):
+            raise ConfigError("a front costed by a device profile needs its device, batch and every point's "
+                              "latency_ms and energy_mj")
+        if self.cost == "macs" and any(p.compute is None for p in (*self.points, self.static)):
+            raise ConfigError("a front costed in MACs needs every point's compute")
+
+    def to_file(self) -> dict[str, Any]:
+        return {"format": FORMAT, "schema_version": SCHEMA_VERSION, **self.to_dict(),
+                "hypervolume_reference": REFERENCE}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the front atomically (JSON)."""
+        atomic_write_json(path, self.to_file())
+        return Path(path)
+
+
+def pareto_path(bundle: Any, device: str) -> Path:
+    """Where ``edgeskip search`` keeps a bundle's front for ``device``: ``pareto/<device>.json`` beside its files."""
+    root = bundle.path if hasattr(bundle, "path") else Path(bundle)
+    return Path(root) / "pareto" / f"{device}.json"
+
+
+def load_front(path: str | Path, *, fingerprint: str | None = None, device: str | None = None) -> ParetoFront:
+    """Read and check a front: its schema, and that it is of the bundle with ``fingerprint`` and of ``device``
+    when they are given."""
+    path = Path(path)
+    try:
+        data = loads_json(path.read_bytes())
+    except FileNotFoundError:
+        raise FrontError(f"no Pareto front at {path}: run edgeskip search (a bundle) or edgeskip posttrain "
+                         "(a checkpoint) first") from None
+    except (OSError, ValueError) as exc:
+        raise FrontError(f"{path} is not a readable Pareto front: {exc}") from None
+    front = _parse(data, path)
+    if device is not None and front.device != device:
+        raise FrontError(f"{path} is the Pareto front of device {front.device!r}, not {device!r}")
+    if fingerprint is not None and (front.searched.kind != "bundle" or front.searched.fingerprint != fingerprint):
+        raise FrontError(f"{path} was searched on another bundle (or this bundle changed since): run edgeskip search "
+                         "again")
+    return front
+
+
+def _parse(data: Any, path: Path) -> ParetoFront:
+    if isinstance(data, dict) and "pareto" in data and "format" not in data:
+        raise FrontError(f"{path} was written by an older edgeskip posttrain (no schema version): run edgeskip "
+                         "posttrain --checkpoint CKPT --out DIR again to write it in this format")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise FrontError(f"{path} is not an edgeskip Pareto front")
+    version = data.get("schema_version")
+    if version == 1:
+        data = _migrate_v1(data)
+    elif version != SCHEMA_VERSION:
+        raise FrontError(f"{path}: Pareto front schema version {version!r} is not supported (this edgeskip reads "
+                         f"{SCHEMA_VERSION} and 1); run edgeskip search or posttrain again")
+    body = {k: v for k, v in data.items() if k not in ("format", "schema_version", "hypervolume_reference")}
+    try:
+        return ParetoFront.from_dict(body)
+    except SchemaError as exc:
+        raise FrontError(f"{path}: malformed Pareto front ({exc})") from None
+
+
+_V1_KEYS = {"format", "schema_version", "device", "bundle", "batch", "energy_source", "objectives", "hypervolume",
+            "hypervolume_reference_point", "static", "points"}
+
+
+def _migrate_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A schema 1 front of ``edgeskip search`` (latency and energy from a profile) in schema 2."""
+    bound = data.get("bundle")
+    meta = {k: v for k, v in data.items() if k not in _V1_KEYS}
+    return {"format": FORMAT, "schema_version": SCHEMA_VERSION,
+            "searched": {"kind": "bundle", "model": str(meta.get("model", "")),
+                         "fingerprint": bound.get("fingerprint") if isinstance(bound, dict) else None},
+            "cost": "profile", "objectives": ["error", "latency_ms", "energy_mj"], "device": data.get("device"),
+            "batch": data.get("batch"), "energy_source": data.get("energy_source"),
+            "hypervolume": data.get("hypervolume"), "static": data.get("static"), "points": data.get("points"),
+            "meta": {**meta, "migrated_from_schema": 1}}
+
+
+# -- choosing by budget --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The most accurate configuration of a front within a budget (what ``select`` decided; nothing written)."""
+
+    point: ParetoPoint
+    budget: float
+    unit: str  # "ms" or "mJ"
+    device: str
+    batch: int
+    candidates: int  # configurations within the budget
+    energy_source: str
+    images: int | None  # search images the accuracy was measured on
+
+    @property
+    def policy(self) -> Policy:
+        return self.point.policy
+
+    def describe(self) -> str:
+        p = self.point
+        exits = "" if p.exit_thresholds is None else f", {100 * p.exit_rate:.0f}% leave at an exit"
+        return (f"accuracy {100 * p.accuracy:.2f}% at {p.latency_ms:.3f} ms and {p.energy_mj:.3f} mJ per call "
+                f"(batch {self.batch}, predicted on {self.device}), {p.executed_layers:.2f} layers per input{exits}; "
+                f"{self.candidates} configuration(s) within {self.budget:g} {self.unit}")
+
+
+def _budget(budget_ms: float | None, budget_mj: float | None) -> tuple[float, str, str]:
+    if (budget_ms is None) == (budget_mj is None):
+        raise ConfigError("give one budget: a latency in ms or an energy in mJ")
+    value, unit, key = (budget_ms, "ms", "latency_ms") if budget_ms is not None else (budget_mj, "mJ", "energy_mj")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"the budget must be a positive number of {unit}, got {value!r}")
+    return float(value), unit, key
+
+
+def choose(front: ParetoFront, *, budget_ms: float | None = None, budget_mj: float | None = None) -> Selection:
+    """The most accurate point within the budget (ties: the cheaper) and how many fit; a front without device
+    costs (post-training's MACs) has no latency to budget."""
+    budget, unit, key = _budget(budget_ms, budget_mj)
+    if front.cost != "profile" or front.device is None or front.batch is None:
+        raise FrontError(f"this front was costed in {front.cost} (searched on a {front.searched.kind}): it has no "
+                         f"predicted {key.replace('_', ' ')}; search the exported bundle with a device profile "
+                         "(edgeskip search --bundle B --device D)")
+    fits = [p for p in front.points if p.cost(key) <= budget]
+    if not fits:
+        cheapest = min(front.points, key=lambda p: p.cost(key))
+        raise NothingFits(f"nothing fits {budget:g} {unit} on {front.device}: the cheapest configuration needs "
+                          f"{cheapest.cost(key):.3f} {unit} (accuracy {100 * cheapest.accuracy:.2f}%); "
+                          "raise the budget, or profile a faster backend or device")
+    best = max(fits, key=lambda p: (p.accuracy, -p.cost(key)))
+    images = front.meta.get("images")
+    return Selection(best, budget, unit, front.device, front.batch, len(fits), str(front.energy_source),
+                     images if isinstance(images, int) else None)

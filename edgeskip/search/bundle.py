@@ -1,0 +1,90 @@
+"""``edgeskip search``: NSGA-II over a bundle's configurations, accuracy from its own stages, costs from a profile.
+
+The genome (:class:`~edgeskip.search.genome.Genome`) has a gene per layer the bundle holds and, when it
+has E²CM exits, a gene per exit. Exit thresholds live on each exit's own scale (the top class-mean
+probability; with the CLS feature and ten classes it stays near 0.1-0.3), so each exit's grid is made
+from the search images: the thresholds at which a share ``exit_rates`` of them would leave there on
+the static path, plus the bundle's calibrated threshold (:func:`~edgeskip.search.pathcache.exit_grid`).
+Accuracy is exact (:class:`~edgeskip.search.pathcache.PathCache`); latency and energy are what the
+device's profile predicts for each configuration's usage (:class:`~edgeskip.search.costs.ProfileCost`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeskip.errors import ConfigError
+from edgeskip.front import ParetoFront, Searched, pareto_path
+from edgeskip.policy import Policy
+from edgeskip.runtimes.inputs import prepare
+from edgeskip.runtimes.runtime import Runtime
+from edgeskip.search.costs import ProfileCost, ProfileCosts
+from edgeskip.search.genome import Genome, grid_with_step
+from edgeskip.search.pathcache import PathCache, exit_grid
+from edgeskip.search.plot import plot_front
+from edgeskip.search.problem import ConfigurationProblem, hypervolume, minimize, nsga2, pareto_points
+from edgeskip.search.settings import BundleSearchSettings
+
+__all__ = ["BundleSearchSettings", "search_and_save", "search_bundle"]
+
+
+def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
+                  profile: Mapping[str, Any], settings: BundleSearchSettings | None = None, *,
+                  progress: Callable[[int, int], None] | None = None) -> ParetoFront:
+    """NSGA-II (pymoo) over the bundle's genes on ``images``, costs predicted from ``profile``."""
+    settings = settings or BundleSearchSettings()
+    start = time.perf_counter()
+    if len(images) == 0:
+        raise ConfigError("no calibration images: the search measures accuracy on them")
+    rt = Runtime(bundle_dir, policy="static", whole_static=False)
+    try:
+        m = rt.manifest
+        cost = ProfileCost(ProfileCosts.from_profile(profile, m.config.depth), settings.batch)
+        cache = PathCache(rt, prepare(images, rt.input_spec), labels, pool_mb=settings.pool_mb)
+        cache.evaluate(Policy("static"))  # every exit's state on the static path, for the exit grids
+        own_exits = tuple(m.e2cm["thresholds"]) if m.e2cm else None
+        genome = Genome(m.config.depth, [j for j in range(m.config.depth) if j not in m.removed],
+                        grid_with_step(settings.grid_step) if m.agents is not None else (0.0,),
+                        [exit_grid(cache, layer, settings.exit_rates, own_exits[i] if own_exits else 1.0)
+                         for i, layer in enumerate(cache.exit_layers)])
+        problem = ConfigurationProblem(genome, cache, cost)
+        seeds = genome.seeds((m.agents["thresholds"] if m.agents else None, own_exits))
+        minimize(problem, nsga2(genome, settings, seeds), settings.generations, settings.seed,
+                 each_generation=(lambda n: progress(n, settings.generations)) if progress else None)
+        points = pareto_points(list(problem.archive.values()), problem.objective, "latency_ms")
+        meta = {"model": m.model_name, "images": cache.n, "evaluations": len(problem.archive),
+                "seconds": time.perf_counter() - start, "states": cache.states,
+                "layers_computed": cache.layers_computed, "recomputed": cache.recomputed,
+                "settings": {**settings.to_dict(), "grid": list(genome.grid),
+                             "exit_grids": [list(g) for g in genome.exit_grids]},
+                "backend": rt.backend_info.get("backend"), "profile_created_utc": profile.get("created_utc"),
+                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        return ParetoFront(
+            searched=Searched(kind="bundle", model=m.model_name, fingerprint=m.fingerprint,
+                              weights_sha256=m.weights.get("checkpoint_sha256")),
+            cost="profile", objectives=problem.objectives, device=str(profile.get("device")), batch=settings.batch,
+            energy_source=cost.costs.energy_source, static=problem.static, points=tuple(points),
+            hypervolume=hypervolume([problem.objective(p) for p in points]), meta=meta)
+    finally:
+        rt.close()
+
+
+def search_and_save(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
+                    profile: Mapping[str, Any], settings: BundleSearchSettings, *, calibration: str,
+                    out: str | Path | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[ParetoFront, Path, Path]:
+    """:func:`search_bundle`, then the front (with where its images came from) saved to ``out`` (default
+    ``pareto/<device>.json`` beside the bundle's files) and its picture beside it; (front, json, png)."""
+    front = search_bundle(bundle_dir, images, labels, profile, settings, progress=progress)
+    front = dataclasses.replace(front, meta={**front.meta, "calibration": calibration})
+    path = Path(out) if out else pareto_path(bundle_dir, str(front.device))
+    front.save(path)
+    png = plot_front(front, path.with_suffix(".png"), f"{front.searched.model} on {front.device}: Pareto front")
+    return front, path, png

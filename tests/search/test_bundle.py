@@ -1,0 +1,243 @@
+"""``edgeskip search`` and ``edgeskip select`` on a trained digits bundle: exact cached evaluation, a non-dominated
+front, budgets, and the one front format shared with apply-config and the Runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeskip.bundle import Bundle, BundleError
+from edgeskip.cli import main
+from edgeskip.data import load_digits
+from edgeskip.devices.profiler import ProfileSettings, load_profile, profile_bundle, save_profile
+from edgeskip.errors import ConfigError
+from edgeskip.front import FrontError, NothingFits, ParetoFront, choose, load_front, pareto_path
+from edgeskip.policy import Policy
+from edgeskip.runtimes import Runtime
+from edgeskip.runtimes.inputs import prepare
+from edgeskip.search.bundle import search_bundle
+from edgeskip.search.settings import BundleSearchSettings
+from edgeskip.search.costs import ProfileCosts, usage_of
+from edgeskip.search.genome import Genome
+from edgeskip.search.pathcache import PathCache, exit_grid
+from edgeskip.search.problem import non_dominated
+from edgeskip.search.select import record_selection, select
+from edgeskip.train.checkpoint import load_checkpoint
+
+DEPTH = 6  # vit-digits
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[Any, Any]:
+    """120 real digits test images and labels (the first half of each class)."""
+    pool = load_digits().test.halves()[0].take(120)
+    return pool.images, pool.labels
+
+
+@pytest.fixture(scope="module")
+def profiled(digits_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A private copy of the trained agents + E²CM digits bundle with a quick cpu profile."""
+    bundle = Path(shutil.copytree(digits_agents["bundle"], tmp_path_factory.mktemp("s") / "b"))
+    profile = profile_bundle(bundle, "cpu", settings=ProfileSettings.quick((1,)))
+    save_profile(profile, bundle)
+    return bundle, profile
+
+
+@pytest.fixture(scope="module")
+def front(profiled: tuple[Path, dict[str, Any]], images: tuple[Any, Any]) -> ParetoFront:
+    bundle, profile = profiled
+    result = search_bundle(bundle, images[0], images[1], profile, BundleSearchSettings(pop_size=10, generations=5))
+    result.save(pareto_path(bundle, "cpu"))
+    return result
+
+
+def _genomes(genome: Genome, rng: np.random.Generator, n: int) -> list[tuple[int, ...]]:
+    out = [genome.static_genes]
+    while len(out) < n:
+        g = tuple(rng.integers(0, np.asarray(genome.upper) + 1).tolist())
+        if any(g[: len(genome.layers)]):
+            out.append(g)
+    return out
+
+
+def test_cached_evaluation_equals_a_full_run(profiled: tuple[Path, dict[str, Any]], images: tuple[Any, Any]) -> None:
+    bundle, _ = profiled
+    rt = Runtime(bundle, policy="static", whole_static=False)
+    x = prepare(images[0], rt.input_spec)
+    # a pool of 3 states per image: the cache has to drop tokens and recompute them
+    per_state = int(np.prod(rt.backend.run("embed", x[:1]).shape)) * 4  # type: ignore[union-attr]
+    cache = PathCache(rt, x, images[1], pool_mb=3 * len(x) * per_state / 2**20, chunk=16)
+    cache.evaluate(Policy("static"))
+    genome = Genome(DEPTH, None, exit_grids=[exit_grid(cache, layer, (0.1, 0.3, 0.6), 1.0)
+                                             for layer in cache.exit_layers])
+    skipped = exited = 0
+    for genes in _genomes(genome, np.random.default_rng(0), 24):
+        policy = genome.policy(genes)
+        cached = cache.evaluate(policy)
+        full = Runtime(rt.bundle, policy=policy, whole_static=False)(images[0])
+        assert np.array_equal(cached.executed, full.executed), genes
+        assert np.array_equal(cached.exit_layer, full.exit_layer), genes
+        np.testing.assert_allclose(cached.logits, full.logits, atol=1e-4)  # type: ignore[arg-type]
+        assert cached.accuracy == float(np.mean(full.labels == images[1]))
+        skipped += int((~full.executed).any())
+        exited += int((full.exit_layer >= 0).any())
+    assert skipped > 10 and exited > 5  # the configurations exercised skips and exits
+    assert cache.recomputed > 0  # and tokens dropped from the pool were recomputed exactly
+
+
+def test_exit_grids_leave_no_image_on_a_threshold(profiled: tuple[Path, dict[str, Any]],
+                                                  images: tuple[Any, Any]) -> None:
+    """A threshold lies between two images' top probabilities, so float rounding cannot flip a decision."""
+    rt = Runtime(profiled[0], policy="static", whole_static=False)
+    cache = PathCache(rt, prepare(images[0], rt.input_spec), images[1])
+    cache.evaluate(Policy("static"))
+    for layer in cache.exit_layers:
+        ids = cache.lookup(np.arange(cache.n), np.full(cache.n, (1 << (layer + 1)) - 1, np.int64))
+        top = cache.top[ids]
+        for t in exit_grid(cache, layer, (0.1, 0.3, 0.6), 1.0):
+            assert np.abs(top - t).min() > 1e-9
+
+
+def test_search_front(front: ParetoFront, profiled: tuple[Path, dict[str, Any]], images: tuple[Any, Any]) -> None:
+    bundle, profile = profiled
+    pts = front.points
+    F = np.array([[1 - p.accuracy, p.cost("latency_ms"), p.cost("energy_mj")] for p in pts])
+    assert len(non_dominated(F)) == len(pts) >= 1  # no point of the front dominates another
+    s = np.array([1 - front.static.accuracy, front.static.cost("latency_ms"), front.static.cost("energy_mj")])
+    assert not any((s <= f).all() and (s < f).any() for f in F)  # nor does the static configuration
+    assert non_dominated(np.array([[0.1, 1.0], [0.2, 0.5], [0.2, 1.0], [0.05, 2.0]])).tolist() == [0, 1, 3]
+    assert [p.latency_ms for p in pts] == sorted(p.cost("latency_ms") for p in pts)
+    assert front.static.executed_layers == DEPTH and front.static.exit_rate == 0
+    assert 0 < front.hypervolume and front.meta["evaluations"] >= 10 and front.meta["images"] == len(images[1])
+    assert front.searched.kind == "bundle" and front.searched.fingerprint == Bundle.open(bundle).manifest.fingerprint
+    # each point is what the Runtime does and what the cost model predicts for that run
+    model = ProfileCosts.from_profile(profile, DEPTH)
+    exits = list(Runtime(bundle).manifest.e2cm["exits"])  # type: ignore[index]
+    for p in (pts[0], pts[-1]):
+        rt = Runtime(bundle, policy=p.policy, whole_static=False)
+        out = rt(images[0])
+        assert p.accuracy == float(np.mean(out.labels == images[1]))
+        usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), rt.plan.steps, exits, list(rt.plan.exits))
+        assert p.latency_ms == pytest.approx(model.predict(usage).latency_ms, rel=1e-9)
+        assert p.executed_layers == pytest.approx(float(np.asarray(out.executed).sum(1).mean()))
+    loaded = load_front(pareto_path(bundle, "cpu"), fingerprint=Bundle.open(bundle).manifest.fingerprint, device="cpu")
+    assert loaded == front
+
+
+def test_select_by_budget(front: ParetoFront, profiled: tuple[Path, dict[str, Any]], tmp_path: Path,
+                          images: tuple[Any, Any]) -> None:
+    bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
+    pts = front.points
+    mid = pts[len(pts) // 2]
+    chosen = choose(front, budget_ms=mid.cost("latency_ms"))
+    fits = [p for p in pts if p.cost("latency_ms") <= mid.cost("latency_ms")]
+    assert chosen.candidates == len(fits) and chosen.point.accuracy == max(p.accuracy for p in fits)
+    assert choose(front, budget_ms=1e9).point.accuracy == max(p.accuracy for p in pts)
+    assert choose(front, budget_mj=mid.cost("energy_mj")).point.cost("energy_mj") <= mid.cost("energy_mj")
+    with pytest.raises(NothingFits, match="cheapest configuration needs"):
+        choose(front, budget_ms=pts[0].cost("latency_ms") * 0.5)
+    with pytest.raises(ConfigError, match="one budget"):
+        choose(front)
+    with pytest.raises(ConfigError, match="positive"):
+        choose(front, budget_ms=-1.0)
+
+    picked = select(bundle, "cpu", budget_ms=mid.cost("latency_ms"))
+    assert picked == chosen and Bundle.open(bundle).manifest.default_config is None  # choosing writes nothing
+    record_selection(bundle, picked)
+    b = Bundle.open(bundle)  # still a valid bundle, its profile and front still bound to it
+    assert b.manifest.default_config is not None and b.manifest.default_config["device"] == "cpu"
+    load_profile(bundle / "profiles" / "cpu.json", b, "cpu")
+    load_front(pareto_path(b, "cpu"), fingerprint=b.manifest.fingerprint, device="cpu")
+    rt = Runtime(bundle)  # policy auto now runs the selected configuration
+    assert rt.policy.name == "default" and rt.plan.layer_thresholds == chosen.point.thresholds
+    assert rt.plan.exit_thresholds == chosen.point.exit_thresholds
+    assert float(np.mean(rt(images[0]).labels == images[1])) == chosen.point.accuracy
+    before = (bundle / "manifest.json").read_bytes()
+    cheapest = rt.select(budget_ms=pts[0].cost("latency_ms"))  # from a loaded Runtime: switches, writes nothing
+    assert rt.plan.layer_thresholds == cheapest.point.thresholds
+    assert (bundle / "manifest.json").read_bytes() == before
+
+
+def test_a_search_front_applies_to_its_checkpoint(front: ParetoFront, profiled: tuple[Path, dict[str, Any]],
+                                                  digits_agents: dict[str, Path], tmp_path: Path) -> None:
+    """search writes, apply-config reads: the layer thresholds of a bundle's point become a checkpoint's."""
+    assert main(["-q", "apply-config", "--checkpoint", str(digits_agents["checkpoint"]), "--pareto",
+                 str(pareto_path(profiled[0], "cpu")), "--point", "0", "--out", str(tmp_path / "c")]) == 0
+    model = load_checkpoint(tmp_path / "c").build_model()
+    assert model.skip.thresholds == front.points[0].thresholds  # type: ignore[union-attr]
+
+
+def test_bad_default_config_is_refused(profiled: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["default_config"] = {"thresholds": [0.5, 2.0, 0.5, 0.5, 0.5, 0.5], "exit_thresholds": None}
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="default_config"):
+        Bundle.open(bundle)
+    raw["default_config"] = {"thresholds": None, "exit_thresholds": [0.5]}
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="default_config needs 5 exit thresholds"):
+        Bundle.open(bundle)
+
+
+def test_front_of_another_bundle_device_or_schema_is_refused(front: ParetoFront, profiled: tuple[Path, dict[str, Any]],
+                                                             tmp_path: Path) -> None:
+    fingerprint = Bundle.open(profiled[0]).manifest.fingerprint
+    path = pareto_path(profiled[0], "cpu")
+    with pytest.raises(FrontError, match="not 'jetson-nano'"):
+        load_front(path, fingerprint=fingerprint, device="jetson-nano")
+    data = json.loads(path.read_text())
+    for name, change, message in (
+            ("other", {"searched": {**data["searched"], "fingerprint": "0" * 64}}, "another bundle"),
+            ("v7", {"schema_version": 7}, "schema version 7"),
+            ("empty", {"points": []}, "at least one configuration"),
+            ("broken", {"points": [{"genes": [1]}]}, "malformed"),
+            ("unknown", {"colour": "red"}, "unknown key"),
+            ("nan", {"hypervolume": float("nan")}, "finite")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**data, **change}))
+        with pytest.raises(FrontError, match=message):
+            load_front(tmp_path / f"{name}.json", fingerprint=fingerprint, device="cpu")
+    with pytest.raises(FrontError, match="run edgeskip search"):
+        load_front(tmp_path / "missing.json")
+
+
+def test_a_schema_1_front_loads_through_the_migration(front: ParetoFront, tmp_path: Path) -> None:
+    """``edgeskip search`` of the previous release wrote format edgeskip.pareto, schema 1."""
+    old = {"format": "edgeskip.pareto", "schema_version": 1, "device": "cpu",
+           "bundle": {"fingerprint": front.searched.fingerprint}, "batch": 1, "energy_source": "estimate",
+           "objectives": ["1 - accuracy", "latency_ms", "energy_mj"], "hypervolume": 0.5,
+           "hypervolume_reference_point": {"error": 1.1}, "model": "vit-digits", "images": 120,
+           "static": {k: v for k, v in front.static.to_dict().items() if k not in ("compute", "reward")},
+           "points": [{k: v for k, v in p.to_dict().items() if k not in ("compute", "reward")} for p in front.points]}
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    migrated = load_front(tmp_path / "v1.json", fingerprint=front.searched.fingerprint, device="cpu")
+    assert migrated.points == front.points and migrated.meta["migrated_from_schema"] == 1
+    assert choose(migrated, budget_ms=1e9).point == choose(front, budget_ms=1e9).point
+
+
+def test_cli_search_and_select(profiled: tuple[Path, dict[str, Any]], tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
+    assert main(["-q", "search", "--bundle", str(bundle), "--device", "raspberry-pi-5"]) == 2
+    assert "edgeskip profile first" in capsys.readouterr().err  # no profile for that device
+    assert main(["-q", "search", "--bundle", str(bundle), "--device", "cpu", "--images", "60",
+                 "--pop-size", "6", "--generations", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto configurations" in out and "static" in out and "ESTIMATE" in out
+    assert (bundle / "pareto" / "cpu.json").is_file() and (bundle / "pareto" / "cpu.png").stat().st_size > 5000
+    cheapest = load_front(bundle / "pareto" / "cpu.json").points[0]
+    assert main(["-q", "select", "--bundle", str(bundle), "--device", "cpu", "--budget-ms",
+                 str(cheapest.cost("latency_ms") / 2)]) == 2
+    assert "nothing fits" in capsys.readouterr().err
+    assert main(["-q", "select", "--bundle", str(bundle), "--budget-ms", "1e6", "--dry-run"]) == 0
+    assert json.loads((bundle / "manifest.json").read_text())["default_config"] is None
+    assert main(["-q", "select", "--bundle", str(bundle), "--budget-ms", "1e6"]) == 0
+    assert "default configuration" in capsys.readouterr().out
+    assert json.loads((bundle / "manifest.json").read_text())["default_config"]["budget"] == {"value": 1e6, "unit": "ms"}
+    assert main(["-q", "select", "--bundle", str(bundle), "--device", "jetson-nano", "--budget-ms", "5"]) == 2
+    assert "run edgeskip search" in capsys.readouterr().err

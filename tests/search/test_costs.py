@@ -1,0 +1,91 @@
+"""The cost models every search plugs in: usage of a run, latency and energy from a profile, MACs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from edgeskip.e2cm.costs import MacCosts
+from edgeskip.errors import ConfigError
+from edgeskip.search.costs import CostKey, MacsCost, ProfileCost, ProfileCosts, Usage, reuse_shares, usage_of
+from edgeskip.variants import model_config
+
+
+def _profile(overhead: tuple[float, float] = (0.01, 0.1)) -> dict:  # type: ignore[type-arg]
+    pieces = {"embed": 0.2, "head": 0.05, "layer_00": 1.0, "layer_01": 2.0, "layer_02": 3.0, "agent_00": 0.01,
+              "agent_01": 0.02, "agent_02": 0.03, "exit_00": 0.5}
+    as_timing = {k: {"median_ms": v, "p90_ms": v, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * v}
+                 for k, v in pieces.items()}
+    return {"device": "cpu", "energy": {"source": "estimate"}, "batches": {"1": as_timing},
+            "overhead": {"1": {"per_call_ms": overhead[0], "fixed_ms": overhead[1]}}}
+
+
+def test_cost_model_is_the_hand_sum() -> None:
+    model = ProfileCosts.from_profile(_profile(), depth=3)
+    assert model.entries[CostKey("layer", 1, 1)] == (2.0, 20.0) and model.batch_sizes == [1]
+    usage = Usage(layers=(1.0, 0.5, 0.25), asked=(1.0, 1.0, 0.8), checked=(0.5,), reach_head=0.9)
+    p = model.predict(usage, batch=1)
+    stages = 0.2 + 0.05 * 0.9 + 1.0 + 2.0 * 0.5 + 3.0 * 0.25
+    extras = 0.01 + 0.02 + 0.03 * 0.8 + 0.5 * 0.5
+    calls = 1 + 1.75 + 0.9
+    assert p.latency_ms == pytest.approx(stages + extras + 0.01 * calls + 0.1)
+    assert p.energy_mj == pytest.approx(10 * (stages + extras))
+    with pytest.raises(ConfigError, match="batch 8"):
+        model.predict(usage, batch=8)
+    with pytest.raises(ConfigError, match="usage covers 2 layers"):
+        model.predict(Usage((1.0, 1.0), (0.0, 0.0), (0.0,), 1.0))
+
+
+def test_usage_of_a_run() -> None:
+    executed = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 0], [1, 0, 0]], bool)
+    exit_layer = np.array([-1, 1, -1, 0])  # input 1 left after layer 1, input 3 after layer 0
+    u = usage_of(executed, exit_layer, steps=[(0, 0.1), (1, None), (2, 0.3)], exits=[0, 1], checked_exits=[0, 1])
+    assert u.layers == (0.75, 0.25, 0.25)
+    assert u.asked == (1.0, 0.0, 0.5)  # layer 1 runs without asking; 2 of 4 inputs are still in at layer 2
+    assert u.checked == (0.75, 0.25) and u.reach_head == 0.5
+    assert u.calls == pytest.approx(1 + 1.25 + 0.5)
+
+
+def test_reuse_distances_and_warm_agents_in_the_model() -> None:
+    # inputs one at a time: the layers run in the order 0 | 0 1 | 0 2 | - | 2
+    executed = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 1], [0, 0, 0], [0, 0, 1]], bool)
+    # layer 0: first run (counts as d = 2), again with nothing between (d = 0), again after layer 1 (d = 1);
+    # layer 2: first run, then right after itself
+    assert reuse_shares(executed) == ((0.2, 0.2, 0.2), (0.0, 0.0, 0.2), (0.2, 0.0, 0.2))
+    assert reuse_shares(np.ones((4, 3), bool)) == ((0.0, 0.0, 1.0),) * 3  # static: every other layer between
+    u = usage_of(executed, np.full(5, -1), steps=[(0, 0.1), (1, 0.2), (2, 0.3)], exits=[], checked_exits=[])
+    assert u.asked_after_skip == (0.0, 0.4, 0.8)  # asked where the previous layer (0, then 1) did not run
+    profile = _profile()
+    extra = {"layer_01@0": 1.0, "agent_01@0": 0.005}
+    profile["batches"]["1"].update({k: {"median_ms": v, "p90_ms": v, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * v}
+                                    for k, v in extra.items()})
+    model = ProfileCosts.from_profile(profile, depth=3)
+    assert model.entries[CostKey("layer", 1, 1, 0)] == (1.0, 10.0)
+    static = Usage(layers=(1.0, 0.5, 0.25), asked=(0.0, 1.0, 0.0), checked=(0.0,), reach_head=1.0)
+    reused = dataclasses.replace(static, reuse=((0.0, 0.0, 1.0), (0.25, 0.25, 0.0), (0.0, 0.0, 0.25)),
+                                 asked_after_skip=(0.0, 0.5, 0.0))
+    # layer 1: a quarter at d = 0 (1.0 ms), a quarter at d = 1 (1.5 ms, between d = 0 and the static 2.0 ms at
+    # d = 2) instead of half at 2.0 ms; agent 1: half asked after a skip (0.005 instead of 0.02 ms)
+    saved = 0.5 * 2.0 - (0.25 * 1.0 + 0.25 * 1.5) + 0.5 * (0.02 - 0.005)
+    assert model.predict(reused).latency_ms == pytest.approx(model.predict(static).latency_ms - saved)
+    assert model.predict(reused).energy_mj == pytest.approx(model.predict(static).energy_mj - 10 * saved)
+    with pytest.raises(ConfigError, match="unknown profile entry"):
+        CostKey.parse("exit_01@0", 1)
+
+
+def test_macs_cost_is_the_hand_sum() -> None:
+    costs = MacCosts(embed=0.1, layers=(0.3, 0.3, 0.3), head=0.0, agents=(0.01,) * 3, exits=(0, 1), checks=(0.02, 0.02))
+    usage = Usage(layers=(1.0, 0.5, 0.25), asked=(1.0, 1.0, 0.8), checked=(0.5, 0.25), reach_head=0.9)
+    expected = 0.1 + 0.3 * 1.75 + 0.01 * 2.8 + 0.02 * 0.75
+    assert MacsCost(costs)(usage) == {"compute": pytest.approx(expected)}
+    static = MacCosts.from_config(model_config("vit-tiny"), (), "cls", agents=True)  # no exits: no checks
+    assert static.exits == () and MacsCost(static)(Usage((1.0,) * 4, (0.0,) * 4, (), 1.0))["compute"] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="does not fit"):
+        MacsCost(costs)(Usage((1.0,), (0.0,), (), 1.0))
+
+
+def test_profile_cost_needs_the_batch() -> None:
+    with pytest.raises(ConfigError, match="--batch-sizes 8"):
+        ProfileCost(ProfileCosts.from_profile(_profile(), depth=3), batch=8)
