@@ -89,7 +89,7 @@ def main() -> int:
                 runtime(row)
             times[name].append((time.perf_counter() - t0) * 1e3 / len(block))
     results = []
-    exits = list(m.e2cm["exits"]) if m.e2cm else []
+    exits = list(m.e2cm.exits) if m.e2cm else []
     static_times = np.array(times["static"])
     predicted_static = None
     for name, runtime in runtimes.items():
@@ -116,7 +116,7 @@ def main() -> int:
                "ratio_within_5pct": float(np.mean(np.abs(ratio_errors) <= 0.05)),
                "ratio_median_abs_error": float(np.median(np.abs(ratio_errors))),
                "ratio_p90_abs_error": float(np.percentile(np.abs(ratio_errors), 90)),
-               "overhead": profile["overhead"], "energy": profile["energy"]["source"]}
+               "overhead": {b: o.to_dict() for b, o in profile.overhead.items()}, "energy": profile.energy_source}
     print(f"{'configuration':<22} {'layers':>7} {'measured':>10} {'predicted':>10} {'error':>8}  "
           f"{'vs static: measured':>19} {'predicted':>9} {'error':>8}")
     for r in sorted(results, key=lambda r: r["measured_ms"]):

@@ -155,7 +155,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     loop = Runtime(bundle, policy="static", whole_static=False, **opts)
     from edgeskip.runtimes.ort_backend import SessionRunner, session
 
-    mono = SessionRunner(session(bundle.read(m.monolithic["file"]), threads=cfg.threads, thread_pool="global")[0]) \
+    mono = SessionRunner(session(bundle.read(m.monolithic.file), threads=cfg.threads, thread_pool="global")[0]) \
         if m.monolithic else None
     images, images_what = _workload(cfg, rt)
     x1 = _prepared(rt, images[:1])
@@ -281,7 +281,7 @@ def _torch_comparison(cfg: BenchConfig, bundle: Bundle, agent: Runtime, images: 
     from edgeskip.runtimes.torch_backend import reference_model
 
     model = reference_model(bundle, cfg.checkpoint)
-    model.set_skip_config(SkipConfig(tuple(agent.manifest.agents["thresholds"])))  # type: ignore[index]
+    model.set_skip_config(SkipConfig(agent.manifest.agents.thresholds))  # type: ignore[union-attr]
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     single = _prepared(agent, images[: cfg.images])

@@ -34,48 +34,24 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.bundle import Bundle, stage_name
+from edgeskip.bundle import stage_name
 from edgeskip.devices.energy import EnergyMeter, select_meter
 from edgeskip.host import describe_host
 from edgeskip.devices.table import Device, get_device
-from edgeskip.errors import ConfigError, EdgeskipError
-from edgeskip.fsutil import atomic_write_json, loads_json
+from edgeskip.errors import ConfigError
+from edgeskip.profile import Memory, Overhead, Profile, ProfiledBundle, ProfileError, Timing
+from edgeskip.schema import to_json
 from edgeskip.rule import agent_runs, exit_top
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "ProfileError", "Timing", "ProfileSettings", "profile_bundle", "load_profile",
-           "save_profile", "timing_stats", "profile_path", "trimmed_mean"]
-
-FORMAT = "edgeskip.profile"
-SCHEMA_VERSION = 1
-
-
-class ProfileError(EdgeskipError):
-    """A profile is missing, of another bundle or device, or of an unknown schema version."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """Latency statistics of one measured piece, and its energy per call."""
-
-    median_ms: float
-    mean_ms: float  # 5%-trimmed mean: what the cost model adds up
-    p90_ms: float
-    std_ms: float
-    samples: int
-    energy_mj: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
+__all__ = ["ProfileSettings", "profile_bundle", "timing_stats", "trimmed_mean"]
 
 def timing_stats(seconds: Sequence[float], energy_mj: float) -> Timing:
     """Median, p90 and standard deviation (ms) of per-call times in seconds."""
     t = np.asarray(seconds, np.float64) * 1e3
     if t.size == 0 or not np.isfinite(t).all() or (t < 0).any():
         raise ProfileError(f"cannot summarise {t.size} timing sample(s) with negative or non-finite values")
-    return Timing(float(np.median(t)), trimmed_mean(t), float(np.percentile(t, 90)),
-                  float(t.std(ddof=1)) if t.size > 1 else 0.0,
-                  int(t.size), float(energy_mj))
+    return Timing(median_ms=float(np.median(t)), mean_ms=trimmed_mean(t), p90_ms=float(np.percentile(t, 90)),
+                  std_ms=float(t.std(ddof=1)) if t.size > 1 else 0.0, samples=int(t.size), energy_mj=float(energy_mj))
 
 
 def trimmed_mean(values: Any, cut: float = 0.05) -> float:
@@ -189,7 +165,7 @@ def _energy_mj(fn: Callable[[], Any], seconds: float, settings: ProfileSettings,
     return joules * 1e3 / calls
 
 
-def _overhead(samples: dict[str, list[float]], pieces: dict[str, Timing], layers: Sequence[int]) -> dict[str, float]:
+def _overhead(samples: dict[str, list[float]], pieces: dict[str, Timing], layers: Sequence[int]) -> Overhead:
     """The runtime's own cost around the stages: two whole runtime calls timed in the same passes (every
     layer; every other layer removed) against the sums of their stages' in-context times give a cost per
     backend call and a fixed cost per runtime call (the line through the two points)."""
@@ -204,9 +180,9 @@ def _overhead(samples: dict[str, list[float]], pieces: dict[str, Timing], layers
     per_call = max(per_call, 0.0)
     # the runtime cannot cost less than nothing: a negative line (noise, e.g. another process taking the
     # CPU during the stage timings) would predict configurations below their own stages
-    return {"per_call_ms": per_call, "fixed_ms": max((t_all - sum_all) - per_call * calls_all, 0.0),
-            "static_loop_ms": t_all, "sum_of_stages_ms": sum_all, "half_loop_ms": t_half,
-            "half_sum_of_stages_ms": sum_half, "passes": len(samples["runtime_all"])}
+    return Overhead(per_call_ms=per_call, fixed_ms=max((t_all - sum_all) - per_call * calls_all, 0.0),
+                    static_loop_ms=t_all, sum_of_stages_ms=sum_all, half_loop_ms=t_half,
+                    half_sum_of_stages_ms=sum_half, passes=len(samples["runtime_all"]))
 
 
 def _agent_decision(tokens: npt.NDArray[np.float32], w: npt.NDArray[np.float32], bias: np.float32,
@@ -220,11 +196,6 @@ def _exit_check(e2cm: Any, index: int, tokens: npt.NDArray[np.float32], decision
     return decisions(e2cm.distances(index, tokens))
 
 
-def profile_path(bundle: Bundle | str | Path, device: str) -> Path:
-    root = bundle.path if isinstance(bundle, Bundle) else Path(bundle)
-    return root / "profiles" / f"{device}.json"
-
-
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
@@ -232,8 +203,8 @@ def _peak_rss_mb() -> float:
 
 def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, backend: str | None = None,
                    settings: ProfileSettings | None = None, energy_root: str | Path = "/",
-                   progress: Callable[[str], None] | None = None, **backend_options: Any) -> dict[str, Any]:
-    """Measure every stage of the bundle on this machine; returns the profile (see :func:`save_profile`)."""
+                   progress: Callable[[str], None] | None = None, **backend_options: Any) -> Profile:
+    """Measure every stage of the bundle on this machine; returns the profile (``profile.save(bundle)`` writes it)."""
     from edgeskip.runtimes import Policy, Runtime
     from edgeskip.runtimes.inputs import prepare
 
@@ -250,9 +221,9 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     rng = np.random.default_rng(settings.seed)
     spec = rt.input_spec
     layers = [j for j in range(m.config.depth) if j not in m.removed]
-    exits = {layer: i for i, layer in enumerate(m.e2cm["exits"])} if m.e2cm else {}
-    out: dict[str, Any] = {}
-    overhead: dict[str, Any] = {}
+    exits = {layer: i for i, layer in enumerate(m.e2cm.exits)} if m.e2cm else {}
+    out: dict[str, dict[str, Timing]] = {}
+    overhead: dict[str, Overhead] = {}
     for b in settings.batch_sizes:
         images = rng.integers(0, 256, (b, spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
         x: npt.NDArray[np.float32] = prepare(images, spec)
@@ -273,57 +244,16 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
                 continue
             say(f"batch {b}: energy of {name}")
             pieces[name] = timing_stats(samples[name], _energy_mj(fn, float(np.median(samples[name])), settings, meter))
-        out[str(b)] = {k: v.to_dict() for k, v in pieces.items()}
+        out[str(b)] = pieces
         say(f"batch {b}: runtime overhead")
         overhead[str(b)] = _overhead(samples, pieces, layers)
-    return {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "device": dev.name,
-        "bundle": {"model": m.model_name, "fingerprint": m.fingerprint, "target": m.target,
-                   "removed": list(m.removed), "exits": list(exits)},
-        "backend": rt.backend_info, "host": describe_host().to_dict(),
-        "energy": {**meter.describe(), "unavailable": unavailable},
-        "memory": {"peak_rss_mb": _peak_rss_mb(), "peak_rss_before_mb": rss_before},
-        "settings": dataclasses.asdict(settings),
-        "overhead": overhead,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "batches": out,
-    }
-
-
-def save_profile(profile: dict[str, Any], bundle_dir: str | Path) -> Path:
-    """Write ``profiles/<device>.json`` beside the bundle's files, atomically."""
-    path = profile_path(bundle_dir, profile["device"])
-    atomic_write_json(path, profile)
-    return path
-
-
-def read_record(path: str | Path, fmt: str, version: int, error: type[EdgeskipError], what: str, command: str,
-                bundle: Bundle | None = None, device: str | None = None) -> dict[str, Any]:
-    """Read a record a command wrote beside a bundle (a profile, a Pareto front): JSON of format ``fmt`` at
-    schema ``version``, of ``device`` and bound to ``bundle``'s fingerprint when they are given."""
-    path = Path(path)
-    try:
-        data = loads_json(path.read_bytes())
-    except FileNotFoundError:
-        raise error(f"no {what} at {path}: run edgeskip {command} first") from None
-    except (OSError, ValueError) as exc:
-        raise error(f"{path} is not a readable {what}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        raise error(f"{path} is not an edgeskip {what}")
-    if data.get("schema_version") != version:
-        raise error(f"{path}: {what} schema version {data.get('schema_version')!r} is not supported (this edgeskip "
-                    f"reads {version}); run edgeskip {command} again")
-    if device is not None and data.get("device") != device:
-        raise error(f"{path} is the {what} of device {data.get('device')!r}, not {device!r}")
-    bound = data.get("bundle")
-    if bundle is not None and (not isinstance(bound, dict) or bound.get("fingerprint") != bundle.manifest.fingerprint):
-        raise error(f"{path} was made for another bundle (or this bundle changed since): run edgeskip {command} again")
-    return data
-
-
-def load_profile(path: str | Path, bundle: Bundle | None = None, device: str | None = None) -> dict[str, Any]:
-    """Read and check a profile (schema, and that it belongs to ``bundle`` and ``device`` when given)."""
-    data = read_record(path, FORMAT, SCHEMA_VERSION, ProfileError, "profile", "profile", bundle, device)
-    if not isinstance(data.get("batches"), dict) or not data["batches"]:
-        raise ProfileError(f"{path} holds no measurements")
-    return data
+    return Profile(
+        device=dev.name,
+        bundle=ProfiledBundle(model=m.model_name, fingerprint=m.fingerprint, target=m.target, removed=m.removed,
+                              exits=tuple(exits)),
+        backend=to_json(rt.backend_info), host=describe_host().to_dict(),
+        energy=to_json({**meter.describe(), "unavailable": unavailable}),
+        memory=Memory(peak_rss_mb=_peak_rss_mb(), peak_rss_before_mb=rss_before),
+        settings=to_json(settings), overhead=overhead,
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), batches=out,
+    )

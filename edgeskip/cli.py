@@ -350,20 +350,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("\n" + "!" * 100 + "\n!! UNTRAINED WEIGHTS: no --checkpoint was given, so this bundle holds freshly initialised"
               "\n!! weights (manifest: weights.untrained = true). Use it to check the toolchain and speed only."
               "\n" + "!" * 100, file=sys.stderr)
-    fid = m.fidelity or {}
-    worst = max((v for k in ("onnx", "tflite") for v in fid.get(k, {}).values()), default=0.0)
-    gate = fid.get("gate", {})
+    fid = m.fidelity
+    assert fid is not None  # every export measures itself
+    worst = max((*fid.onnx.values(), *fid.formats.get("tflite", {}).values()), default=0.0)
+    gate = fid.gate
     print(f"bundle {result.path} ({m.model_name}, target {m.target}, {m.precision}; {len(m.files)} files, "
-          f"{sum(f['bytes'] for f in m.files.values()) / 2**20:.1f} MiB) in {result.seconds:.1f} s")
-    print(f"fidelity on {fid.get('images')}: max |exported - torch| per stage {worst:.2e}, monolithic "
-          f"{fid.get('monolithic', 0.0):.2e}; gate.onnx {gate.get('same_decisions')}/{gate.get('images')} identical "
-          f"decisions ({gate.get('ties')} ties), max logit error {gate.get('max_abs_logit_error', 0.0):.2e}")
+          f"{sum(f.bytes for f in m.files.values()) / 2**20:.1f} MiB) in {result.seconds:.1f} s")
+    print(f"fidelity on {fid.images}: max |exported - torch| per stage {worst:.2e}, monolithic "
+          f"{fid.monolithic:.2e}; gate.onnx {gate.same_decisions}/{gate.images} identical "
+          f"decisions ({gate.ties} ties), max logit error {gate.max_abs_logit_error:.2e}")
     for fmt in ("onnx-fp16", "tflite-fp16"):
-        if fmt in fid:
-            print(f"{fmt}: max |{fmt} - torch fp32| per stage {max(fid[fmt].values()):.2e}")
-    if m.tensorrt:
+        if fmt in fid.formats:
+            print(f"{fmt}: max |{fmt} - torch fp32| per stage {max(fid.formats[fmt].values()):.2e}")
+    if m.tensorrt is not None and m.tensorrt.script is not None:
         print(f"TensorRT: build the engines on the device: 'edgeskip build-engines {result.path}' "
-              f"or 'bash {result.path}/{m.tensorrt['script']}'")
+              f"or 'bash {result.path}/{m.tensorrt.script}'")
     return 0
 
 
@@ -416,7 +417,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from edgeskip.devices.profiler import ProfileSettings, profile_bundle, save_profile
+    from edgeskip.devices.profiler import ProfileSettings, profile_bundle
     from edgeskip.exporters.settings import parse_batch_sizes
 
     if not args.bundle:
@@ -429,15 +430,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
             bar.set_postfix_str(message)
 
         profile = profile_bundle(args.bundle, args.device, backend=args.backend, settings=settings, progress=step)
-    path = save_profile(profile, args.bundle)
-    energy = profile["energy"]
-    print(f"profile of {profile['bundle']['model']} on {profile['device']} ({profile['backend'].get('backend')}, "
-          f"energy: {energy['source']}{' - NOT a measurement' if energy['source'] == 'estimate' else ''}): {path}")
-    for b, pieces in profile["batches"].items():
-        layers = [v["median_ms"] for k, v in pieces.items() if k.startswith("layer_")]
-        print(f"  batch {b}: embed {pieces['embed']['median_ms']:.3f} ms, layers {min(layers):.3f}-{max(layers):.3f} ms, "
-              f"head {pieces['head']['median_ms']:.3f} ms")
-    print(f"  peak resident memory {profile['memory']['peak_rss_mb']:.0f} MiB")
+    path = profile.save(args.bundle)
+    source = profile.energy_source
+    print(f"profile of {profile.bundle.model} on {profile.device} ({profile.backend.get('backend')}, "
+          f"energy: {source}{' - NOT a measurement' if source == 'estimate' else ''}): {path}")
+    for b, pieces in profile.batches.items():
+        layers = [v.median_ms for k, v in pieces.items() if k.startswith("layer_")]
+        print(f"  batch {b}: embed {pieces['embed'].median_ms:.3f} ms, layers {min(layers):.3f}-{max(layers):.3f} ms, "
+              f"head {pieces['head'].median_ms:.3f} ms")
+    print(f"  peak resident memory {profile.memory.peak_rss_mb:.0f} MiB")
     return 0
 
 
@@ -445,12 +446,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from edgeskip.bundle import Bundle
-    from edgeskip.devices.profiler import load_profile, profile_path
+    from edgeskip.profile import load_profile, profile_path
     from edgeskip.search.bundle import search_and_save
     from edgeskip.search.settings import BundleSearchSettings
 
     bundle = Bundle.open(args.bundle)
-    profile = load_profile(args.profile or profile_path(bundle, args.device), bundle, args.device)
+    profile = load_profile(args.profile or profile_path(bundle, args.device), fingerprint=bundle.manifest.fingerprint,
+                           device=args.device)
     images, labels, source = _calibration_images(bundle, args.data, args.images, args.split)
     settings = _config_from_args(BundleSearchSettings, args)
     with tqdm(total=settings.generations, desc="NSGA-II", unit="gen", disable=args.quiet) as bar:
@@ -509,6 +511,37 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from edgeskip.signing import generate_key
+
+    key = generate_key(args.out)
+    print(f"wrote the private key {args.out} (mode 0600: keep it on the machine that signs) and the public key "
+          f"{args.out}.pub\ntrust it on a device with Runtime(bundle, trusted_keys=[{str(args.out) + '.pub'!r}]) or "
+          f"--trusted-key {key.to_text()}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from edgeskip.bundle import sign
+    from edgeskip.signing import load_private_key
+
+    key = load_private_key(args.key)
+    out = sign(args.bundle, key)
+    print(f"signed {args.bundle} with key {key.public_key.key_id}: {out} (a later 'edgeskip select' or "
+          "'build-engines' removes the signature, since the manifest changes: sign again after them)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from edgeskip.bundle import Bundle
+
+    bundle = Bundle.open(args.bundle, trusted_keys=args.trusted_key or None)
+    signed = f", signed by trusted key {bundle.signer.key_id}" if bundle.signer is not None else \
+        " (its signature was not checked: pass --trusted-key)"
+    print(f"{bundle.path}: {len(bundle.manifest.files)} files match their sha256{signed}")
+    return 0
+
+
 def torch_device() -> Any:
     import torch
 
@@ -544,6 +577,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "select": ("pick the most accurate Pareto configuration within a latency or energy budget", cmd_select),
     "bench": ("measure a bundle's runtime speed on this machine: static vs dynamic, ratios in one run", cmd_bench),
     "models": ("list the registered models with their sizes", cmd_models),
+    "keygen": ("make an ed25519 key pair for signing bundles", cmd_keygen),
+    "sign": ("sign a bundle's manifest (which pins every file) with an ed25519 key", cmd_sign),
+    "verify": ("check a bundle's files and, given trusted keys, its signature", cmd_verify),
 }
 
 
@@ -591,6 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--force", action="store_true", help="replace an existing quickstart folder")
 
     parsers["models"].add_argument("--json", action="store_true", help="print JSON")
+    parsers["keygen"].add_argument("--out", required=True, help="private key file to write (the public key: OUT.pub)")
+    parsers["sign"].add_argument("bundle", help="bundle directory")
+    parsers["sign"].add_argument("--key", required=True, help="ed25519 private key (PEM, from edgeskip keygen)")
+    parsers["verify"].add_argument("bundle", help="bundle directory")
+    parsers["verify"].add_argument("--trusted-key", action="append", default=[],
+                                   help="a public key whose signature is accepted (a .pub file or ed25519:...); "
+                                        "repeat for several")
 
     from edgeskip.search.settings import PosttrainSettings
 

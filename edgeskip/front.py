@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgeskip.errors import ConfigError, EdgeskipError
-from edgeskip.fsutil import atomic_write_json, loads_json
+from edgeskip.fsutil import atomic_write_json
 from edgeskip.policy import Policy, SkipConfig
-from edgeskip.schema import Record, SchemaError, field
+from edgeskip.schema import Record, SchemaError, field, read_json_record
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "FrontError", "NothingFits", "ParetoFront", "ParetoPoint", "Searched",
            "Selection", "choose", "load_front", "pareto_path"]
@@ -136,13 +136,8 @@ def load_front(path: str | Path, *, fingerprint: str | None = None, device: str 
     """Read and check a front: its schema, and that it is of the bundle with ``fingerprint`` and of ``device``
     when they are given."""
     path = Path(path)
-    try:
-        data = loads_json(path.read_bytes())
-    except FileNotFoundError:
-        raise FrontError(f"no Pareto front at {path}: run edgeskip search (a bundle) or edgeskip posttrain "
-                         "(a checkpoint) first") from None
-    except (OSError, ValueError) as exc:
-        raise FrontError(f"{path} is not a readable Pareto front: {exc}") from None
+    data = read_json_record(path, FORMAT, FrontError, "Pareto front",
+                            "search (a bundle) or edgeskip posttrain (a checkpoint)", legacy=_refuse_legacy)
     front = _parse(data, path)
     if device is not None and front.device != device:
         raise FrontError(f"{path} is the Pareto front of device {front.device!r}, not {device!r}")
@@ -152,12 +147,13 @@ def load_front(path: str | Path, *, fingerprint: str | None = None, device: str 
     return front
 
 
-def _parse(data: Any, path: Path) -> ParetoFront:
+def _refuse_legacy(data: Any, path: Path) -> None:
     if isinstance(data, dict) and "pareto" in data and "format" not in data:
         raise FrontError(f"{path} was written by an older edgeskip posttrain (no schema version): run edgeskip "
                          "posttrain --checkpoint CKPT --out DIR again to write it in this format")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FrontError(f"{path} is not an edgeskip Pareto front")
+
+
+def _parse(data: dict[str, Any], path: Path) -> ParetoFront:
     version = data.get("schema_version")
     if version == 1:
         data = _migrate_v1(data)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.bundle import Manifest
+from edgeskip.manifest import Manifest
 from edgeskip.errors import ConfigError
 from edgeskip.rule import agent_cut
 
@@ -135,9 +135,7 @@ def _named(name: str, manifest: Manifest) -> Policy:
     if name == "default" and chosen is None:
         raise ConfigError("this bundle has no default configuration: choose one with 'edgeskip select --budget-ms MS'")
     if name in ("auto", "default") and chosen is not None:
-        layers = chosen.get("thresholds")
-        exits = chosen.get("exit_thresholds")
-        return Policy("default", None if layers is None else tuple(layers), None if exits is None else tuple(exits))
+        return Policy("default", chosen.thresholds, chosen.exit_thresholds)
     if name == "auto":
         name = "agent+e2cm" if agents and e2cm else "agent" if agents else "e2cm" if e2cm else "static"
     if name not in POLICIES:
@@ -149,8 +147,8 @@ def _named(name: str, manifest: Manifest) -> Policy:
     if want_e2cm and not e2cm:
         raise ConfigError(f"policy {name!r} needs E²CM exits, and this bundle has none "
                           "(export with --e2cm DIR from 'edgeskip calibrate')")
-    layers = tuple(manifest.agents["thresholds"]) if want_agents and manifest.agents else None
-    exits = tuple(manifest.e2cm["thresholds"]) if want_e2cm and manifest.e2cm else None
+    layers = manifest.agents.thresholds if want_agents and manifest.agents else None
+    exits = manifest.e2cm.thresholds if want_e2cm and manifest.e2cm else None
     return Policy(name, layers, exits)
 
 
@@ -190,7 +188,7 @@ def resolve(policy: str | Policy | SkipConfig, manifest: Manifest) -> Plan:
     exits: dict[int, tuple[int, float]] = {}
     exit_t: tuple[float, ...] = ()
     if manifest.e2cm is not None:
-        layers_of_exits = list(manifest.e2cm["exits"])
+        layers_of_exits = list(manifest.e2cm.exits)
         exit_t = (1.0,) * len(layers_of_exits)
         if policy.exits is not None:
             if len(policy.exits) != len(layers_of_exits):

@@ -28,6 +28,7 @@ import numpy as np
 
 from edgeskip.errors import ConfigError
 from edgeskip.fsutil import atomic_write_bytes, atomic_write_json
+from edgeskip.profile import Profile
 
 __all__ = ["MARKER", "PRESETS", "STAGES", "QuickstartConfig", "run_quickstart"]
 
@@ -212,18 +213,18 @@ def _export(cfg: QuickstartConfig, model: str, checkpoint: Path, out: Path) -> d
     result = export_bundle(ExportConfig(model=model, target="cpu", out=str(out / "bundle"), checkpoint=str(checkpoint),
                                         e2cm=str(out / "e2cm" / "cls"), data=cfg.data, fidelity_images=16),
                            progress=cfg.progress)
-    fid = result.manifest.fidelity or {}
-    gate = fid.get("gate", {})
+    fid = result.manifest.fidelity
+    assert fid is not None  # every export measures itself
     return {"bundle": str(result.path), "files": len(result.manifest.files),
-            "megabytes": sum(f["bytes"] for f in result.manifest.files.values()) / 2**20,
-            "max_stage_error": max(fid.get("onnx", {}).values(), default=0.0),
-            "gate_same_decisions": f"{gate.get('same_decisions')}/{gate.get('images')}"}
+            "megabytes": sum(f.bytes for f in result.manifest.files.values()) / 2**20,
+            "max_stage_error": max(fid.onnx.values(), default=0.0),
+            "gate_same_decisions": f"{fid.gate.same_decisions}/{fid.gate.images}"}
 
 
-def _profile(cfg: QuickstartConfig, bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _profile(cfg: QuickstartConfig, bundle: Path) -> tuple[Profile, dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    from edgeskip.devices.profiler import ProfileSettings, profile_bundle, save_profile
+    from edgeskip.devices.profiler import ProfileSettings, profile_bundle
 
     with tqdm(desc="profile cpu", unit="piece", disable=not cfg.progress) as bar:
         def step(message: str) -> None:
@@ -231,14 +232,14 @@ def _profile(cfg: QuickstartConfig, bundle: Path) -> tuple[dict[str, Any], dict[
             bar.set_postfix_str(message)
 
         profile = profile_bundle(bundle, "cpu", settings=ProfileSettings.quick((1,)), progress=step)
-    path = save_profile(profile, bundle)
-    pieces = profile["batches"]["1"]
-    layers = [v["median_ms"] for k, v in pieces.items() if k.startswith("layer_") and "@" not in k]
-    return profile, {"path": str(path), "backend": profile["backend"].get("backend"),
-                     "energy": profile["energy"]["source"], "layer_ms": [min(layers), max(layers)]}
+    path = profile.save(bundle)
+    pieces = profile.batches["1"]
+    layers = [v.median_ms for k, v in pieces.items() if k.startswith("layer_") and "@" not in k]
+    return profile, {"path": str(path), "backend": profile.backend.get("backend"),
+                     "energy": profile.energy_source, "layer_ms": [min(layers), max(layers)]}
 
 
-def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: Profile) -> tuple[Any, dict[str, Any]]:
     from tqdm.auto import tqdm
 
     from edgeskip.search.bundle import search_and_save

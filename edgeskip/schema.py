@@ -182,6 +182,8 @@ def _name(tp: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    if value is None:
+        return "null"
     text = repr(value)
     return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
@@ -206,3 +208,26 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return to_json(self)  # type: ignore[no-any-return]
+
+
+def read_json_record(path: Any, fmt: str, error: type[Exception], what: str, command: str, *,
+                     legacy: Any = None) -> dict[str, Any]:
+    """The JSON object a command wrote (a profile, a Pareto front) with its ``format`` checked: a missing file
+    says which command writes it, an unreadable one why; every failure is ``error``. ``legacy(data, path)``
+    sees the parsed JSON first, to refuse a known older layout with a better message."""
+    from pathlib import Path
+
+    from edgeskip.fsutil import loads_json
+
+    path = Path(path)
+    try:
+        data = loads_json(path.read_bytes())
+    except FileNotFoundError:
+        raise error(f"no {what} at {path}: run edgeskip {command} first") from None
+    except (OSError, ValueError) as exc:
+        raise error(f"{path} is not a readable {what}: {exc}") from None
+    if legacy is not None:
+        legacy(data, path)
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path} is not an edgeskip {what}")
+    return data

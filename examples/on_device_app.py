@@ -78,13 +78,11 @@ def starting_point(rt: Runtime, front: ParetoFront) -> ParetoPoint:
     if default is None:
         return max(front.points, key=lambda p: p.accuracy)
     for p in front.points:
-        if list(p.thresholds) == default["thresholds"] and (
-                p.exit_thresholds is None or list(p.exit_thresholds) == default["exit_thresholds"]):
+        if p.thresholds == default.thresholds and (p.exit_thresholds is None or p.exit_thresholds == default.exit_thresholds):
             return p
-    return ParetoPoint(genes=(), thresholds=tuple(default["thresholds"]),
-                       exit_thresholds=None if default["exit_thresholds"] is None else tuple(default["exit_thresholds"]),
-                       accuracy=default["accuracy"], latency_ms=default["predicted"]["latency_ms"],
-                       energy_mj=default["predicted"]["energy_mj"], executed_layers=float("nan"), exit_rate=float("nan"))
+    return ParetoPoint(genes=(), thresholds=default.thresholds or (), exit_thresholds=default.exit_thresholds,
+                       accuracy=default.accuracy, latency_ms=default.predicted.latency_ms,
+                       energy_mj=default.predicted.energy_mj, executed_layers=float("nan"), exit_rate=float("nan"))
 
 
 def main(argv: list[str] | None = None) -> int:

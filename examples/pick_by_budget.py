@@ -25,13 +25,9 @@ import edgeskip
 from edgeskip.bundle import Bundle
 from edgeskip.data import load_dataset
 from edgeskip.devices import Device, get_device, register_device
-from edgeskip.devices.profiler import (
-    ProfileSettings,
-    load_profile,
-    profile_bundle,
-    save_profile,
-)
+from edgeskip.devices.profiler import ProfileSettings, profile_bundle
 from edgeskip.front import NothingFits, ParetoFront, choose, load_front, pareto_path
+from edgeskip.profile import load_profile, profile_path
 from edgeskip.search.bundle import search_and_save
 from edgeskip.search.settings import BundleSearchSettings
 
@@ -53,7 +49,7 @@ def _profile_one(bundle: str, device: str, threads: int | None, quick: bool) -> 
     register_one_thread_cpu()  # this runs in a fresh process
     settings = ProfileSettings.quick((1,)) if quick else ProfileSettings((1,))
     options: dict[str, Any] = {} if threads is None else {"threads": threads}
-    return str(save_profile(profile_bundle(bundle, device, settings=settings, **options), bundle))
+    return str(profile_bundle(bundle, device, settings=settings, **options).save(bundle))
 
 
 def profile_here(bundle: Bundle, quick: bool) -> None:
@@ -71,10 +67,10 @@ def profile_here(bundle: Bundle, quick: bool) -> None:
 def front_for(bundle: Bundle, device: str, data: str | None, images: int) -> ParetoFront:
     """The device's front: read it when it was searched for the current profile, else search now."""
     path = pareto_path(bundle, device)
-    profile = load_profile(bundle.path / "profiles" / f"{device}.json", bundle, device)
+    profile = load_profile(profile_path(bundle, device), fingerprint=bundle.manifest.fingerprint, device=device)
     if path.is_file():
         front = load_front(path, fingerprint=bundle.manifest.fingerprint, device=device)
-        if front.meta.get("profile_created_utc") == profile.get("created_utc"):
+        if front.meta.get("profile_created_utc") == profile.created_utc:
             return front
     print(f"searching the front for {device} ...", flush=True)
     pool = load_dataset(bundle.manifest.dataset, data).test.halves()[0].take(images)

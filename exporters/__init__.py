@@ -1,50 +1,60 @@
 """Exporters: a checkpoint -> a deployable, checksummed bundle (see :mod:`edgeskip.bundle`).
 
-``edgeskip export`` (:func:`edgeskip.exporters.export.export_bundle`) cuts the model into
-stages (:mod:`~edgeskip.exporters.stages`) and writes them per format: ONNX per stage plus
-the gate graph (:mod:`~edgeskip.exporters.onnx`, :mod:`~edgeskip.exporters.gate`), TFLite
-(:mod:`~edgeskip.exporters.tflite`, extra ``tflite``) and the TensorRT inputs and engine
-builder (:mod:`~edgeskip.exporters.tensorrt`, extra ``tensorrt``). Format converters
-register here by name and are imported lazily, so asking for one never imports the SDKs of
-the others; a missing SDK raises :class:`~edgeskip.errors.BackendUnavailableError` naming
-what to install.
+``edgeskip export`` (:func:`edgeskip.exporters.export.export_bundle`) cuts the model into stages
+(:mod:`~edgeskip.exporters.stages`), always writes them as ONNX with the monolithic model and the
+gate graph (:mod:`~edgeskip.exporters.onnx`, :mod:`~edgeskip.exporters.gate`), then runs the format
+exporters its target asks for (:data:`~edgeskip.exporters.settings.TARGETS`): each is registered here
+by name with a loader, so asking for one never imports the SDKs of the others, and each has one
+signature (:class:`~edgeskip.exporters.formats.FormatExporter`: a job in, the manifest's share out).
+A missing SDK raises :class:`~edgeskip.errors.BackendUnavailableError` naming what to install.
+
+=========== ========================================================== =======================
+name        writes                                                     needs
+=========== ========================================================== =======================
+onnx-fp16   fp16 copies of the stage ONNX files (TensorRT >= 11)       onnx, torch
+tflite      per-stage .tflite, fp32 and fp16 weights (LiteRT, XNNPACK) litert-torch (``tflite``)
+tensorrt    the engine build script and its checked ONNX inputs        onnx (engines: on the device)
+=========== ========================================================== =======================
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgeskip.registry import Registry
 
+if TYPE_CHECKING:
+    from edgeskip.exporters.formats import FormatExporter
+
 __all__ = ["EXPORTERS", "register_exporter"]
 
-# name -> zero-argument loader returning the converter (keeps SDK imports lazy).
-EXPORTERS: Registry[Callable[[], Callable[..., Any]]] = Registry("export format")
+# name -> zero-argument loader returning the format exporter (keeps SDK imports lazy).
+EXPORTERS: Registry[Callable[[], FormatExporter]] = Registry("export format")
 
 
-def register_exporter(name: str, loader: Callable[[], Callable[..., Any]]) -> None:
+def register_exporter(name: str, loader: Callable[[], FormatExporter]) -> None:
     EXPORTERS.register(name, loader)
 
 
-def _onnx() -> Callable[..., Any]:
-    from edgeskip.exporters.onnx import export_stage
+def _onnx_fp16() -> FormatExporter:
+    from edgeskip.exporters.onnx import OnnxFp16Exporter
 
-    return export_stage
-
-
-def _tflite() -> Callable[..., Any]:
-    from edgeskip.exporters.tflite import convert_stage
-
-    return convert_stage
+    return OnnxFp16Exporter()
 
 
-def _tensorrt() -> Callable[..., Any]:
-    from edgeskip.exporters.tensorrt import build_engines
+def _tflite() -> FormatExporter:
+    from edgeskip.exporters.tflite import TFLiteExporter
 
-    return build_engines
+    return TFLiteExporter()
 
 
-register_exporter("onnx", _onnx)
+def _tensorrt() -> FormatExporter:
+    from edgeskip.exporters.tensorrt import TensorRTExporter
+
+    return TensorRTExporter()
+
+
+register_exporter("onnx-fp16", _onnx_fp16)
 register_exporter("tflite", _tflite)
 register_exporter("tensorrt", _tensorrt)

@@ -20,49 +20,40 @@ import torch
 from tqdm.auto import tqdm
 
 from edgeskip._version import __version__
-from edgeskip.bundle import (
-    MANIFEST,
-    SCHEMA_VERSION,
-    Bundle,
-    Manifest,
-    Stage,
-    sha256_file,
-)
+from edgeskip.bundle import MANIFEST, Bundle, sha256_file
 from edgeskip.errors import CheckpointError, ConfigError, EdgeskipError
-from edgeskip.exporters.fidelity import (
-    compare_paths,
-    reference_paths,
-    stage_errors,
-    stage_inputs,
-)
+from edgeskip.exporters import EXPORTERS
+from edgeskip.exporters.fidelity import compare_paths, reference_paths, stage_errors, stage_inputs
+from edgeskip.exporters.formats import FP16_TOLERANCE, FP32_TOLERANCE, ExportError, FormatJob, require_within
 from edgeskip.exporters.gate import build_gate_graph
-from edgeskip.exporters.onnx import (
-    ExportError,
-    export_stage,
-    ort_session,
-    run_onnx,
-    to_onnx,
+from edgeskip.exporters.onnx import OPSET, check_onnx, export_stage, ort_session, run_onnx, to_onnx
+from edgeskip.exporters.settings import ExportConfig
+from edgeskip.exporters.stages import StageModule, StaticModel, agent_modules, stage_modules
+from edgeskip.fsutil import atomic_directory, atomic_write_bytes
+from edgeskip.manifest import (
+    Agents,
+    Exits,
+    FileEntry,
+    Fidelity,
+    FormatInfo,
+    Gate,
+    GateFidelity,
+    Manifest,
+    Monolithic,
+    Preprocessing,
+    Provenance,
+    Stage,
+    Weights,
 )
-from edgeskip.exporters.settings import ExportConfig, parse_batch_sizes
-from edgeskip.exporters.stages import (
-    StageModule,
-    StaticModel,
-    agent_modules,
-    stage_modules,
-)
-from edgeskip.fsutil import atomic_directory, atomic_write_json
 from edgeskip.models.vit import ViT
-from edgeskip.train.checkpoint import state_sha256
 from edgeskip.normalization import Normalization, get_normalization, preprocess
 from edgeskip.runtimes.gate import GATE_INPUT, GATE_OUTPUTS, exit_threshold_name, layer_threshold_name
+from edgeskip.train.checkpoint import state_sha256
 
 __all__ = ["export_bundle", "ExportResult", "FP32_TOLERANCE", "FP16_TOLERANCE", "UNTRAINED_WARNING"]
 
 log = logging.getLogger(__name__)
 
-FP32_TOLERANCE = 1e-4
-# fp16 weights: errors relative to the output's scale (max |torch|); measured well below this.
-FP16_TOLERANCE = 1e-2
 UNTRAINED_WARNING = ("WARNING: no --checkpoint given: this bundle holds FRESHLY INITIALISED, UNTRAINED weights. "
                      "Its predictions are meaningless; it is good for checking the toolchain and measuring speed only. "
                      "The manifest records weights.untrained = true.")
@@ -83,7 +74,7 @@ class _Source:
     normalization: Normalization
     classes: tuple[str, ...]
     thresholds: tuple[float | None, ...] | None
-    weights: dict[str, Any]
+    weights: Weights
 
 
 def _load_source(cfg: ExportConfig) -> _Source:
@@ -101,8 +92,9 @@ def _load_source(cfg: ExportConfig) -> _Source:
         skip = getattr(model, "skip", None)
         return _Source(model, cfg.model, ckpt.dataset, ckpt.normalization, ckpt.classes,
                        skip.thresholds if skip is not None else None,
-                       {"source": "checkpoint", "untrained": False, "checkpoint": str(ckpt.path),
-                        "checkpoint_sha256": ckpt.meta["weights"]["sha256"], "metrics": ckpt.metrics})
+                       Weights(source="checkpoint", untrained=False, state_sha256=state_sha256(model),
+                               checkpoint_name=ckpt.path.name, checkpoint_sha256=ckpt.meta["weights"]["sha256"],
+                               metrics=ckpt.metrics))
     from edgeskip.agents.model import SkipViT
     from edgeskip.data.cifar import CIFAR10_CLASSES
 
@@ -113,7 +105,7 @@ def _load_source(cfg: ExportConfig) -> _Source:
     classes = CIFAR10_CLASSES if expected.num_classes == 10 and dataset == "cifar10" else tuple(
         str(k) for k in range(expected.num_classes))
     return _Source(model, cfg.model, dataset, get_normalization(dataset), tuple(classes), model.skip.thresholds,
-                   {"source": "random-init", "untrained": True, "seed": cfg.seed})
+                   Weights(source="random-init", untrained=True, state_sha256=state_sha256(model), seed=cfg.seed))
 
 
 def _load_e2cm(cfg: ExportConfig, src: _Source) -> Any:
@@ -166,7 +158,7 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
     out = Path(cfg.out_dir)
     if out.exists() and not cfg.force:
         raise EdgeskipError(f"{out} already exists: pass --force to replace it (atomically) or choose another --out")
-    batch_sizes = parse_batch_sizes(cfg.batch_sizes)
+    formats = [EXPORTERS.get(name)() for name in cfg.exporters]  # an unknown or uninstallable format fails first
     src = _load_source(cfg)
     e2cm = _load_e2cm(cfg, src)
     images, images_what = _fidelity_images(cfg, src)
@@ -175,10 +167,8 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
     stages = stage_modules(model, removed)
     agents = agent_modules(model, removed)
     inputs = stage_inputs(model, images)
-    steps = len(stages) + len(agents) + 2 + (len(stages) * 2 if "tflite" in cfg.formats else 0) \
-        + (len(stages) if "onnx-fp16" in cfg.formats else 0)
+    steps = len(stages) + len(agents) + 2 + sum(f.steps(len(stages)) for f in formats)
     bar = tqdm(total=steps, desc=f"export {cfg.model} -> {cfg.target}", unit="file", disable=not progress)
-    fidelity: dict[str, Any] = {"images": images_what, "tolerance_fp32": FP32_TOLERANCE}
     with atomic_directory(out, replace=cfg.force) as tmp:
         files: dict[str, dict[str, str]] = {s.name: {} for s in stages + agents}
         onnx_models: dict[str, onnx.ModelProto] = {}
@@ -188,13 +178,13 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
             files[s.name]["onnx"] = rel
             bar.update()
         sessions = {s.name: ort_session(onnx_models[s.name]) for s in stages + agents}
-        fidelity["onnx"] = stage_errors(stages + agents, inputs, lambda s, x: run_onnx(sessions[s.name], x))
-        _require(fidelity["onnx"], FP32_TOLERANCE, "ONNX (onnxruntime)")
+        onnx_errors = stage_errors(stages + agents, inputs, lambda s, x: run_onnx(sessions[s.name], x))
+        require_within(onnx_errors, FP32_TOLERANCE, "ONNX (onnxruntime)")
 
         monolithic = to_onnx(StaticModel(model, removed), images[:2], GATE_INPUT, "logits")
         (tmp / "onnx/model.onnx").write_bytes(monolithic.SerializeToString())
-        fidelity["monolithic"] = _monolithic_error(model, removed, monolithic, images)
-        _require({"model": fidelity["monolithic"]}, FP32_TOLERANCE, "monolithic ONNX")
+        monolithic_error = _monolithic_error(model, removed, monolithic, images)
+        require_within({"model": monolithic_error}, FP32_TOLERANCE, "monolithic ONNX")
         bar.update()
 
         agent_params = _agent_parameters(model) if agents else None
@@ -203,103 +193,64 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
             onnx_models["head"], model_cfg, agents=agent_params, thresholds=src.thresholds if agents else None,
             e2cm=e2cm,
         )
-        from edgeskip.exporters.onnx import check_onnx
-
         gate = check_onnx(gate, name="gate graph")
         (tmp / "onnx/gate.onnx").write_bytes(gate.SerializeToString())
-        fidelity["gate"] = _gate_fidelity(model, gate, images, src.thresholds if agents else None, e2cm)
-        if fidelity["gate"]["different_decisions"] or fidelity["gate"]["max_abs_logit_error"] > FP32_TOLERANCE:
-            raise ExportError(f"the gate graph disagrees with PyTorch: {fidelity['gate']}")
+        gate_fidelity = GateFidelity.from_dict(_gate_fidelity(model, gate, images, src.thresholds if agents else None,
+                                                              e2cm))
+        if gate_fidelity.different_decisions or gate_fidelity.max_abs_logit_error > FP32_TOLERANCE:
+            raise ExportError(f"the gate graph disagrees with PyTorch: {gate_fidelity}")
         bar.update()
 
-        if "onnx-fp16" in cfg.formats:  # engines are built for embed, layers, head; agents run on the host
-            fp16 = {}
-            for s in stages:
-                rel = f"onnx/fp16/{s.name}.onnx"
-                fp16[s.name] = ort_session(export_stage(s, tmp / rel, half=True))
-                files[s.name]["onnx-fp16"] = rel
-                bar.update()
-            errors = stage_errors(stages, inputs, lambda s, x: run_onnx(fp16[s.name], x.astype(np.float16)))
-            _require(_relative(errors, stages, inputs), FP16_TOLERANCE, "fp16 ONNX (relative to the output scale)")
-            fidelity["onnx-fp16"] = errors
-        if "tflite" in cfg.formats:
-            fidelity.update(_export_tflite(stages, inputs, tmp, files, bar))
+        job = FormatJob(cfg, tmp, stages, inputs, files, bar.update)
+        results = [f(job) for f in formats]  # in the target's order (tensorrt after onnx-fp16)
         if agent_params is not None:
             np.savez(tmp / "agents.npz", weights=agent_params[0], biases=agent_params[1])
         if e2cm is not None:
             e2cm.save(tmp / "e2cm")
-        tensorrt = _tensorrt_section(cfg, tmp, stages, files, batch_sizes) if cfg.target == "jetson" else None
         bar.close()
 
         manifest = Manifest(
             model_name=src.model_name, config=model_cfg, classes=src.classes, dataset=src.dataset,
-            normalization=src.normalization, target=cfg.target, precision=cfg.precision,
-            stages=tuple(_stage_entry(s, files[s.name]) for s in stages + agents if s.kind != "agent")
-            + tuple(_stage_entry(s, files[s.name]) for s in agents),
-            files=_files_table(tmp), weights={**src.weights, "state_sha256": state_sha256(model)}, removed=removed,
-            agents=None if agent_params is None else {
-                "file": "agents.npz", "thresholds": list(src.thresholds or ()),
-                "stages": [s.name for s in agents], "rule": "run layer j when sigmoid(w_j . cls + b_j) >= threshold_j",
-            },
-            e2cm=None if e2cm is None else {
-                "dir": "e2cm", "feature": e2cm.feature, "exits": list(e2cm.exits), "thresholds": e2cm.thresholds.tolist(),
-                "costs": e2cm.costs.to_dict(), "budget": e2cm.meta.get("budget"),
-            },
-            gate={
-                "file": "onnx/gate.onnx", "inputs": [GATE_INPUT], "outputs": list(GATE_OUTPUTS),
-                "layer_thresholds": {str(s.layer): layer_threshold_name(s.layer) for s in agents if s.layer is not None},
-                "exit_thresholds": [exit_threshold_name(i) for i in range(len(e2cm.exits))] if e2cm else [],
-                "batch": "one decision shared by the batch (exact per input at batch 1)",
-            },
-            monolithic={"file": "onnx/model.onnx", "inputs": [GATE_INPUT], "outputs": ["logits"]},
-            tensorrt=tensorrt, fidelity=fidelity, formats=_formats(cfg),
-            preprocessing={
-                "input": "uint8 HWC/NHWC or float NCHW", "layout": "NCHW", "scale": 1 / 255,
-                "image_size": model_cfg.image_size, "channels": model_cfg.in_channels, "resize": "bilinear",
-                "normalization": src.normalization.to_dict(),
-            },
-            provenance={"edgeskip_version": __version__, "torch_version": torch.__version__,
-                        "onnx_version": onnx.__version__, "opset": 17, "schema_version": SCHEMA_VERSION,
-                        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
+            normalization=src.normalization, target=cfg.target, precision=cfg.precision,  # type: ignore[arg-type]
+            stages=tuple(_stage_entry(s, files[s.name]) for s in stages) + tuple(_stage_entry(s, files[s.name])
+                                                                                  for s in agents),
+            files=_files_table(tmp), weights=src.weights,
+            removed=removed,
+            agents=None if agent_params is None else Agents(
+                file="agents.npz", thresholds=tuple(src.thresholds or ()), stages=tuple(s.name for s in agents)),
+            e2cm=None if e2cm is None else Exits(
+                dir="e2cm", feature=e2cm.feature, exits=e2cm.exits, thresholds=tuple(e2cm.thresholds.tolist()),
+                costs=e2cm.costs.to_dict(), budget=e2cm.meta.get("budget")),
+            gate=Gate(file="onnx/gate.onnx", inputs=(GATE_INPUT,), outputs=GATE_OUTPUTS,
+                      layer_thresholds={str(s.layer): layer_threshold_name(s.layer) for s in agents if s.layer is not None},
+                      exit_thresholds=tuple(exit_threshold_name(i) for i in range(len(e2cm.exits))) if e2cm else (),
+                      batch="one decision shared by the batch (exact per input at batch 1)"),
+            monolithic=Monolithic(file="onnx/model.onnx", inputs=(GATE_INPUT,), outputs=("logits",)),
+            tensorrt=next((r.tensorrt for r in results if r.tensorrt is not None), None),
+            fidelity=Fidelity(images=images_what, tolerance_fp32=FP32_TOLERANCE, onnx=onnx_errors,
+                              monolithic=monolithic_error, gate=gate_fidelity,
+                              formats={k: v for r in results for k, v in r.fidelity.items()}),
+            formats={"onnx": FormatInfo(batch="dynamic", weights="float32", io="float32", opset=OPSET),
+                     **{k: v for r in results for k, v in r.formats.items()}},
+            preprocessing=Preprocessing(input="uint8 HWC/NHWC or float NCHW", layout="NCHW", scale=1 / 255,
+                                        image_size=model_cfg.image_size, channels=model_cfg.in_channels,
+                                        resize="bilinear", normalization=src.normalization),
+            provenance=Provenance(edgeskip_version=__version__, torch_version=torch.__version__,
+                                  onnx_version=onnx.__version__, opset=OPSET,
+                                  created_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")),
         )
-        atomic_write_json(tmp / MANIFEST, manifest.to_dict())
+        atomic_write_bytes(tmp / MANIFEST, manifest.to_bytes())
         Bundle.open(tmp)  # the bundle must load and verify before it takes the final name
     return ExportResult(out, Bundle.open(out).manifest, time.perf_counter() - start)
 
 
-def _formats(cfg: ExportConfig) -> dict[str, dict[str, Any]]:
-    """What each file format in the bundle holds (batch axis, weight and compute types)."""
-    out = {"onnx": {"batch": "dynamic", "weights": "float32", "io": "float32", "opset": 17}}
-    if "onnx-fp16" in cfg.formats:
-        out["onnx-fp16"] = {"batch": "dynamic", "weights": "float16", "io": "float16", "opset": 17,
-                            "use": "TensorRT >= 11 (strongly typed) fp16 engines"}
-    if "tflite" in cfg.formats:
-        # litert-torch 0.10 cannot export a dynamic batch, and resizing a fixed one is unsafe
-        # (a head resized from batch 1 silently returned one row): the per-layer loop runs batch 1.
-        out["tflite"] = {"batch": 1, "weights": "float32", "io": "float32"}
-        out["tflite-fp16"] = {"batch": 1, "weights": "float16 (dequantised to float32 at load)", "io": "float32"}
-    return out
-
-
-def _require(errors: dict[str, float], tolerance: float, what: str) -> None:
-    bad = {k: v for k, v in errors.items() if not v <= tolerance}
-    if bad:
-        raise ExportError(f"{what} differs from PyTorch by more than {tolerance:g}: {bad}")
-
-
-@torch.no_grad()
-def _relative(errors: dict[str, float], stages: list[StageModule], inputs: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Errors divided by each stage's output scale (max |torch output|): the fp16 measure."""
-    scale = {s.name: float(s.module(inputs[s.name]).abs().max()) for s in stages}
-    return {k: v / max(scale[k], 1e-12) for k, v in errors.items()}
-
-
 def _stage_entry(s: StageModule, files: dict[str, str]) -> Stage:
-    return Stage(s.name, s.kind, s.layer, (s.input,), (s.output,), dict(files))
+    return Stage(name=s.name, kind=s.kind, layer=s.layer, inputs=(s.input,), outputs=(s.output,),  # type: ignore[arg-type]
+                 files=dict(files))
 
 
-def _files_table(root: Path) -> dict[str, dict[str, Any]]:
-    return {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+def _files_table(root: Path) -> dict[str, FileEntry]:
+    return {p.relative_to(root).as_posix(): FileEntry(sha256=sha256_file(p), bytes=p.stat().st_size)
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
@@ -324,50 +275,3 @@ def _gate_fidelity(model: ViT, gate: onnx.ModelProto, images: torch.Tensor,
     runs = [session.run(None, {GATE_INPUT: images[i:i + 1].numpy()}) for i in range(len(images))]
     ref = reference_paths(model, images, thresholds=thresholds, e2cm=e2cm)
     return compare_paths(ref, [r[0] for r in runs], [r[1] for r in runs], [int(r[2]) for r in runs])
-
-
-def _export_tflite(stages: list[StageModule], inputs: dict[str, torch.Tensor], tmp: Path,
-                   files: dict[str, dict[str, str]], bar: Any) -> dict[str, Any]:
-    from edgeskip.exporters.tflite import convert_stage
-    from edgeskip.runtimes.tflite_interpreter import run_tflite
-
-    out: dict[str, Any] = {}
-    for precision, fmt in (("fp32", "tflite"), ("fp16", "tflite-fp16")):
-        for s in stages:
-            rel = f"tflite/{s.name}.{precision}.tflite"
-            convert_stage(s, tmp / rel, precision)
-            files[s.name][fmt] = rel
-            bar.update()
-        paths = {s.name: tmp / files[s.name][fmt] for s in stages}
-
-        def run_rows(s: StageModule, x: np.ndarray) -> np.ndarray:  # the files hold batch 1
-            return np.concatenate([run_tflite(paths[s.name], x[i:i + 1]) for i in range(len(x))])  # noqa: B023
-
-        errors = stage_errors(stages, inputs, run_rows)
-        if precision == "fp32":
-            _require(errors, FP32_TOLERANCE, "TFLite fp32 (LiteRT interpreter)")
-        else:
-            _require(_relative(errors, stages, inputs), FP16_TOLERANCE, "TFLite fp16 (relative to the output scale)")
-        out[fmt] = errors
-    return out
-
-
-def _tensorrt_section(cfg: ExportConfig, tmp: Path, stages: list[StageModule], files: dict[str, dict[str, str]],
-                      batch_sizes: tuple[int, ...]) -> dict[str, Any]:
-    from edgeskip.exporters.tensorrt import (
-        EngineJob,
-        require_tensorrt_compatible,
-        trtexec_script,
-    )
-
-    for rel in [f for s in stages for f in files[s.name].values()] + ["onnx/gate.onnx"]:  # agents run on the host
-        require_tensorrt_compatible(onnx.load(tmp / rel), rel)
-    jobs = [EngineJob(s.name, files[s.name]["onnx"], files[s.name]["onnx-fp16"], s.input.name,
-                      tuple(int(d) for d in s.input.shape[1:])) for s in stages]
-    script = tmp / "tensorrt" / "build_engines.sh"
-    script.parent.mkdir(parents=True, exist_ok=True)
-    script.write_text(trtexec_script(jobs, batch_sizes, cfg.precision))
-    script.chmod(0o755)
-    return {"precision": cfg.precision, "batch_sizes": list(batch_sizes), "script": "tensorrt/build_engines.sh",
-            "opset": 17, "engines": [],
-            "note": "engines are built on the device: 'edgeskip build-engines BUNDLE' or tensorrt/build_engines.sh"}

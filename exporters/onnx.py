@@ -19,19 +19,25 @@ import onnx
 import torch
 from torch import nn
 
-from edgeskip.errors import EdgeskipError
 from edgeskip.exporters.stages import BATCH, StageModule
 from edgeskip.fsutil import atomic_write_bytes
+from edgeskip.exporters.fidelity import stage_errors
+from edgeskip.exporters.formats import (
+    FP16_TOLERANCE,
+    ExportError,
+    FormatJob,
+    FormatResult,
+    relative_errors,
+    require_within,
+)
+from edgeskip.manifest import FormatInfo
 
-__all__ = ["OPSET", "ExportError", "to_onnx", "export_stage", "check_onnx", "ort_session", "run_onnx"]
+__all__ = ["OPSET", "ExportError", "OnnxFp16Exporter", "to_onnx", "export_stage", "check_onnx", "ort_session",
+           "run_onnx"]
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-
-
-class ExportError(EdgeskipError):
-    """An export produced a model that fails its own checks (ONNX checker, fidelity)."""
 
 
 def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str, *,
@@ -101,3 +107,27 @@ def run_onnx(session, x: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]: 
     """Run a one-input, one-output session."""
     name = session.get_inputs()[0].name
     return session.run(None, {name: x})[0]  # type: ignore[no-any-return]
+
+
+class OnnxFp16Exporter:
+    """``onnx-fp16``: every stage again with fp16 weights and I/O (what TensorRT >= 11, strongly typed, builds
+    fp16 engines from), checked against PyTorch relative to each stage's output scale."""
+
+    name = "onnx-fp16"
+
+    def steps(self, stages: int) -> int:
+        return stages
+
+    def __call__(self, job: FormatJob) -> FormatResult:
+        sessions = {}
+        for s in job.stages:
+            rel = f"onnx/fp16/{s.name}.onnx"
+            sessions[s.name] = ort_session(export_stage(s, job.tmp / rel, half=True))
+            job.files[s.name][self.name] = rel
+            job.step()
+        errors = stage_errors(job.stages, job.inputs, lambda s, x: run_onnx(sessions[s.name], x.astype(np.float16)))
+        require_within(relative_errors(errors, job.stages, job.inputs), FP16_TOLERANCE,
+                       "fp16 ONNX (relative to the output scale)")
+        info = FormatInfo(batch="dynamic", weights="float16", io="float16", opset=OPSET,
+                          use="TensorRT >= 11 (strongly typed) fp16 engines")
+        return FormatResult({self.name: info}, {self.name: errors})

@@ -10,12 +10,12 @@ from edgeskip.errors import ConfigError
 
 __all__ = ["TARGETS", "ExportConfig", "parse_batch_sizes"]
 
-# target -> (default precision, formats written besides ONNX)
+# target -> (default precision, the format exporters run besides ONNX, in order; see edgeskip.exporters)
 TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cpu": ("fp32", ()),
     "onnx": ("fp32", ()),
-    "tflite": ("fp32", ("tflite", "tflite-fp16")),
-    "jetson": ("fp16", ("onnx-fp16",)),
+    "tflite": ("fp32", ("tflite",)),
+    "jetson": ("fp16", ("onnx-fp16", "tensorrt")),
 }
 
 
@@ -77,8 +77,9 @@ class ExportConfig:
         return TARGETS[self.target][0]
 
     @property
-    def formats(self) -> tuple[str, ...]:
-        return ("onnx", *TARGETS[self.target][1])
+    def exporters(self) -> tuple[str, ...]:
+        """The registered format exporters this target runs after the ONNX stages (edgeskip.exporters)."""
+        return TARGETS[self.target][1]
 
     @property
     def out_dir(self) -> str:

@@ -66,9 +66,9 @@ class StageModule:
 
 
 def _specs(cfg: ViTConfig) -> tuple[TensorSpec, TensorSpec, TensorSpec]:
-    images = TensorSpec("images", (BATCH, cfg.in_channels, cfg.image_size, cfg.image_size), "float32")
-    tokens = TensorSpec("tokens", (BATCH, cfg.num_tokens, cfg.width), "float32")
-    logits = TensorSpec("logits", (BATCH, cfg.num_classes), "float32")
+    images = TensorSpec(name="images", shape=(BATCH, cfg.in_channels, cfg.image_size, cfg.image_size), dtype="float32")
+    tokens = TensorSpec(name="tokens", shape=(BATCH, cfg.num_tokens, cfg.width), dtype="float32")
+    logits = TensorSpec(name="logits", shape=(BATCH, cfg.num_classes), dtype="float32")
     return images, tokens, logits
 
 
@@ -90,6 +90,6 @@ def agent_modules(model: ViT, removed: tuple[int, ...] = ()) -> list[StageModule
     if agents is None:
         return []
     _, tokens, _ = _specs(model.config)
-    prob = TensorSpec("probability", (BATCH,), "float32")
+    prob = TensorSpec(name="probability", shape=(BATCH,), dtype="float32")
     return [StageModule(agent_name(j), "agent", j, AgentProbability(lin), tokens, prob)
             for j, lin in enumerate(agents) if j not in removed]

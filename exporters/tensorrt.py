@@ -31,14 +31,17 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from edgeskip.bundle import MANIFEST, Bundle, Manifest, sha256_file
+from edgeskip.bundle import Bundle, update_manifest
 from edgeskip.errors import BackendUnavailableError, EdgeskipError
-from edgeskip.fsutil import atomic_write_bytes, atomic_write_json
+from edgeskip.fsutil import atomic_write_bytes
+from edgeskip.exporters.formats import FormatJob, FormatResult
+from edgeskip.exporters.settings import parse_batch_sizes
+from edgeskip.manifest import EngineRecord, TensorRT
 
 __all__ = [
     "TensorRTError", "MIN_TRT", "PRECISIONS", "OPSET_MAX", "TRT85_ONNX_OPS", "OPS_ADDED", "SCRIPT",
     "parse_trt_version", "max_opset", "supported_ops", "check_onnx_for_tensorrt", "require_tensorrt_compatible",
-    "EngineJob", "engine_jobs", "engine_file", "trtexec_script", "build_engines", "run_engine",
+    "EngineJob", "TensorRTExporter", "engine_jobs", "engine_file", "trtexec_script", "build_engines", "run_engine",
 ]
 
 log = logging.getLogger(__name__)
@@ -399,10 +402,9 @@ def engine_jobs(bundle: Bundle, *, include_gate: bool = False) -> list[EngineJob
     if missing:
         raise TensorRTError(f"stages {', '.join(missing)} have no ONNX file: re-export the bundle")
     if include_gate:
-        if not m.gate or not m.gate.get("file"):
+        if m.gate is None:
             raise TensorRTError("this bundle has no gate graph; export it with agents or E²CM exits, or drop the gate")
-        files = m.gate.get("files") or {}
-        items.append(("gate", str(m.gate["file"]), files.get("onnx-fp16")))
+        items.append(("gate", m.gate.file, m.gate.files.get("onnx-fp16")))
     return [_job_from_onnx(stage, bundle.file(rel), rel, fp16) for stage, rel, fp16 in items]
 
 
@@ -678,7 +680,8 @@ def build_engines(bundle_dir: Path, precision: str = "fp16", batch_sizes: Sequen
     if problems:  # all files checked before anything is built
         lines = "\n  - ".join(problems)
         raise TensorRTError(f"the bundle will not build with TensorRT {'.'.join(map(str, version))}:\n  - {lines}")
-    records, written = [], []
+    records: list[EngineRecord] = []
+    written: list[Path] = []
     for job in jobs:
         rel = sources[job.stage]
         source = bundle.file(rel)
@@ -689,8 +692,8 @@ def build_engines(bundle_dir: Path, precision: str = "fp16", batch_sizes: Sequen
             atomic_write_bytes(bundle.path / out_rel, plan)
             log.info("wrote %s (%d bytes)", out_rel, len(plan))
             written.append(bundle.path / out_rel)
-            records.append({"stage": job.stage, "batch": batch, "precision": precision, "file": out_rel,
-                            "onnx": rel, "trt_version": ".".join(map(str, version)), "device": device})
+            records.append(EngineRecord(stage=job.stage, batch=batch, precision=precision, file=out_rel, onnx=rel,
+                                        trt_version=".".join(map(str, version)), device=device))
     _record_engines(bundle, records)
     return written
 
@@ -699,19 +702,14 @@ def _problems_of(path: Path, rel: str, version: Version) -> list[str]:
     return [f"{rel}: {p}" for p in check_onnx_for_tensorrt(onnx.load(str(path)), trt_version=version)]
 
 
-def _record_engines(bundle: Bundle, records: list[dict[str, Any]]) -> None:
-    """Add the engines to the manifest's files table and ``tensorrt.engines``, atomically."""
-    data = bundle.manifest.to_dict()
-    for r in records:
-        path = bundle.path / r["file"]
-        data["files"][r["file"]] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    section = dict(data.get("tensorrt") or {})
-    new = {r["file"] for r in records}
-    section["engines"] = [e for e in section.get("engines", []) if e.get("file") not in new] + records
-    data["tensorrt"] = section
-    Manifest.from_dict(data)  # the updated manifest must still be valid
-    atomic_write_json(bundle.path / MANIFEST, data)
-    Bundle.open(bundle.path)
+def _record_engines(bundle: Bundle, records: list[EngineRecord]) -> None:
+    """Add the engines to the manifest's files table and ``tensorrt.engines`` (the bundle's one write path)."""
+    section = bundle.manifest.tensorrt or TensorRT(  # engines built from a bundle of another target's ONNX
+        precision=records[0].precision, batch_sizes=tuple(sorted({r.batch for r in records})),
+        note="engines built on the device by edgeskip build-engines")
+    new = {r.file for r in records}
+    engines = tuple(e for e in section.engines if e.file not in new) + tuple(records)
+    update_manifest(bundle, add_files=sorted(new), tensorrt=dataclasses.replace(section, engines=engines))
 
 
 def run_engine(engine_path: Path, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
@@ -764,3 +762,34 @@ def run_engine(engine_path: Path, inputs: Mapping[str, npt.NDArray[Any]]) -> dic
         raise TensorRTError(f"TensorRT failed to run {Path(engine_path).name}; see the logged TensorRT errors")
     stream.synchronize()
     return {name: t.cpu().numpy() for name, t in outputs.items()}
+
+
+class TensorRTExporter:
+    """``tensorrt``: checks every stage's ONNX (fp32 and the fp16 copies of ``onnx-fp16``, which must run first)
+    and the gate graph against TensorRT's parser rules, and writes ``tensorrt/build_engines.sh``; engines are
+    built on the device (``edgeskip build-engines``), where TensorRT runs."""
+
+    name = "tensorrt"
+
+    def steps(self, stages: int) -> int:
+        return 1
+
+    def __call__(self, job: FormatJob) -> FormatResult:
+        missing = [s.name for s in job.stages if "onnx-fp16" not in job.files[s.name]]
+        if missing:
+            raise TensorRTError(f"the tensorrt exporter builds on the fp16 ONNX of onnx-fp16, which stages "
+                                f"{', '.join(missing)} lack: run onnx-fp16 before it")
+        for rel in [f for s in job.stages for f in job.files[s.name].values()] + ["onnx/gate.onnx"]:
+            require_tensorrt_compatible(onnx.load(job.tmp / rel), rel)  # (agents run on the host)
+        jobs = [EngineJob(s.name, job.files[s.name]["onnx"], job.files[s.name]["onnx-fp16"], s.input.name,
+                          tuple(int(d) for d in s.input.shape[1:])) for s in job.stages]
+        batch_sizes = parse_batch_sizes(job.cfg.batch_sizes)
+        script = job.tmp / "tensorrt" / "build_engines.sh"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(trtexec_script(jobs, batch_sizes, job.cfg.precision))
+        script.chmod(0o755)
+        job.step()
+        section = TensorRT(precision=job.cfg.precision, batch_sizes=batch_sizes, script="tensorrt/build_engines.sh",
+                           opset=17, note="engines are built on the device: 'edgeskip build-engines BUNDLE' or "
+                                          "tensorrt/build_engines.sh")
+        return FormatResult({}, {}, section)

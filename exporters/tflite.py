@@ -41,12 +41,23 @@ import numpy as np
 
 from edgeskip.errors import BackendUnavailableError, ConfigError
 from edgeskip.fsutil import atomic_write_bytes
+from edgeskip.exporters.fidelity import stage_errors
+from edgeskip.exporters.formats import (
+    FP16_TOLERANCE,
+    FP32_TOLERANCE,
+    FormatJob,
+    FormatResult,
+    relative_errors,
+    require_within,
+)
+from edgeskip.manifest import FormatInfo
 from edgeskip.runtimes.tflite_interpreter import (
     INSTALL,
     TFLiteError,
     interpreter_class,
     load_interpreter,
     run_interpreter,
+    run_tflite,
     single_io,
     signature,
 )
@@ -56,7 +67,7 @@ if TYPE_CHECKING:
 
     from edgeskip.exporters.stages import StageModule
 
-__all__ = ["PRECISIONS", "check_fidelity", "convert_stage"]
+__all__ = ["PRECISIONS", "TFLiteExporter", "check_fidelity", "convert_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +208,40 @@ def _quiet_litert() -> Iterator[None]:
             lg.setLevel(level)
         if set_env:
             os.environ.pop(env_key, None)
+
+
+class TFLiteExporter:
+    """``tflite``: every stage as .tflite for batch 1, fp32 weights (``tflite``) and fp16 weights
+    (``tflite-fp16``), each checked against PyTorch in the LiteRT interpreter."""
+
+    name = "tflite"
+    PRECISIONS = (("fp32", "tflite"), ("fp16", "tflite-fp16"))
+
+    def steps(self, stages: int) -> int:
+        return stages * len(self.PRECISIONS)
+
+    def __call__(self, job: FormatJob) -> FormatResult:
+        fidelity: dict[str, dict[str, float]] = {}
+        for precision, fmt in self.PRECISIONS:
+            for s in job.stages:
+                rel = f"tflite/{s.name}.{precision}.tflite"
+                convert_stage(s, job.tmp / rel, precision)
+                job.files[s.name][fmt] = rel
+                job.step()
+            paths = {s.name: job.tmp / job.files[s.name][fmt] for s in job.stages}
+
+            def run_rows(s: StageModule, x: np.ndarray) -> np.ndarray:  # the files hold batch 1
+                return np.concatenate([run_tflite(paths[s.name], x[i:i + 1]) for i in range(len(x))])  # noqa: B023
+
+            errors = stage_errors(job.stages, job.inputs, run_rows)
+            if precision == "fp32":
+                require_within(errors, FP32_TOLERANCE, "TFLite fp32 (LiteRT interpreter)")
+            else:
+                require_within(relative_errors(errors, job.stages, job.inputs), FP16_TOLERANCE,
+                               "TFLite fp16 (relative to the output scale)")
+            fidelity[fmt] = errors
+        # litert-torch 0.10 cannot export a dynamic batch, and resizing a fixed one is unsafe
+        # (a head resized from batch 1 silently returned one row): the per-layer loop runs batch 1.
+        formats = {"tflite": FormatInfo(batch=1, weights="float32", io="float32"),
+                   "tflite-fp16": FormatInfo(batch=1, weights="float16 (dequantised to float32 at load)", io="float32")}
+        return FormatResult(formats, fidelity)

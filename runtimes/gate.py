@@ -74,7 +74,7 @@ class GateGraph:
         self.threads, self.thread_pool, self.providers = _session_settings(options)
         if bundle.manifest.gate is None:
             raise BundleError(f"{bundle.path}: this bundle has no gate graph")
-        name = bundle.manifest.gate["file"]
+        name = bundle.manifest.gate.file
         try:
             self._model = onnx.load_from_string(bundle.read(name))
         except Exception as exc:  # protobuf's DecodeError and friends

@@ -17,13 +17,13 @@ the model) is an :class:`~edgeskip.errors.InputError` naming the problem.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edgeskip.errors import InputError
+from edgeskip.manifest import Preprocessing
 from edgeskip.normalization import Normalization, preprocess
 
 __all__ = ["InputSpec", "prepare", "resize_bilinear"]
@@ -41,13 +41,12 @@ class InputSpec:
     normalization: Normalization
 
     @classmethod
-    def from_manifest(cls, preprocessing: Mapping[str, Any], image_size: int, channels: int,
+    def from_manifest(cls, preprocessing: Preprocessing | None, image_size: int, channels: int,
                       normalization: Normalization) -> InputSpec:
-        if preprocessing.get("layout", "NCHW") != "NCHW":
-            raise InputError(f"the bundle's model takes layout {preprocessing.get('layout')!r}; this runtime "
+        if preprocessing is not None and preprocessing.layout != "NCHW":
+            raise InputError(f"the bundle's model takes layout {preprocessing.layout!r}; this runtime "
                              "feeds NCHW models only")
-        return cls(int(preprocessing.get("image_size", image_size)), int(preprocessing.get("channels", channels)),
-                   normalization)
+        return cls(image_size, channels, normalization)
 
 
 def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:

@@ -179,8 +179,8 @@ class OnnxRuntimeBackend(Backend):
         if mono is None or self.format != "onnx":
             return None
         if self._static is None:
-            sess, _ = session(self.bundle.read(mono["file"]), threads=self.threads, thread_pool=self.thread_pool,
-                              providers=self.providers, name=f"{self.bundle.path}: {mono['file']}")
+            sess, _ = session(self.bundle.read(mono.file), threads=self.threads, thread_pool=self.thread_pool,
+                              providers=self.providers, name=f"{self.bundle.path}: {mono.file}")
             self._static = SessionRunner(sess)
         stage = self._static
         return lambda x: stage(x)[0]

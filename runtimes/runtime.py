@@ -34,22 +34,23 @@ import functools
 import io
 import time
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.policy import SkipConfig
-from edgeskip.bundle import Bundle, BundleError, stage_name
+from edgeskip.bundle import Bundle, BundleError, check_signature, stage_name
 from edgeskip.e2cm.means import E2CM, JSON as E2CM_JSON, NPZ as E2CM_NPZ
 from edgeskip.errors import BackendError, ConfigError, DataError, EdgeskipError
 from edgeskip.front import Selection, choose, load_front, pareto_path
+from edgeskip.policy import Plan, Policy, SkipConfig, resolve
+from edgeskip.rule import exit_logits, exit_top, route
 from edgeskip.runtimes.backend import Backend
 from edgeskip.runtimes.inputs import InputSpec, prepare
-from edgeskip.policy import Plan, Policy, resolve
-from edgeskip.rule import exit_logits, exit_top, route
 from edgeskip.runtimes.telemetry import RuntimeStats, Telemetry, path_string
+from edgeskip.signing import KeyLike
 
 __all__ = ["Runtime", "RuntimeOutput", "GRAPHS"]
 
@@ -87,13 +88,22 @@ class Runtime:
     backend call where the backend has one (onnxruntime: ``onnx/model.onnx``; measured 2-5% over a bare
     session at batch 1 against the per-stage loop's 1-16%, and about 15% less than the loop at batch 64
     in some runs; it loads a second copy of the weights the first time a static policy is used).
+    ``trusted_keys``: ed25519 public keys (paths, PEM, or ``ed25519:...`` text; see :mod:`edgeskip.signing`): the
+    bundle must then be signed by one of them (``edgeskip sign``), checked over the manifest's exact bytes before
+    anything in it is parsed; an unsigned bundle or another signer is a :class:`~edgeskip.signing.SignatureError`.
     Further keyword options go to the backend (e.g. ``threads``, ``thread_pool``, ``precision``).
     """
 
     def __init__(self, bundle: str | Path | Bundle, backend: str | type[Backend] = "onnxruntime",
                  policy: str | Policy | SkipConfig = "auto", *, graph: str = "stages", verify: bool = True,
-                 whole_static: bool = True, **backend_options: Any) -> None:
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=verify)
+                 whole_static: bool = True, trusted_keys: Iterable[KeyLike] | None = None,
+                 **backend_options: Any) -> None:
+        if isinstance(bundle, Bundle):
+            if trusted_keys is not None:
+                check_signature(bundle.path, bundle.manifest_bytes, trusted_keys)
+            self.bundle = bundle
+        else:
+            self.bundle = Bundle.open(bundle, verify=verify, trusted_keys=trusted_keys)
         m = self.manifest = self.bundle.manifest
         if graph not in GRAPHS:
             raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
@@ -131,8 +141,8 @@ class Runtime:
         section = self.manifest.agents
         if section is None:
             return None
-        path = f"{self.bundle.path}: {section['file']}"
-        data = self.bundle.read(section["file"])
+        path = f"{self.bundle.path}: {section.file}"
+        data = self.bundle.read(section.file)
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 w, b = npz["weights"].astype(np.float32), npz["biases"].astype(np.float32)
@@ -148,15 +158,15 @@ class Runtime:
         section = self.manifest.e2cm
         if section is None:
             return None
-        where = f"{self.bundle.path}: {section['dir']}"
+        where = f"{self.bundle.path}: {section.dir}"
         try:
-            e2cm = E2CM.from_bytes(self.bundle.read(f"{section['dir']}/{E2CM_JSON}"),
-                                   self.bundle.read(f"{section['dir']}/{E2CM_NPZ}"), where)
+            e2cm = E2CM.from_bytes(self.bundle.read(f"{section.dir}/{E2CM_JSON}"),
+                                   self.bundle.read(f"{section.dir}/{E2CM_NPZ}"), where)
         except DataError as exc:
             raise BundleError(str(exc)) from None
-        if list(e2cm.exits) != list(section["exits"]) or e2cm.means.shape[1] != self.num_classes:
+        if e2cm.exits != section.exits or e2cm.means.shape[1] != self.num_classes:
             raise BundleError(f"{where}: the E²CM exits {list(e2cm.exits)} disagree with the manifest's "
-                              f"{section['exits']} or do not fit a {self.num_classes}-class model")
+                              f"{list(section.exits)} or do not fit a {self.num_classes}-class model")
         return e2cm
 
     # -- configuration -------------------------------------------------------------------------
@@ -283,7 +293,7 @@ class Runtime:
         m = self.manifest
         return {"bundle": str(self.bundle.path), "model": m.model_name, "target": m.target,
                 "untrained": m.untrained, "depth": self.depth, "removed": list(m.removed),
-                "agents": self._agents is not None, "e2cm": None if m.e2cm is None else m.e2cm["feature"],
+                "agents": self._agents is not None, "e2cm": None if m.e2cm is None else m.e2cm.feature,
                 "policy": self.policy.to_dict(), **self.backend_info}
 
     def close(self) -> None:

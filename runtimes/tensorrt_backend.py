@@ -116,29 +116,28 @@ class TensorRTBackend(Backend):
         except ImportError:
             raise BackendUnavailableError(INSTALL) from None
         cudart = _cudart()
-        section = bundle.manifest.tensorrt or {}
-        records = list(section.get("engines") or [])
+        records = list(bundle.manifest.tensorrt.engines) if bundle.manifest.tensorrt else []
         if not records:
             raise BundleError(f"{bundle.path} has no TensorRT engines: build them on the device with "
                               f"'edgeskip build-engines {bundle.path}'")
-        precisions = sorted({r["precision"] for r in records})
+        precisions = sorted({r.precision for r in records})
         self.precision = options.get("precision") or ("fp16" if "fp16" in precisions else precisions[0])
         if self.precision not in precisions:
             raise ConfigError(f"the bundle has {', '.join(precisions)} engines, not {self.precision!r}")
         self.trt_version = str(trt.__version__)
-        built = {r.get("trt_version") for r in records}
+        built = {r.trt_version for r in records}
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         self._engines: dict[str, dict[int, _Engine]] = {}
         self._locks = {name: threading.Lock() for name in self.stages}
         try:
             for name in self.stages:
-                mine = [r for r in records if r["stage"] == name and r["precision"] == self.precision]
+                mine = [r for r in records if r.stage == name and r.precision == self.precision]
                 if not mine:
                     raise BundleError(f"{bundle.path} has no {self.precision} engine for stage {name!r} "
-                                      f"(built: {sorted({r['stage'] for r in records})})")
-                self._engines[name] = {int(r["batch"]): _Engine(trt, cudart, runtime, bundle.read(r["file"]),
-                                                                r["file"]) for r in mine}
+                                      f"(built: {sorted({r.stage for r in records})})")
+                self._engines[name] = {r.batch: _Engine(trt, cudart, runtime, bundle.read(r.file), r.file)
+                                       for r in mine}
         except Exception:
             self.close()
             raise

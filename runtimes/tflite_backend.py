@@ -44,9 +44,10 @@ class TFLiteBackend(Backend):
         self.format = FORMATS[self.precision]
         if self.format not in bundle.manifest.formats:
             raise BundleError(f"{bundle.path} has no {self.format} files (export it with --target tflite)")
-        self.batch = bundle.manifest.formats[self.format].get("batch", 1)
-        if not isinstance(self.batch, int):
-            raise BundleError(f"{bundle.path}: {self.format} files need a fixed batch, the manifest says {self.batch!r}")
+        batch = bundle.manifest.formats[self.format].batch
+        if not isinstance(batch, int):
+            raise BundleError(f"{bundle.path}: {self.format} files need a fixed batch, the manifest says {batch!r}")
+        self.batch: int = batch
         self.threads = check_threads(options.get("threads"))
         self.interpreter = f"{interpreter.__module__}.{interpreter.__name__}"
         self._run_interpreter = run_interpreter

@@ -1,8 +1,9 @@
 """The torch backend: the PyTorch modules themselves, as the reference the other backends match.
 
 Only where torch is installed (a workstation, CI). The weights come from the checkpoint the
-bundle was exported from: ``checkpoint=`` when given, else the path the manifest recorded;
-a bundle of freshly initialised weights is rebuilt from its recorded seed. Either way the
+bundle was exported from, given as ``checkpoint=`` (a bundle records the checkpoint's name and
+weights sha256, never a path); a bundle of freshly initialised weights is rebuilt from its
+recorded seed. Either way the
 rebuilt weights must match the manifest's ``weights.state_sha256`` fingerprint, so the
 reference can never silently run other weights than the bundle's.
 """
@@ -38,28 +39,25 @@ def reference_model(bundle: Bundle, checkpoint: str | Path | None = None) -> Any
 
     m = bundle.manifest
     weights = m.weights
-    source = checkpoint if checkpoint is not None else weights.get("checkpoint")
-    if source is not None:
-        if not Path(source).exists():
-            raise CheckpointError(f"the torch backend needs the checkpoint {bundle.path} was exported from; "
-                                  f"{source} does not exist here: pass checkpoint=PATH")
-        ckpt = load_checkpoint(source)
+    if checkpoint is not None:
+        if not Path(checkpoint).exists():
+            raise CheckpointError(f"checkpoint {checkpoint} does not exist")
+        ckpt = load_checkpoint(checkpoint)
         if ckpt.model_name != m.model_name:
-            raise CheckpointError(f"checkpoint {source} holds a {ckpt.model_name} model, the bundle a {m.model_name}")
+            raise CheckpointError(f"checkpoint {checkpoint} holds a {ckpt.model_name} model, the bundle a {m.model_name}")
         model = ckpt.build_model()
-    elif weights.get("source") == "random-init" and "seed" in weights:
+    elif weights.source == "random-init" and weights.seed is not None:
         from edgeskip.agents.model import SkipViT
 
-        torch.manual_seed(int(weights["seed"]))
+        torch.manual_seed(weights.seed)
         model = SkipViT(m.config)
     else:
-        raise CheckpointError(f"{bundle.path}: the manifest records no checkpoint or seed: pass checkpoint=PATH")
-    recorded = weights.get("state_sha256")
-    if recorded is None:
-        raise CheckpointError(f"{bundle.path} records no weights fingerprint (exported by an older edgeskip): "
-                              "export it again to use the torch backend")
-    if state_sha256(model) != recorded:
-        raise CheckpointError(f"the weights rebuilt from {source or 'the recorded seed'} are not the ones in "
+        raise CheckpointError(f"the torch backend rebuilds the PyTorch model {bundle.path} was exported from: pass "
+                              f"checkpoint=PATH (the bundle records checkpoint {weights.checkpoint_name!r}, weights "
+                              f"sha256 {weights.checkpoint_sha256}; a bundle carries no paths of the machine it was "
+                              "made on)")
+    if state_sha256(model) != weights.state_sha256:
+        raise CheckpointError(f"the weights rebuilt from {checkpoint or 'the recorded seed'} are not the ones in "
                               f"{bundle.path} (weights fingerprint differs): pass the checkpoint it was exported from")
     return model.eval()
 

@@ -33,12 +33,10 @@ from edgeskip.devices.energy import (
     rapl_zones,
     select_meter,
 )
+from edgeskip.profile import Profile, ProfileError, load_profile, profile_path
 from edgeskip.devices.profiler import (
-    ProfileError,
     ProfileSettings,
-    load_profile,
     profile_bundle,
-    save_profile,
     timing_stats,
 )
 from edgeskip.errors import ConfigError
@@ -345,42 +343,46 @@ def test_timing_stats() -> None:
 
 
 @pytest.fixture(scope="module")
-def profiled(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
+def profiled(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Profile]:
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("p") / "b"))
     profile = profile_bundle(bundle, "cpu", settings=ProfileSettings.quick((1, 4)))
-    save_profile(profile, bundle)
+    profile.save(bundle)
     return bundle, profile
 
 
-def test_profile_measures_every_piece(profiled: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+def test_profile_measures_every_piece(profiled: tuple[Path, Profile]) -> None:
     bundle, profile = profiled
-    assert set(profile["batches"]) == {"1", "4"}
-    pieces = profile["batches"]["1"]
+    assert set(profile.batches) == {"1", "4"}
+    pieces = profile.batches["1"]
     # 4 layers: reuse windows of 1 and 2 layers (d = 0, 1); every agent also right after the previous one
     assert set(pieces) == {"embed", "head", *(f"{p}_{j:02d}{d}" for p, d in (("layer", ""), ("layer", "@0"), ("layer", "@1"),
                                                                             ("agent", ""), ("agent", "@0"))
                                               for j in range(4))}
     for timing in pieces.values():
-        assert timing["median_ms"] > 0 and timing["samples"] >= 5 and timing["energy_mj"] >= 0
-    assert profile["energy"]["source"] in ("rapl", "estimate")
-    assert profile["memory"]["peak_rss_mb"] > 0 and profile["backend"]["backend"] == "onnxruntime"
-    loaded = load_profile(bundle / "profiles" / "cpu.json", Bundle.open(bundle), "cpu")
-    assert loaded["batches"] == json.loads(json.dumps(profile["batches"]))
+        assert timing.median_ms > 0 and timing.samples >= 5 and timing.energy_mj >= 0
+    assert profile.energy_source in ("rapl", "estimate")
+    assert profile.memory.peak_rss_mb > 0 and profile.backend["backend"] == "onnxruntime"
+    loaded = load_profile(profile_path(bundle, "cpu"), fingerprint=Bundle.open(bundle).manifest.fingerprint, device="cpu")
+    assert loaded == profile  # typed both ways
     Bundle.open(bundle)  # the profile beside the files leaves the bundle valid
 
 
-def test_profile_of_another_bundle_or_device_is_refused(profiled: tuple[Path, dict], tmp_path: Path) -> None:  # type: ignore[type-arg]
+def test_profile_of_another_bundle_or_device_is_refused(profiled: tuple[Path, Profile], tmp_path: Path) -> None:
     bundle, profile = profiled
-    path = bundle / "profiles" / "cpu.json"
+    path = profile_path(bundle, "cpu")
     with pytest.raises(ProfileError, match="not 'raspberry-pi-5'"):
         load_profile(path, device="raspberry-pi-5")
-    other = dict(profile, bundle={**profile["bundle"], "fingerprint": "0" * 64})
-    (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(ProfileError, match="another bundle"):
-        load_profile(tmp_path / "other.json", Bundle.open(bundle))
-    (tmp_path / "v9.json").write_text(json.dumps(dict(profile, schema_version=9)))
-    with pytest.raises(ProfileError, match="schema version 9"):
-        load_profile(tmp_path / "v9.json")
+    data = profile.to_file()
+    for name, change, message in (
+            ("other", {"bundle": {**data["bundle"], "fingerprint": "0" * 64}}, "another bundle"),
+            ("v9", {"schema_version": 9}, "schema version 9"),
+            ("extra", {"colour": "red"}, "unknown key"),
+            ("empty", {"batches": {}}, "needs measurements"),
+            ("negative", {"batches": {"1": {"embed": {**data["batches"]["1"]["embed"], "median_ms": -1.0}}}},
+             r"batches.1.embed.median_ms: must be >= 0")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**data, **change}))
+        with pytest.raises(ProfileError, match=message):
+            load_profile(tmp_path / f"{name}.json", fingerprint=Bundle.open(bundle).manifest.fingerprint)
     with pytest.raises(ProfileError, match="no profile"):
         load_profile(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{")

@@ -47,13 +47,13 @@ def cifar_test_images(cifar_tiny_agents: dict[str, Path], n: int, offset: int = 
 def test_manifest_round_trip(tiny_bundle: Path) -> None:
     raw = json.loads((tiny_bundle / MANIFEST).read_text())
     m = Manifest.from_dict(raw)
-    assert m.to_dict() == raw
-    assert m.untrained and m.weights["source"] == "random-init"
+    assert m.to_file() == raw
+    assert m.untrained and m.weights.source == "random-init"
     assert [s.name for s in m.stages[:6]] == ["embed", "layer_00", "layer_01", "layer_02", "layer_03", "head"]
     assert [s.name for s in m.stages if s.kind == "agent"] == [f"agent_{j:02d}" for j in range(4)]
     assert m.stage("layer_00").inputs[0].shape == ("batch", 65, 64)
     assert set(m.referenced_files()) <= set(m.files)
-    assert m.gate is not None and m.gate["outputs"] == ["logits", "executed", "exit_layer"]
+    assert m.gate is not None and m.gate.outputs == ("logits", "executed", "exit_layer")
 
 
 def _mutated(raw: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any]:
@@ -73,19 +73,26 @@ _DELETE = object()
 
 @pytest.mark.parametrize(("path", "value", "message"), [
     (["schema_version"], 99, "schema version 99 is not supported"),
+    (["schema_version"], 1, "schema version 1 is not supported.*export the bundle again"),
     (["format"], "something", "not an edgeskip bundle"),
     (["surprise"], 1, "unknown key"),
-    (["stages"], _DELETE, "required key 'stages'"),
-    (["target"], "mars", "unknown target"),
+    (["stages"], _DELETE, "stages: required key is missing"),
+    (["target"], "mars", "target: must be one of"),
     (["classes"], ["a"], "1 class names"),
     (["stages", 0, "files", "onnx"], "../outside.onnx", "outside the bundle"),
     (["stages", 0, "files", "onnx"], "/etc/passwd", "outside the bundle"),
-    (["stages", 1, "kind"], "mystery", "unknown kind"),
-    (["stages", 1], {"name": "layer_00"}, "malformed stage"),
+    (["stages", 1, "kind"], "mystery", r"stages\[1\].kind: must be one of"),
+    (["stages", 1], {"name": "layer_00"}, r"stages\[1\].kind: required key is missing"),
+    (["stages", 1, "layer"], True, r"stages\[1\].layer: must be an integer, got bool"),
     (["removed"], [7], "removed layers"),
     (["stages", 0, "files", "onnx"], "onnx/not-listed.onnx", "missing from the files table"),
     (["agents", "thresholds"], [0.5], "4 thresholds"),
-    (["config", "depth"], "four", "positive integer"),
+    (["agents", "thresholds", 2], "x", r"agents.thresholds\[2\]: .*str 'x'"),
+    (["agents", "colour"], "red", "agents: unknown key"),
+    (["config", "depth"], "four", "config.depth: must be an integer"),
+    (["config", "depth"], 10**18, "beyond this runtime's limit"),
+    (["weights", "checkpoint"], "/home/me/run", "weights: unknown key.*checkpoint"),  # no machine paths
+    (["files", "onnx/embed.onnx", "sha256"], "abc", "sha256 must be 64"),
 ])
 def test_manifest_schema_errors(tiny_bundle: Path, path: list[Any], value: Any, message: str) -> None:
     raw = json.loads((tiny_bundle / MANIFEST).read_text())
@@ -100,9 +107,9 @@ def test_manifest_schema_errors(tiny_bundle: Path, path: list[Any], value: Any, 
 def test_export_reports_fidelity_within_tolerance(cifar_bundle: Path) -> None:
     m = Bundle.open(cifar_bundle).manifest
     fid = m.fidelity
-    assert fid is not None and "cifar10 test images" in fid["images"]
-    assert max(fid["onnx"].values()) <= 1e-4 and fid["monolithic"] <= 1e-4
-    assert fid["gate"]["different_decisions"] == 0 and fid["gate"]["max_abs_logit_error"] <= 1e-4
+    assert fid is not None and "cifar10 test images" in fid.images
+    assert max(fid.onnx.values()) <= 1e-4 and fid.monolithic <= 1e-4
+    assert fid.gate.different_decisions == 0 and fid.gate.max_abs_logit_error <= 1e-4
     assert not m.untrained and m.e2cm is not None and m.agents is not None
 
 
@@ -140,8 +147,8 @@ def test_gate_graph_decisions_equal_the_torch_agent_rule(cifar_bundle: Path, cif
     model = load_checkpoint(cifar_tiny_agents["checkpoint"]).build_model()
     e2cm = E2CM.load(bundle.file("e2cm"))
     images = cifar_test_images(cifar_tiny_agents, 96)
-    runs = _gate_runs(ort_session(bundle.file(m.gate["file"])), images)  # type: ignore[index]
-    thresholds = tuple(m.agents["thresholds"])  # type: ignore[index]
+    runs = _gate_runs(ort_session(bundle.file(m.gate.file)), images)  # type: ignore[union-attr]
+    thresholds = m.agents.thresholds  # type: ignore[union-attr]
     ref = reference_paths(model, images, thresholds=thresholds, e2cm=e2cm)
     result = compare_paths(ref, [r[0] for r in runs], [r[1] for r in runs], [int(r[2]) for r in runs])
     assert result["different_decisions"] == 0 and result["max_abs_logit_error"] <= 1e-4, result
@@ -167,7 +174,7 @@ def test_gate_graph_runs_unchanged_in_the_onnx_reference_evaluator(cifar_bundle:
     from onnx.reference import ReferenceEvaluator
 
     bundle = Bundle.open(cifar_bundle)
-    path = bundle.file(bundle.manifest.gate["file"])  # type: ignore[index]
+    path = bundle.file(bundle.manifest.gate.file)  # type: ignore[union-attr]
     evaluator = ReferenceEvaluator(onnx.load(path))
     images = cifar_test_images(cifar_tiny_agents, 12)
     for got, want in zip(_gate_runs(evaluator, images), _gate_runs(ort_session(path), images), strict=True):
@@ -246,7 +253,7 @@ def test_a_failed_export_keeps_the_previous_bundle(bundle_copy: Path, monkeypatc
 def test_an_interrupted_first_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import edgeskip.exporters.export as export_module
 
-    monkeypatch.setattr(export_module, "atomic_write_json", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(export_module, "atomic_write_bytes", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError, match="No space"):
         export_bundle(ExportConfig(model="vit-tiny", out=str(tmp_path / "new"), fidelity_images=2))
     assert list(tmp_path.iterdir()) == []
@@ -258,7 +265,7 @@ def test_cli_export_untrained_warns_loudly(tmp_path: Path, capsys: pytest.Captur
     assert main(["export", "--model", "vit-tiny", "--out", str(tmp_path / "b"), "--fidelity-images", "2"]) == 0
     captured = capsys.readouterr()
     assert "UNTRAINED WEIGHTS" in captured.err and "bundle" in captured.out
-    assert Bundle.open(tmp_path / "b").manifest.weights["untrained"] is True
+    assert Bundle.open(tmp_path / "b").manifest.weights.untrained is True
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -322,9 +329,9 @@ def test_static_model_with_e2cm_gate_graph(tmp_path: Path, feature: str) -> None
     result = export_bundle(ExportConfig(model="vit-digits", out=str(tmp_path / "b"), checkpoint=str(tmp_path / "ckpt"),
                                         e2cm=str(tmp_path / "e2cm" / feature), fidelity_images=64))
     m = result.manifest
-    assert m.agents is None and m.e2cm is not None and m.e2cm["feature"] == feature
-    gate_fid = m.fidelity["gate"]  # type: ignore[index]
-    assert gate_fid["same_decisions"] + gate_fid["ties"] == 64 and gate_fid["different_decisions"] == 0
+    assert m.agents is None and m.e2cm is not None and m.e2cm.feature == feature
+    gate_fid = m.fidelity.gate  # type: ignore[union-attr]
+    assert gate_fid.same_decisions + gate_fid.ties == 64 and gate_fid.different_decisions == 0
     bundle = Bundle.open(result.path)
     images = torch.from_numpy(preprocess(load_digits().test.images[64:80], get_normalization("digits")))
     path = bundle.file("onnx/gate.onnx")
@@ -339,14 +346,54 @@ def test_static_model_with_e2cm_gate_graph(tmp_path: Path, feature: str) -> None
         assert np.array_equal(got[1], want[1]) and int(got[2]) == int(want[2])
 
 
-def test_every_registered_format_loads() -> None:
+def test_every_registered_format_loads_and_every_target_names_registered_ones() -> None:
     from edgeskip.exporters import EXPORTERS
+    from edgeskip.exporters.settings import TARGETS
 
-    assert set(EXPORTERS.names()) >= {"onnx", "tflite", "tensorrt"}
+    assert set(EXPORTERS.names()) == {"onnx-fp16", "tflite", "tensorrt"}
+    assert {n for _, names in TARGETS.values() for n in names} <= set(EXPORTERS.names())
     for name in EXPORTERS.names():
         if name == "tflite":
             pytest.importorskip("litert_torch", reason="the tflite format needs pip install 'edgeskip[tflite]'")
-        assert callable(EXPORTERS.get(name)())
+        exporter = EXPORTERS.get(name)()
+        assert exporter.name == name and exporter.steps(3) >= 1 and callable(exporter)
+
+
+def test_the_registry_drives_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A format registered by name is run by export_bundle for the targets that name it, with the one signature."""
+    from edgeskip.exporters import EXPORTERS
+    from edgeskip.exporters import settings as export_settings
+    from edgeskip.exporters.formats import FormatJob, FormatResult
+    from edgeskip.manifest import FormatInfo
+
+    seen: list[FormatJob] = []
+
+    class Copies:
+        name = "copies"
+
+        def steps(self, stages: int) -> int:
+            return stages
+
+        def __call__(self, job: FormatJob) -> FormatResult:
+            seen.append(job)
+            for s in job.stages:
+                rel = f"copies/{s.name}.onnx"
+                (job.tmp / "copies").mkdir(exist_ok=True)
+                (job.tmp / rel).write_bytes((job.tmp / job.files[s.name]["onnx"]).read_bytes())
+                job.files[s.name][self.name] = rel
+                job.step()
+            return FormatResult({self.name: FormatInfo(batch="dynamic", weights="float32", io="float32")},
+                                {self.name: {s.name: 0.0 for s in job.stages}})
+
+    monkeypatch.setitem(EXPORTERS._entries, "copies", Copies)
+    monkeypatch.setitem(export_settings.TARGETS, "onnx", ("fp32", ("copies",)))
+    m = export_bundle(ExportConfig(model="vit-tiny", target="onnx", out=str(tmp_path / "b"), fidelity_images=2)).manifest
+    assert len(seen) == 1 and [s.name for s in seen[0].stages] == ["embed", "layer_00", "layer_01", "layer_02",
+                                                                   "layer_03", "head"]
+    assert m.formats["copies"].batch == "dynamic" and set(m.fidelity.formats["copies"]) == {  # type: ignore[union-attr]
+        s.name for s in seen[0].stages}
+    assert all(m.stage(s.name).files["copies"] in m.files for s in seen[0].stages)
+    Bundle.open(tmp_path / "b")  # the new files are listed and verify
 
 
 def test_jetson_bundle_is_what_tensorrt_parses(tmp_path: Path) -> None:
@@ -356,8 +403,8 @@ def test_jetson_bundle_is_what_tensorrt_parses(tmp_path: Path) -> None:
                                         batch_sizes="1,8", fidelity_images=4))
     bundle = Bundle.open(result.path)
     m = bundle.manifest
-    assert m.precision == "fp16" and m.tensorrt is not None and m.tensorrt["batch_sizes"] == [1, 8]
-    assert (result.path / m.tensorrt["script"]).stat().st_mode & 0o111
+    assert m.precision == "fp16" and m.tensorrt is not None and m.tensorrt.batch_sizes == (1, 8)
+    assert (result.path / m.tensorrt.script).stat().st_mode & 0o111
     for s in m.stages:
         for fmt, rel in s.files.items():
             model = onnx.load(bundle.file(rel))
@@ -366,7 +413,7 @@ def test_jetson_bundle_is_what_tensorrt_parses(tmp_path: Path) -> None:
     assert check_onnx_for_tensorrt(onnx.load(bundle.file("onnx/gate.onnx"))) == []
     # fp16 copies of the engine stages, checked against torch (relative to the output scale)
     assert {s.name for s in m.stages if "onnx-fp16" in s.files} == {s.name for s in m.stages if s.kind != "agent"}
-    assert max(m.fidelity["onnx-fp16"].values()) < 0.05  # type: ignore[index]
+    assert max(m.fidelity.formats["onnx-fp16"].values()) < 0.05  # type: ignore[union-attr]
     jobs = engine_jobs(bundle)
     assert [j.stage for j in jobs] == ["embed", "layer_00", "layer_01", "layer_02", "layer_03", "head"]
     assert jobs[1].input_name == "tokens" and jobs[1].input_shape == (65, 64)

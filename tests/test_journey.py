@@ -68,7 +68,7 @@ def test_quickstart_runs_the_whole_journey(quickstart: dict[str, Any]) -> None:
     # the selection is the bundle's default: a plain Runtime runs it
     bundle = Bundle.open(r["files"]["bundle"])
     assert bundle.manifest.default_config is not None
-    assert bundle.manifest.default_config["thresholds"] == r["select"]["thresholds"]
+    assert list(bundle.manifest.default_config.thresholds) == r["select"]["thresholds"]  # type: ignore[union-attr,arg-type]
     with Runtime(bundle) as rt:
         assert rt.policy.name == "default" and rt.policy.layers == tuple(r["select"]["thresholds"])
 

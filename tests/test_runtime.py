@@ -40,16 +40,16 @@ def _images(n: int, seed: int = 0, size: int = 32) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def _reference(bundle: Path, images: np.ndarray, policy: str) -> list[Any]:
+def _reference(bundle: Path, checkpoint: Path, images: np.ndarray, policy: str) -> list[Any]:
     """PyTorch layers and agents + the numpy E²CM rule, one image at a time (the exporters' reference)."""
     from edgeskip.e2cm import E2CM
     from edgeskip.runtimes.torch_backend import reference_model
 
     b = Bundle.open(bundle)
     m = b.manifest
-    model = reference_model(b)
+    model = reference_model(b, checkpoint)
     x = torch.from_numpy(preprocess(images, m.normalization))
-    thresholds = tuple(m.agents["thresholds"]) if "agent" in policy and m.agents else None
+    thresholds = m.agents.thresholds if "agent" in policy and m.agents else None
     e2cm = E2CM.load(b.file("e2cm")) if "e2cm" in policy and m.e2cm else None
     return reference_paths(model, x, thresholds=thresholds, e2cm=e2cm)
 
@@ -71,12 +71,14 @@ BACKEND_CASES = [("onnxruntime", "stages", {}), ("onnxruntime", "gate", {}), ("t
 @pytest.mark.parametrize("policy", ["agent+e2cm", "agent", "e2cm", "static"])
 @pytest.mark.parametrize(("backend", "graph", "options"), BACKEND_CASES)
 def test_backend_agrees_with_the_torch_reference(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray,
-                                                 backend: str, graph: str, options: dict[str, Any],
-                                                 policy: str) -> None:
+                                                 cifar_tiny_agents: dict[str, Path], backend: str, graph: str,
+                                                 options: dict[str, Any], policy: str) -> None:
     images = cifar_test_uint8[:64]
+    if backend == "torch":  # the reference backend rebuilds the checkpoint's modules: the bundle holds no path
+        options = {**options, "checkpoint": str(cifar_tiny_agents["checkpoint"])}
     rt = Runtime(cifar_tiny_bundle, backend=backend, policy=policy, graph=graph, **options)
     out = rt(images)
-    result = _agree(out, _reference(cifar_tiny_bundle, images, policy))
+    result = _agree(out, _reference(cifar_tiny_bundle, cifar_tiny_agents["checkpoint"], images, policy))
     assert result["same_decisions"] >= 60
     if policy == "agent+e2cm":  # the images exercise the dynamic parts
         assert len(set(out.paths())) >= 2 and (out.exit_layer >= 0).any() and (out.exit_layer == -1).any()
@@ -98,11 +100,12 @@ def test_tflite_fp16_weights_keep_the_decisions(cifar_tiny_bundle: Path, cifar_t
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "tflite", "torch"])
 def test_a_batch_equals_its_inputs_one_at_a_time(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray,
-                                                 backend: str) -> None:
+                                                 cifar_tiny_agents: dict[str, Path], backend: str) -> None:
     images = cifar_test_uint8[:48]
-    rt = Runtime(cifar_tiny_bundle, backend=backend)
+    options = {"checkpoint": str(cifar_tiny_agents["checkpoint"])} if backend == "torch" else {}
+    rt = Runtime(cifar_tiny_bundle, backend=backend, **options)
     batch = rt(images)
-    ref = _reference(cifar_tiny_bundle, images, "agent+e2cm")
+    ref = _reference(cifar_tiny_bundle, cifar_tiny_agents["checkpoint"], images, "agent+e2cm")
     singles = [rt(img) for img in images]
     for i, (one, r) in enumerate(zip(singles, ref, strict=True)):
         same = np.array_equal(one.executed[0], batch.executed[i]) and one.exit_layer[0] == batch.exit_layer[i]
@@ -137,7 +140,7 @@ def test_policy_switching_needs_no_reload(cifar_tiny_bundle: Path, cifar_test_ui
 
     # an explicit configuration: layer 1 removed, no exits; then the same as genes on the default grid
     m = rt.manifest
-    thresholds = list(m.agents["thresholds"])  # type: ignore[index]
+    thresholds = list(m.agents.thresholds)  # type: ignore[union-attr]
     thresholds[1] = None
     rt.set_policy(Policy.config(thresholds))
     out = rt(images)
@@ -147,7 +150,7 @@ def test_policy_switching_needs_no_reload(cifar_tiny_bundle: Path, cifar_test_ui
     rt.set_policy(SkipConfig((0.5, None, 0.5, 0.5)))
     assert np.array_equal(rt(images).executed, genes.executed) and not genes.executed[:, 1].any()
     # thresholds of 1 at every exit disable the exits: the agents' paths alone
-    rt.set_policy(Policy.config(m.agents["thresholds"], exits=[1.0] * len(m.e2cm["exits"])))  # type: ignore[index]
+    rt.set_policy(Policy.config(m.agents.thresholds, exits=[1.0] * len(m.e2cm.exits)))  # type: ignore[union-attr]
     assert (rt(images).exit_layer == -1).all()
 
 
@@ -199,7 +202,7 @@ def test_static_model_has_no_agent_policy(tmp_path: Path) -> None:
     with torch.no_grad():
         want = model(torch.from_numpy(preprocess(_images(3), get_normalization("cifar10")))).numpy()
     assert np.abs(out.logits - want).max() <= 1e-4
-    torch_rt = Runtime(tmp_path / "b", backend="torch")
+    torch_rt = Runtime(tmp_path / "b", backend="torch", checkpoint=str(tmp_path / "ckpt"))
     assert np.abs(torch_rt(_images(3)).logits - want).max() <= 1e-5
     # without agents a configuration can still run or remove layers (threshold 0 or None)
     rt.set_policy(Policy.config([0.0, None, 0.0, 0.0]))
@@ -281,15 +284,31 @@ def _tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def test_the_runtime_never_writes_to_the_bundle(tiny_bundle: Path) -> None:
-    before = _tree_digest(tiny_bundle)
-    rt = Runtime(tiny_bundle)
+def test_the_runtime_never_writes_to_the_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Not when it runs, refuses an input, switches policy, runs the gate graph, or selects a configuration."""
+    import shutil
+
+    from edgeskip.front import ParetoFront, ParetoPoint, Searched, pareto_path
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    m = Bundle.open(bundle).manifest
+    static = ParetoPoint(genes=(1, 1, 1, 1), thresholds=(0.0,) * 4, accuracy=0.1, executed_layers=4.0,
+                         latency_ms=2.0, energy_mj=1.0)
+    half = ParetoPoint(genes=(3, 3, 3, 3), thresholds=(0.5,) * 4, accuracy=0.1, executed_layers=2.0, latency_ms=1.0,
+                       energy_mj=0.5)
+    ParetoFront(searched=Searched(kind="bundle", model=m.model_name, fingerprint=m.fingerprint), cost="profile",
+                objectives=("error", "latency_ms", "energy_mj"), hypervolume=0.5, static=static, points=(half, static),
+                device="cpu", batch=1, energy_source="estimate").save(pareto_path(bundle, "cpu"))
+    before = _tree_digest(bundle)
+    rt = Runtime(bundle)
     rt(_images(3))
     with pytest.raises(InputError):
         rt(np.zeros((1, 3, 32, 32), np.float32) * np.nan)
     rt.set_policy("static")
-    Runtime(tiny_bundle, graph="gate")(_images(2))
-    assert _tree_digest(tiny_bundle) == before
+    chosen = rt.select(budget_ms=1.5)  # the one method that once could write: it switches, and writes nothing
+    assert chosen.point == half and rt.plan.layer_thresholds == (0.5,) * 4
+    Runtime(bundle, graph="gate")(_images(2))
+    assert _tree_digest(bundle) == before and Bundle.open(bundle).manifest.default_config is None
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
@@ -486,3 +505,12 @@ def test_torch_backend_refuses_other_weights(tiny_bundle: Path, tmp_path: Path) 
     (copy / MANIFEST).write_text(json.dumps(raw))
     with pytest.raises(edgeskip.CheckpointError, match="fingerprint"):
         Runtime(copy, backend="torch")
+
+
+def test_torch_backend_needs_the_checkpoint_a_bundle_names_but_never_locates(cifar_tiny_bundle: Path) -> None:
+    """A bundle travels: it records its checkpoint's name and weights sha256, never a path of the build machine."""
+    m = Bundle.open(cifar_tiny_bundle).manifest
+    assert m.weights.checkpoint_name == "ckpt" and m.weights.checkpoint_sha256 is not None
+    assert "/" not in (cifar_tiny_bundle / "manifest.json").read_text().split('"weights"')[1].split("}")[0]
+    with pytest.raises(edgeskip.CheckpointError, match=f"pass checkpoint=PATH.*'ckpt'.*{m.weights.checkpoint_sha256}"):
+        Runtime(cifar_tiny_bundle, backend="torch")

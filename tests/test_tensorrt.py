@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 from edgeskip.bundle import MANIFEST, Bundle
 from edgeskip.errors import BackendUnavailableError
 from edgeskip.exporters import tensorrt as T
+from edgeskip.manifest import EngineRecord
 from edgeskip.exporters.tensorrt import (
     EngineJob,
     TensorRTError,
@@ -566,13 +567,13 @@ def test_build_engines_flags_and_manifest(bundle_copy: Path, monkeypatch: pytest
                     "shapes": [{name: [[8, 65, 64]] * 3}], "workspace": 256 << 20}
     m = Bundle.open(bundle_copy).manifest  # verifies every checksum, engines included
     assert m.tensorrt is not None
-    engines = m.tensorrt["engines"]
-    assert len(engines) == 2 * len(stages) and all(e["file"] in m.files for e in engines)
-    assert engines[0] == {"stage": "embed", "batch": 1, "precision": "fp16", "file": "engines/embed.b1.fp16.engine",
-                          "onnx": "onnx/embed.onnx", "trt_version": ".".join(version.split(".")[:3]),
-                          "device": engines[0]["device"]}
+    engines = m.tensorrt.engines
+    assert len(engines) == 2 * len(stages) and all(e.file in m.files for e in engines)
+    assert engines[0] == EngineRecord(stage="embed", batch=1, precision="fp16", file="engines/embed.b1.fp16.engine",
+                                      onnx="onnx/embed.onnx", trt_version=".".join(version.split(".")[:3]),
+                                      device=engines[0].device)
     build_engines(bundle_copy, "fp16", [8])  # a rebuild replaces its entries
-    assert len(Bundle.open(bundle_copy).manifest.tensorrt["engines"]) == 2 * len(stages)  # type: ignore[index]
+    assert len(Bundle.open(bundle_copy).manifest.tensorrt.engines) == 2 * len(stages)  # type: ignore[union-attr]
 
 
 def test_build_engines_on_tensorrt_11(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -585,9 +586,9 @@ def test_build_engines_on_tensorrt_11(bundle_copy: Path, monkeypatch: pytest.Mon
     build_engines(bundle_copy, "fp16")
     plan = _plan(bundle_copy / engine_file("head", 1, "fp16"))
     assert plan["network_flags"] == 0 and plan["flags"] == [] and plan["source"] == "head.onnx"
-    entry = [e for e in Bundle.open(bundle_copy).manifest.tensorrt["engines"]  # type: ignore[index]
-             if e["file"] == engine_file("head", 1, "fp16")]
-    assert entry[0]["onnx"] == "onnx/fp16/head.onnx"
+    entry = [e for e in Bundle.open(bundle_copy).manifest.tensorrt.engines  # type: ignore[union-attr]
+             if e.file == engine_file("head", 1, "fp16")]
+    assert entry[0].onnx == "onnx/fp16/head.onnx"
 
 
 def test_build_engines_with_the_gate(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -646,7 +647,7 @@ def test_real_engines_match_onnxruntime(real_trt: Any, bundle_copy: Path, precis
 
     paths = build_engines(bundle_copy, precision, [1, 2], include_gate=True)
     m = Bundle.open(bundle_copy).manifest
-    assert {e["file"] for e in m.tensorrt["engines"]} == {  # type: ignore[index]
+    assert {e.file for e in m.tensorrt.engines} == {  # type: ignore[union-attr]
         str(p.relative_to(bundle_copy)) for p in paths}
     rng = np.random.default_rng(0)
     tol = 1e-3 if precision == "fp32" else 5e-2

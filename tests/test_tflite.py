@@ -186,11 +186,11 @@ def test_tflite_bundle_of_a_trained_model_on_real_test_images(cifar_tiny_agents:
     bundle = Bundle.open(out)
     m = bundle.manifest
     fid = m.fidelity
-    assert fid is not None and "cifar10 test images" in fid["images"]
+    assert fid is not None and "cifar10 test images" in fid.images
     layer_like = [s for s in m.stages if s.kind != "agent"]
-    assert set(fid["tflite"]) == set(fid["tflite-fp16"]) == {s.name for s in layer_like}
-    assert max(fid["tflite"].values()) <= FP32_TOL
-    assert m.formats["tflite"]["batch"] == 1
+    assert set(fid.formats["tflite"]) == set(fid.formats["tflite-fp16"]) == {s.name for s in layer_like}
+    assert max(fid.formats["tflite"].values()) <= FP32_TOL
+    assert m.formats["tflite"].batch == 1
     for s in layer_like:
         assert s.files["tflite"].endswith(".fp32.tflite") and s.files["tflite-fp16"].endswith(".fp16.tflite")
         fp32, fp16 = bundle.stage_file(s.name, "tflite"), bundle.stage_file(s.name, "tflite-fp16")

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +22,7 @@ import numpy.typing as npt
 from edgeskip.errors import ConfigError
 from edgeskip.front import ParetoFront, Searched, pareto_path
 from edgeskip.policy import Policy
+from edgeskip.profile import Profile
 from edgeskip.runtimes.inputs import prepare
 from edgeskip.runtimes.runtime import Runtime
 from edgeskip.search.costs import ProfileCost, ProfileCosts
@@ -36,7 +36,7 @@ __all__ = ["BundleSearchSettings", "search_and_save", "search_bundle"]
 
 
 def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
-                  profile: Mapping[str, Any], settings: BundleSearchSettings | None = None, *,
+                  profile: Profile, settings: BundleSearchSettings | None = None, *,
                   progress: Callable[[int, int], None] | None = None) -> ParetoFront:
     """NSGA-II (pymoo) over the bundle's genes on ``images``, costs predicted from ``profile``."""
     settings = settings or BundleSearchSettings()
@@ -49,13 +49,13 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
         cost = ProfileCost(ProfileCosts.from_profile(profile, m.config.depth), settings.batch)
         cache = PathCache(rt, prepare(images, rt.input_spec), labels, pool_mb=settings.pool_mb)
         cache.evaluate(Policy("static"))  # every exit's state on the static path, for the exit grids
-        own_exits = tuple(m.e2cm["thresholds"]) if m.e2cm else None
+        own_exits = m.e2cm.thresholds if m.e2cm else None
         genome = Genome(m.config.depth, [j for j in range(m.config.depth) if j not in m.removed],
                         grid_with_step(settings.grid_step) if m.agents is not None else (0.0,),
                         [exit_grid(cache, layer, settings.exit_rates, own_exits[i] if own_exits else 1.0)
                          for i, layer in enumerate(cache.exit_layers)])
         problem = ConfigurationProblem(genome, cache, cost)
-        seeds = genome.seeds((m.agents["thresholds"] if m.agents else None, own_exits))
+        seeds = genome.seeds((m.agents.thresholds if m.agents else None, own_exits))
         minimize(problem, nsga2(genome, settings, seeds), settings.generations, settings.seed,
                  each_generation=(lambda n: progress(n, settings.generations)) if progress else None)
         points = pareto_points(list(problem.archive.values()), problem.objective, "latency_ms")
@@ -64,12 +64,12 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
                 "layers_computed": cache.layers_computed, "recomputed": cache.recomputed,
                 "settings": {**settings.to_dict(), "grid": list(genome.grid),
                              "exit_grids": [list(g) for g in genome.exit_grids]},
-                "backend": rt.backend_info.get("backend"), "profile_created_utc": profile.get("created_utc"),
+                "backend": rt.backend_info.get("backend"), "profile_created_utc": profile.created_utc,
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return ParetoFront(
             searched=Searched(kind="bundle", model=m.model_name, fingerprint=m.fingerprint,
-                              weights_sha256=m.weights.get("checkpoint_sha256")),
-            cost="profile", objectives=problem.objectives, device=str(profile.get("device")), batch=settings.batch,
+                              weights_sha256=m.weights.checkpoint_sha256),
+            cost="profile", objectives=problem.objectives, device=profile.device, batch=settings.batch,
             energy_source=cost.costs.energy_source, static=problem.static, points=tuple(points),
             hypervolume=hypervolume([problem.objective(p) for p in points]), meta=meta)
     finally:
@@ -77,7 +77,7 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
 
 
 def search_and_save(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
-                    profile: Mapping[str, Any], settings: BundleSearchSettings, *, calibration: str,
+                    profile: Profile, settings: BundleSearchSettings, *, calibration: str,
                     out: str | Path | None = None,
                     progress: Callable[[int, int], None] | None = None) -> tuple[ParetoFront, Path, Path]:
     """:func:`search_bundle`, then the front (with where its images came from) saved to ``out`` (default

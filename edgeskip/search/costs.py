@@ -41,6 +41,7 @@ import numpy.typing as npt
 
 from edgeskip.e2cm.costs import MacCosts
 from edgeskip.errors import ConfigError
+from edgeskip.profile import Profile
 
 __all__ = ["Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
 
@@ -149,17 +150,12 @@ class ProfileCosts:
         self.energy_source = energy_source
 
     @classmethod
-    def from_profile(cls, profile: Mapping[str, Any], depth: int) -> ProfileCosts:
-        entries: dict[CostKey, tuple[float, float]] = {}
-        overhead: dict[int, tuple[float, float]] = {}
-        for b, pieces in profile["batches"].items():
-            batch = int(b)
-            for name, t in pieces.items():
-                ms = t.get("mean_ms", t["median_ms"])  # expected times add up; medians only where no mean
-                entries[CostKey.parse(name, batch)] = (float(ms), float(t["energy_mj"]))
-        for b, o in (profile.get("overhead") or {}).items():
-            overhead[int(b)] = (max(float(o["per_call_ms"]), 0.0), max(float(o["fixed_ms"]), 0.0))
-        return cls(entries, overhead, depth, str(profile.get("device")), str(profile.get("energy", {}).get("source")))
+    def from_profile(cls, profile: Profile, depth: int) -> ProfileCosts:
+        """The entries of ``edgeskip profile``: trimmed means (expected times add up, medians do not)."""
+        entries = {CostKey.parse(name, int(b)): (t.mean_ms, t.energy_mj)
+                   for b, pieces in profile.batches.items() for name, t in pieces.items()}
+        overhead = {int(b): (o.per_call_ms, o.fixed_ms) for b, o in profile.overhead.items()}
+        return cls(entries, overhead, depth, profile.device, profile.energy_source)
 
     @property
     def batch_sizes(self) -> list[int]:

@@ -87,7 +87,8 @@ def run_calibration(ckpt: Checkpoint, splits: DatasetSplits, settings: Calibrate
     if settings.path == "agents" and not agents:
         raise ConfigError(f"--path agents needs a checkpoint with skip agents; {ckpt.path} has none")
     calib, test = split_images(splits, settings)
-    meta = {"checkpoint": str(ckpt.path), "model": ckpt.model_name, "dataset": ckpt.dataset, "split": settings.split}
+    meta = {"checkpoint_name": ckpt.path.name, "checkpoint_sha256": ckpt.meta["weights"]["sha256"],
+            "model": ckpt.model_name, "dataset": ckpt.dataset, "split": settings.split}  # no machine path: it travels
     cals: dict[str, Calibration] = calibrate(
         model, calib, ckpt.normalization, exits=parse_exits(settings.exits), features=settings.features,
         path=settings.path, batch_size=settings.batch_size, progress=progress, meta=meta)

@@ -14,10 +14,11 @@ import pytest
 from edgeskip.bundle import Bundle, BundleError
 from edgeskip.cli import main
 from edgeskip.data import load_digits
-from edgeskip.devices.profiler import ProfileSettings, load_profile, profile_bundle, save_profile
+from edgeskip.devices.profiler import ProfileSettings, profile_bundle
 from edgeskip.errors import ConfigError
 from edgeskip.front import FrontError, NothingFits, ParetoFront, choose, load_front, pareto_path
 from edgeskip.policy import Policy
+from edgeskip.profile import Profile, load_profile, profile_path
 from edgeskip.runtimes import Runtime
 from edgeskip.runtimes.inputs import prepare
 from edgeskip.search.bundle import search_bundle
@@ -40,16 +41,16 @@ def images() -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="module")
-def profiled(digits_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def profiled(digits_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Profile]:
     """A private copy of the trained agents + E²CM digits bundle with a quick cpu profile."""
     bundle = Path(shutil.copytree(digits_agents["bundle"], tmp_path_factory.mktemp("s") / "b"))
     profile = profile_bundle(bundle, "cpu", settings=ProfileSettings.quick((1,)))
-    save_profile(profile, bundle)
+    profile.save(bundle)
     return bundle, profile
 
 
 @pytest.fixture(scope="module")
-def front(profiled: tuple[Path, dict[str, Any]], images: tuple[Any, Any]) -> ParetoFront:
+def front(profiled: tuple[Path, Profile], images: tuple[Any, Any]) -> ParetoFront:
     bundle, profile = profiled
     result = search_bundle(bundle, images[0], images[1], profile, BundleSearchSettings(pop_size=10, generations=5))
     result.save(pareto_path(bundle, "cpu"))
@@ -65,7 +66,7 @@ def _genomes(genome: Genome, rng: np.random.Generator, n: int) -> list[tuple[int
     return out
 
 
-def test_cached_evaluation_equals_a_full_run(profiled: tuple[Path, dict[str, Any]], images: tuple[Any, Any]) -> None:
+def test_cached_evaluation_equals_a_full_run(profiled: tuple[Path, Profile], images: tuple[Any, Any]) -> None:
     bundle, _ = profiled
     rt = Runtime(bundle, policy="static", whole_static=False)
     x = prepare(images[0], rt.input_spec)
@@ -90,7 +91,7 @@ def test_cached_evaluation_equals_a_full_run(profiled: tuple[Path, dict[str, Any
     assert cache.recomputed > 0  # and tokens dropped from the pool were recomputed exactly
 
 
-def test_exit_grids_leave_no_image_on_a_threshold(profiled: tuple[Path, dict[str, Any]],
+def test_exit_grids_leave_no_image_on_a_threshold(profiled: tuple[Path, Profile],
                                                   images: tuple[Any, Any]) -> None:
     """A threshold lies between two images' top probabilities, so float rounding cannot flip a decision."""
     rt = Runtime(profiled[0], policy="static", whole_static=False)
@@ -103,7 +104,7 @@ def test_exit_grids_leave_no_image_on_a_threshold(profiled: tuple[Path, dict[str
             assert np.abs(top - t).min() > 1e-9
 
 
-def test_search_front(front: ParetoFront, profiled: tuple[Path, dict[str, Any]], images: tuple[Any, Any]) -> None:
+def test_search_front(front: ParetoFront, profiled: tuple[Path, Profile], images: tuple[Any, Any]) -> None:
     bundle, profile = profiled
     pts = front.points
     F = np.array([[1 - p.accuracy, p.cost("latency_ms"), p.cost("energy_mj")] for p in pts])
@@ -117,7 +118,7 @@ def test_search_front(front: ParetoFront, profiled: tuple[Path, dict[str, Any]],
     assert front.searched.kind == "bundle" and front.searched.fingerprint == Bundle.open(bundle).manifest.fingerprint
     # each point is what the Runtime does and what the cost model predicts for that run
     model = ProfileCosts.from_profile(profile, DEPTH)
-    exits = list(Runtime(bundle).manifest.e2cm["exits"])  # type: ignore[index]
+    exits = list(Runtime(bundle).manifest.e2cm.exits)  # type: ignore[union-attr]
     for p in (pts[0], pts[-1]):
         rt = Runtime(bundle, policy=p.policy, whole_static=False)
         out = rt(images[0])
@@ -129,7 +130,7 @@ def test_search_front(front: ParetoFront, profiled: tuple[Path, dict[str, Any]],
     assert loaded == front
 
 
-def test_select_by_budget(front: ParetoFront, profiled: tuple[Path, dict[str, Any]], tmp_path: Path,
+def test_select_by_budget(front: ParetoFront, profiled: tuple[Path, Profile], tmp_path: Path,
                           images: tuple[Any, Any]) -> None:
     bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
     pts = front.points
@@ -150,8 +151,8 @@ def test_select_by_budget(front: ParetoFront, profiled: tuple[Path, dict[str, An
     assert picked == chosen and Bundle.open(bundle).manifest.default_config is None  # choosing writes nothing
     record_selection(bundle, picked)
     b = Bundle.open(bundle)  # still a valid bundle, its profile and front still bound to it
-    assert b.manifest.default_config is not None and b.manifest.default_config["device"] == "cpu"
-    load_profile(bundle / "profiles" / "cpu.json", b, "cpu")
+    assert b.manifest.default_config is not None and b.manifest.default_config.device == "cpu"
+    load_profile(profile_path(b, "cpu"), fingerprint=b.manifest.fingerprint, device="cpu")
     load_front(pareto_path(b, "cpu"), fingerprint=b.manifest.fingerprint, device="cpu")
     rt = Runtime(bundle)  # policy auto now runs the selected configuration
     assert rt.policy.name == "default" and rt.plan.layer_thresholds == chosen.point.thresholds
@@ -163,7 +164,7 @@ def test_select_by_budget(front: ParetoFront, profiled: tuple[Path, dict[str, An
     assert (bundle / "manifest.json").read_bytes() == before
 
 
-def test_a_search_front_applies_to_its_checkpoint(front: ParetoFront, profiled: tuple[Path, dict[str, Any]],
+def test_a_search_front_applies_to_its_checkpoint(front: ParetoFront, profiled: tuple[Path, Profile],
                                                   digits_agents: dict[str, Path], tmp_path: Path) -> None:
     """search writes, apply-config reads: the layer thresholds of a bundle's point become a checkpoint's."""
     assert main(["-q", "apply-config", "--checkpoint", str(digits_agents["checkpoint"]), "--pareto",
@@ -172,20 +173,24 @@ def test_a_search_front_applies_to_its_checkpoint(front: ParetoFront, profiled: 
     assert model.skip.thresholds == front.points[0].thresholds  # type: ignore[union-attr]
 
 
-def test_bad_default_config_is_refused(profiled: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_bad_default_config_is_refused(profiled: tuple[Path, Profile], tmp_path: Path) -> None:
     bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
     raw = json.loads((bundle / "manifest.json").read_text())
-    raw["default_config"] = {"thresholds": [0.5, 2.0, 0.5, 0.5, 0.5, 0.5], "exit_thresholds": None}
-    (bundle / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="default_config"):
-        Bundle.open(bundle)
-    raw["default_config"] = {"thresholds": None, "exit_thresholds": [0.5]}
-    (bundle / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="default_config needs 5 exit thresholds"):
-        Bundle.open(bundle)
+    default = {"thresholds": [0.5] * 6, "exit_thresholds": None, "device": "cpu",
+               "budget": {"value": 1.0, "unit": "ms"}, "batch": 1, "predicted": {}, "accuracy": 0.5,
+               "selected_utc": "2026-12-01T00:00:00Z"}
+    for change, message in (({"thresholds": [0.5, 2.0, 0.5, 0.5, 0.5, 0.5]},
+                             r"default_config.thresholds\[1\]: must be >= 0.0 and <= 1.0, got 2.0"),
+                            ({"thresholds": None, "exit_thresholds": [0.5]}, "default_config needs 5 exit thresholds"),
+                            ({"thresholds": [0.5] * 4}, "default_config needs 6 layer thresholds"),
+                            ({"device": None}, "default_config.device: must be a string, got null")):
+        raw["default_config"] = {**default, **change}
+        (bundle / "manifest.json").write_text(json.dumps(raw))
+        with pytest.raises(BundleError, match=message):
+            Bundle.open(bundle)
 
 
-def test_front_of_another_bundle_device_or_schema_is_refused(front: ParetoFront, profiled: tuple[Path, dict[str, Any]],
+def test_front_of_another_bundle_device_or_schema_is_refused(front: ParetoFront, profiled: tuple[Path, Profile],
                                                              tmp_path: Path) -> None:
     fingerprint = Bundle.open(profiled[0]).manifest.fingerprint
     path = pareto_path(profiled[0], "cpu")
@@ -220,7 +225,7 @@ def test_a_schema_1_front_loads_through_the_migration(front: ParetoFront, tmp_pa
     assert choose(migrated, budget_ms=1e9).point == choose(front, budget_ms=1e9).point
 
 
-def test_cli_search_and_select(profiled: tuple[Path, dict[str, Any]], tmp_path: Path,
+def test_cli_search_and_select(profiled: tuple[Path, Profile], tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
     assert main(["-q", "search", "--bundle", str(bundle), "--device", "raspberry-pi-5"]) == 2

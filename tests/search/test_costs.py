@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
 
 from edgeskip.e2cm.costs import MacCosts
 from edgeskip.errors import ConfigError
+from edgeskip.profile import Profile
 from edgeskip.search.costs import CostKey, MacsCost, ProfileCost, ProfileCosts, Usage, reuse_shares, usage_of
 from edgeskip.variants import model_config
 
 
-def _profile(overhead: tuple[float, float] = (0.01, 0.1)) -> dict:  # type: ignore[type-arg]
+def _timing(ms: float) -> dict[str, Any]:
+    return {"median_ms": ms, "mean_ms": ms, "p90_ms": ms, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * ms}
+
+
+def _profile(overhead: tuple[float, float] = (0.01, 0.1), extra: dict[str, float] | None = None) -> Profile:
+    """A profile of a 3-layer bundle with one exit, with round figures (energy 10 mJ per ms)."""
     pieces = {"embed": 0.2, "head": 0.05, "layer_00": 1.0, "layer_01": 2.0, "layer_02": 3.0, "agent_00": 0.01,
-              "agent_01": 0.02, "agent_02": 0.03, "exit_00": 0.5}
-    as_timing = {k: {"median_ms": v, "p90_ms": v, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * v}
-                 for k, v in pieces.items()}
-    return {"device": "cpu", "energy": {"source": "estimate"}, "batches": {"1": as_timing},
-            "overhead": {"1": {"per_call_ms": overhead[0], "fixed_ms": overhead[1]}}}
+              "agent_01": 0.02, "agent_02": 0.03, "exit_00": 0.5, **(extra or {})}
+    return Profile.from_dict({
+        "device": "cpu", "energy": {"source": "estimate"}, "batches": {"1": {k: _timing(v) for k, v in pieces.items()}},
+        "overhead": {"1": {"per_call_ms": overhead[0], "fixed_ms": overhead[1], "static_loop_ms": 7.0,
+                           "sum_of_stages_ms": 6.5, "half_loop_ms": 4.0, "half_sum_of_stages_ms": 3.5, "passes": 20}},
+        "bundle": {"model": "test", "fingerprint": "0" * 64, "target": "cpu", "removed": [], "exits": [0]},
+        "memory": {"peak_rss_mb": 1.0, "peak_rss_before_mb": 1.0}, "backend": {}, "host": {}, "settings": {},
+        "created_utc": "2026-12-01T00:00:00Z"})
 
 
 def test_cost_model_is_the_hand_sum() -> None:
@@ -57,11 +67,7 @@ def test_reuse_distances_and_warm_agents_in_the_model() -> None:
     assert reuse_shares(np.ones((4, 3), bool)) == ((0.0, 0.0, 1.0),) * 3  # static: every other layer between
     u = usage_of(executed, np.full(5, -1), steps=[(0, 0.1), (1, 0.2), (2, 0.3)], exits=[], checked_exits=[])
     assert u.asked_after_skip == (0.0, 0.4, 0.8)  # asked where the previous layer (0, then 1) did not run
-    profile = _profile()
-    extra = {"layer_01@0": 1.0, "agent_01@0": 0.005}
-    profile["batches"]["1"].update({k: {"median_ms": v, "p90_ms": v, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * v}
-                                    for k, v in extra.items()})
-    model = ProfileCosts.from_profile(profile, depth=3)
+    model = ProfileCosts.from_profile(_profile(extra={"layer_01@0": 1.0, "agent_01@0": 0.005}), depth=3)
     assert model.entries[CostKey("layer", 1, 1, 0)] == (1.0, 10.0)
     static = Usage(layers=(1.0, 0.5, 0.25), asked=(0.0, 1.0, 0.0), checked=(0.0,), reach_head=1.0)
     reused = dataclasses.replace(static, reuse=((0.0, 0.0, 1.0), (0.25, 0.25, 0.0), (0.0, 0.0, 0.25)),
