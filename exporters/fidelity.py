@@ -1,10 +1,9 @@
 """Every export checks itself against PyTorch: per-stage errors and gate-graph decisions.
 
-The reference for a dynamic path is PyTorch for the layers and agents and the numpy E²CM
-rule (:meth:`edgeskip.e2cm.E2CM.check`, the code the runtime runs) for the exits, applied
-one image at a time: agent j runs layer j when ``p_j >= t_j``; the exit after layer j is
-checked only when layer j ran and its threshold is below 1; the input leaves when
-``top > T``. A decision whose probability lies within :data:`TIE` of its threshold may
+The reference for a dynamic path is the decision rule of :mod:`edgeskip.rule` (the code the
+runtime runs) driving PyTorch for the layers and agents and the numpy E²CM exits, one image at
+a time: agent j runs layer j when ``p_j >= t_j``; the exit after layer j is checked only when
+layer j ran and its threshold is below 1; the input leaves when ``top > T``. A decision whose probability lies within :data:`TIE` of its threshold may
 legitimately go either way between two float implementations and is reported as a tie.
 """
 
@@ -20,6 +19,7 @@ import torch
 
 from edgeskip.exporters.stages import StageModule
 from edgeskip.models.vit import ViT
+from edgeskip.rule import agent_cut, exit_enabled, exit_top, route
 
 __all__ = ["TIE", "Path", "reference_paths", "stage_inputs", "stage_errors", "compare_paths"]
 
@@ -39,36 +39,55 @@ class Path:
 @torch.no_grad()
 def reference_paths(model: ViT, images: torch.Tensor, *, thresholds: Sequence[float | None] | None = None,
                     e2cm: Any | None = None) -> list[Path]:
-    """The dynamic rule applied to each image alone (``thresholds`` None: every layer runs)."""
-    cfg, out = model.config, []
-    exits = {layer: i for i, layer in enumerate(e2cm.exits)} if e2cm is not None else {}
+    """The decision rule (:func:`edgeskip.rule.route`) driving the PyTorch layers and agents and the numpy E²CM
+    exits, each image alone (``thresholds`` None: every layer runs)."""
+    depth = model.config.depth
+    steps: list[tuple[int, float | None]]
+    if thresholds is None:
+        steps = [(j, None) for j in range(depth)]
+    else:
+        steps = [(j, agent_cut(t)) for j, t in enumerate(thresholds) if t is not None]
+    exits = {} if e2cm is None else {layer: (i, float(t)) for i, (layer, t) in enumerate(zip(e2cm.exits, e2cm.thresholds))
+                                     if exit_enabled(float(t))}
+    out = []
     for img in images:
-        x = model.embed(img[None])
-        executed, margins, logits, exit_layer = np.zeros(cfg.depth, bool), [], None, -1
-        for j in range(cfg.depth):
-            t = None if thresholds is None else thresholds[j]
-            if thresholds is None:
-                ran = True
-            elif t is None:
-                ran = False
-            else:
-                p = float(torch.sigmoid(model.agent_logits(j, x[:, 0]))[0])  # type: ignore[operator]
-                ran = p >= t
-                margins.append(abs(p - t))
-            if ran:
-                x = model.blocks[j](x)
-                executed[j] = True
-            i = exits.get(j)
-            if ran and i is not None and e2cm is not None and e2cm.thresholds[i] < 1.0:
-                leaves, _, top = e2cm.check(i, x.numpy())
-                margins.append(abs(float(top[0]) - float(e2cm.thresholds[i])))
-                if leaves[0]:
-                    logits, exit_layer = -e2cm.distances(i, x.numpy())[0], j
-                    break
-        if logits is None:
-            logits = model.head(x)[0].double().numpy()
-        out.append(Path(np.asarray(logits, np.float64), executed, exit_layer, tuple(margins)))
+        net = _OneImage(model, model.embed(img[None]), thresholds, e2cm)
+        path = route(steps, exits, 1, depth, net)
+        logits = net.logits if path.left else model.head(net.x)[0].double().numpy()
+        out.append(Path(np.asarray(logits, np.float64), path.executed[0], int(path.exit_layer[0]), tuple(net.margins)))
     return out
+
+
+class _OneImage:
+    """One image through the PyTorch model as the rule drives it, keeping how close each decision came."""
+
+    def __init__(self, model: ViT, x: torch.Tensor, thresholds: Sequence[float | None] | None, e2cm: Any) -> None:
+        self.model, self.x, self.thresholds, self.e2cm = model, x, thresholds, e2cm
+        self.margins: list[float] = []
+        self.distances: npt.NDArray[np.float64] | None = None
+        self.logits: npt.NDArray[np.float64] | None = None
+
+    def agent_logits(self, layer: int) -> npt.NDArray[np.float32]:
+        z = self.model.agent_logits(layer, self.x[:, 0])  # type: ignore[operator]
+        assert self.thresholds is not None and self.thresholds[layer] is not None
+        self.margins.append(abs(float(torch.sigmoid(z)[0]) - float(self.thresholds[layer])))  # type: ignore[arg-type]
+        return z.numpy()  # type: ignore[no-any-return]
+
+    def run(self, layer: int, rows: Any) -> None:
+        self.x = self.model.blocks[layer](self.x)
+
+    def exit_top(self, index: int, layer: int, rows: Any) -> npt.NDArray[np.float64]:
+        self.distances = self.e2cm.distances(index, self.x.numpy())
+        top = exit_top(self.distances)[0]  # type: ignore[arg-type]
+        self.margins.append(abs(float(top[0]) - float(self.e2cm.thresholds[index])))
+        return top
+
+    def leave(self, index: int, layer: int, rows: Any, leaving: Any) -> None:
+        assert self.distances is not None
+        self.logits = -self.distances[0]
+
+    def keep(self, rows: Any) -> None:
+        """One image: once it left there is nothing to keep."""
 
 
 @torch.no_grad()

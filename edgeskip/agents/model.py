@@ -30,9 +30,15 @@ from edgeskip.config import ViTConfig
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.models.vit import ViT
 
-__all__ = ["SkipViT", "SkipOutput", "AGENT_BIAS_INIT"]
+__all__ = ["SkipViT", "SkipOutput", "AGENT_BIAS_INIT", "agent_runs"]
 
 AGENT_BIAS_INIT = 2.0
+
+
+def agent_runs(probability: Tensor, threshold: Tensor) -> Tensor:
+    """The agent rule in torch (training and the PyTorch reference): a layer runs when its agent's probability
+    reaches the threshold. The runtime's numpy form is :func:`edgeskip.rule.agent_runs` (on the logit)."""
+    return probability >= threshold
 
 
 class SkipOutput(NamedTuple):
@@ -101,7 +107,7 @@ class SkipViT(ViT):
         """Inference decision for layer ``j`` on tokens ``x`` entering it: (B,) bool, True = run."""
         if bool(self.removed[j]):
             return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        return torch.sigmoid(self.agent_logits(j, x[:, 0])) >= self.thresholds[j]
+        return agent_runs(torch.sigmoid(self.agent_logits(j, x[:, 0])), self.thresholds[j])
 
     def baseline_values(self, states: Tensor) -> Tensor:
         """(B, L) baseline predictions b_j(c_j) from the (B, L, D) states."""
@@ -151,7 +157,7 @@ class SkipViT(ViT):
                 elif sample:
                     run = torch.bernoulli(p.detach()).bool()
                 else:
-                    run = p >= self.thresholds[j]
+                    run = agent_runs(p, self.thresholds[j])
                 logp = torch.where(run, F.logsigmoid(z), F.logsigmoid(-z))
             x = self._run_rows(j, x, run)
             runs.append(run)

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from edgeskip.e2cm.costs import MacCosts
 from edgeskip.e2cm.means import check_thresholds
 from edgeskip.errors import ConfigError
+from edgeskip.rule import first_exit
 
 __all__ = [
     "ExitCache", "Outcome", "simulate", "search_thresholds", "sweep", "upper_hull", "HullPoint", "Sweep",
@@ -105,8 +106,7 @@ class Outcome:
 def simulate(cache: ExitCache, thresholds: npt.NDArray[Any] | Sequence[float]) -> Outcome:
     """Replay the exit rule with ``thresholds`` over the cached images."""
     t = check_thresholds(thresholds, cache.n_exits)
-    fires = cache.top_prob > t[None, :]
-    exit_at = np.where(fires.any(axis=1), fires.argmax(axis=1), cache.n_exits)
+    exit_at = first_exit(cache.top_prob, cache.checked, t)  # the decision rule, replayed over the cache
     enabled = t < 1.0
     check_cum = np.cumsum(cache.checked * (enabled * cache.check_cost)[None, :], axis=1)
     rows = np.arange(cache.size)

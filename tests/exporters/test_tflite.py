@@ -172,21 +172,19 @@ assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "to
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_tflite_bundle_of_a_trained_model_on_real_test_images(cifar_tiny_agents: dict[str, Path], tmp_path: Path) -> None:
-    """`edgeskip export --target tflite`: fp32 and fp16 files per stage, checked on CIFAR-10 test images."""
+def test_tflite_bundle_of_a_trained_model_on_real_test_images(digits_agents: dict[str, Path], tmp_path: Path) -> None:
+    """`edgeskip export --target tflite`: fp32 and fp16 files per stage, checked on real (digits) test images."""
     from edgeskip.bundle import Bundle
     from edgeskip.cli import main
 
     out = tmp_path / "bundle"
-    assert main(["-q", "export", "--model", "vit-tiny", "--target", "tflite", "--checkpoint",
-                 str(cifar_tiny_agents["checkpoint"]), "--data", str(cifar_tiny_agents["data"]),
-                 "--fidelity-images", "16", "--out", str(out)]) == 0
+    assert main(["-q", "export", "--model", "vit-digits", "--target", "tflite", "--checkpoint",
+                 str(digits_agents["checkpoint"]), "--fidelity-images", "16", "--out", str(out)]) == 0
     bundle = Bundle.open(out)
     m = bundle.manifest
     fid = m.fidelity
-    assert fid is not None and "cifar10 test images" in fid.images
+    assert fid is not None and "digits test images" in fid.images
     layer_like = [s for s in m.stages if s.kind != "agent"]
     assert set(fid.formats["tflite"]) == set(fid.formats["tflite-fp16"]) == {s.name for s in layer_like}
     assert max(fid.formats["tflite"].values()) <= FP32_TOL
@@ -198,7 +196,7 @@ def test_tflite_bundle_of_a_trained_model_on_real_test_images(cifar_tiny_agents:
     # the chain of fp32 files classifies like the manifest's monolithic ONNX model
     from edgeskip.exporters.onnx import ort_session
 
-    x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(1, 1, 8, 8)).astype(np.float32)
     y = x
     for s in layer_like:
         y = interp.run_tflite(bundle.stage_file(s.name, "tflite"), y)

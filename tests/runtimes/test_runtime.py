@@ -60,25 +60,24 @@ def _agree(out: edgeskip.RuntimeOutput, ref: list[Any], tolerance: float = 1e-4)
     return result
 
 
-# -- every backend against the PyTorch reference, on real CIFAR-10 test images -----------------------------
+# -- every backend against the PyTorch reference, on real digits test images -----------------------------
 
 BACKEND_CASES = [("onnxruntime", "stages", {}), ("onnxruntime", "gate", {}), ("tflite", "stages", {}),
                  ("torch", "stages", {}), ("onnxruntime", "stages", {"whole_static": False})]
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["agent+e2cm", "agent", "e2cm", "static"])
 @pytest.mark.parametrize(("backend", "graph", "options"), BACKEND_CASES)
-def test_backend_agrees_with_the_torch_reference(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray,
-                                                 cifar_tiny_agents: dict[str, Path], backend: str, graph: str,
+def test_backend_agrees_with_the_torch_reference(digits_tflite_bundle: Path, digits_test_uint8: np.ndarray,
+                                                 digits_agents: dict[str, Path], backend: str, graph: str,
                                                  options: dict[str, Any], policy: str) -> None:
-    images = cifar_test_uint8[:64]
+    images = digits_test_uint8[:64]
     if backend == "torch":  # the reference backend rebuilds the checkpoint's modules: the bundle holds no path
-        options = {**options, "checkpoint": str(cifar_tiny_agents["checkpoint"])}
-    rt = Runtime(cifar_tiny_bundle, backend=backend, policy=policy, graph=graph, **options)
+        options = {**options, "checkpoint": str(digits_agents["checkpoint"])}
+    rt = Runtime(digits_tflite_bundle, backend=backend, policy=policy, graph=graph, **options)
     out = rt(images)
-    result = _agree(out, _reference(cifar_tiny_bundle, cifar_tiny_agents["checkpoint"], images, policy))
+    result = _agree(out, _reference(digits_tflite_bundle, digits_agents["checkpoint"], images, policy))
     assert result["same_decisions"] >= 60
     if policy == "agent+e2cm":  # the images exercise the dynamic parts
         assert len(set(out.paths())) >= 2 and (out.exit_layer >= 0).any() and (out.exit_layer == -1).any()
@@ -86,26 +85,24 @@ def test_backend_agrees_with_the_torch_reference(cifar_tiny_bundle: Path, cifar_
         assert out.executed.all() and (out.exit_layer == -1).all()
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_tflite_fp16_weights_keep_the_decisions(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray) -> None:
-    images = cifar_test_uint8[:32]
-    fp32 = Runtime(cifar_tiny_bundle, backend="tflite")(images)
-    fp16 = Runtime(cifar_tiny_bundle, backend="tflite", precision="fp16")(images)
+def test_tflite_fp16_weights_keep_the_decisions(digits_tflite_bundle: Path, digits_test_uint8: np.ndarray) -> None:
+    images = digits_test_uint8[:32]
+    fp32 = Runtime(digits_tflite_bundle, backend="tflite")(images)
+    fp16 = Runtime(digits_tflite_bundle, backend="tflite", precision="fp16")(images)
     assert np.mean(fp16.labels == fp32.labels) >= 0.9
     assert np.abs(fp16.logits - fp32.logits).max() <= 0.05 * np.abs(fp32.logits).max()
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "tflite", "torch"])
-def test_a_batch_equals_its_inputs_one_at_a_time(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray,
-                                                 cifar_tiny_agents: dict[str, Path], backend: str) -> None:
-    images = cifar_test_uint8[:48]
-    options = {"checkpoint": str(cifar_tiny_agents["checkpoint"])} if backend == "torch" else {}
-    rt = Runtime(cifar_tiny_bundle, backend=backend, **options)
+def test_a_batch_equals_its_inputs_one_at_a_time(digits_tflite_bundle: Path, digits_test_uint8: np.ndarray,
+                                                 digits_agents: dict[str, Path], backend: str) -> None:
+    images = digits_test_uint8[:48]
+    options = {"checkpoint": str(digits_agents["checkpoint"])} if backend == "torch" else {}
+    rt = Runtime(digits_tflite_bundle, backend=backend, **options)
     batch = rt(images)
-    ref = _reference(cifar_tiny_bundle, cifar_tiny_agents["checkpoint"], images, "agent+e2cm")
+    ref = _reference(digits_tflite_bundle, digits_agents["checkpoint"], images, "agent+e2cm")
     singles = [rt(img) for img in images]
     for i, (one, r) in enumerate(zip(singles, ref, strict=True)):
         same = np.array_equal(one.executed[0], batch.executed[i]) and one.exit_layer[0] == batch.exit_layer[i]
@@ -117,11 +114,10 @@ def test_a_batch_equals_its_inputs_one_at_a_time(cifar_tiny_bundle: Path, cifar_
 
 # -- policies ------------------------------------------------------------------------------------------
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_policy_switching_needs_no_reload(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray) -> None:
-    images = cifar_test_uint8[:32]
-    rt = Runtime(cifar_tiny_bundle)
+def test_policy_switching_needs_no_reload(digits_tflite_bundle: Path, digits_test_uint8: np.ndarray) -> None:
+    images = digits_test_uint8[:32]
+    rt = Runtime(digits_tflite_bundle)
     backend = rt.backend
     assert rt.policy.name == "agent+e2cm"  # auto: everything the bundle has
     both = rt(images)
@@ -145,21 +141,20 @@ def test_policy_switching_needs_no_reload(cifar_tiny_bundle: Path, cifar_test_ui
     rt.set_policy(Policy.config(thresholds))
     out = rt(images)
     assert not out.executed[:, 1].any() and (out.exit_layer == -1).all()
-    rt.set_policy(Genome(4).policy([3, 0, 3, 3]))  # 0.5, removed, 0.5, 0.5
+    rt.set_policy(Genome(6).policy([3, 0, 3, 3, 3, 3]))  # 0.5, removed, 0.5, ...
     genes = rt(images)
-    rt.set_policy(SkipConfig((0.5, None, 0.5, 0.5)))
+    rt.set_policy(SkipConfig((0.5, None, 0.5, 0.5, 0.5, 0.5)))
     assert np.array_equal(rt(images).executed, genes.executed) and not genes.executed[:, 1].any()
     # thresholds of 1 at every exit disable the exits: the agents' paths alone
     rt.set_policy(Policy.config(m.agents.thresholds, exits=[1.0] * len(m.e2cm.exits)))  # type: ignore[union-attr]
     assert (rt(images).exit_layer == -1).all()
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_gate_graph_policy_switching(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray) -> None:
-    images = cifar_test_uint8[:16]
-    stages, gate = Runtime(cifar_tiny_bundle), Runtime(cifar_tiny_bundle, graph="gate")
-    for policy in ["static", Genome(4).policy([3, 0, 4, 2]), "e2cm", "agent+e2cm"]:
+def test_gate_graph_policy_switching(digits_tflite_bundle: Path, digits_test_uint8: np.ndarray) -> None:
+    images = digits_test_uint8[:16]
+    stages, gate = Runtime(digits_tflite_bundle), Runtime(digits_tflite_bundle, graph="gate")
+    for policy in ["static", Genome(6).policy([3, 0, 4, 2, 3, 3]), "e2cm", "agent+e2cm"]:
         stages.set_policy(policy)
         gate.set_policy(policy)
         a, b = stages(images), gate(images)
@@ -419,11 +414,10 @@ def test_concurrent_calls_from_several_threads(tiny_bundle: Path) -> None:
     assert stats.calls == len(inputs) and stats.inputs == sum(len(x) for x in inputs)
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_telemetry_counts_add_up(cifar_tiny_bundle: Path, cifar_test_uint8: np.ndarray) -> None:
-    rt = Runtime(cifar_tiny_bundle)
-    outs = [rt(cifar_test_uint8[i:i + n]) for i, n in ((0, 1), (1, 7), (8, 32), (40, 3))]
+def test_telemetry_counts_add_up(digits_tflite_bundle: Path, digits_test_uint8: np.ndarray) -> None:
+    rt = Runtime(digits_tflite_bundle)
+    outs = [rt(digits_test_uint8[i:i + n]) for i, n in ((0, 1), (1, 7), (8, 32), (40, 3))]
     stats = rt.stats()
     executed = np.concatenate([o.executed for o in outs])
     exits = np.concatenate([o.exit_layer for o in outs])
@@ -445,15 +439,15 @@ def test_telemetry_counts_add_up(cifar_tiny_bundle: Path, cifar_test_uint8: np.n
 # -- torch-free, engines ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tflite"])
-def test_runtime_runs_where_torch_is_hidden(torch_blocker: str, cifar_tiny_bundle: Path, backend: str) -> None:
+def test_runtime_runs_where_torch_is_hidden(torch_blocker: str, digits_tflite_bundle: Path, backend: str) -> None:
     code = torch_blocker + f"""
 import numpy as np
 import edgeskip
-rt = edgeskip.Runtime({str(cifar_tiny_bundle)!r}, backend={backend!r})
-out = rt(np.zeros((3, 32, 32, 3), np.uint8))
+rt = edgeskip.Runtime({str(digits_tflite_bundle)!r}, backend={backend!r})
+out = rt(np.zeros((3, 8, 8, 1), np.uint8))
 assert out.logits.shape == (3, 10) and rt.stats().inputs == 3
 try:
-    edgeskip.Runtime({str(cifar_tiny_bundle)!r}, backend="torch")
+    edgeskip.Runtime({str(digits_tflite_bundle)!r}, backend="torch")
 except edgeskip.BackendUnavailableError as exc:
     assert "PyTorch" in str(exc)
 else:
@@ -507,10 +501,10 @@ def test_torch_backend_refuses_other_weights(tiny_bundle: Path, tmp_path: Path) 
         Runtime(copy, backend="torch")
 
 
-def test_torch_backend_needs_the_checkpoint_a_bundle_names_but_never_locates(cifar_tiny_bundle: Path) -> None:
+def test_torch_backend_needs_the_checkpoint_a_bundle_names_but_never_locates(digits_tflite_bundle: Path) -> None:
     """A bundle travels: it records its checkpoint's name and weights sha256, never a path of the build machine."""
-    m = Bundle.open(cifar_tiny_bundle).manifest
+    m = Bundle.open(digits_tflite_bundle).manifest
     assert m.weights.checkpoint_name == "ckpt" and m.weights.checkpoint_sha256 is not None
-    assert "/" not in (cifar_tiny_bundle / "manifest.json").read_text().split('"weights"')[1].split("}")[0]
+    assert "/" not in (digits_tflite_bundle / "manifest.json").read_text().split('"weights"')[1].split("}")[0]
     with pytest.raises(edgeskip.CheckpointError, match=f"pass checkpoint=PATH.*'ckpt'.*{m.weights.checkpoint_sha256}"):
-        Runtime(cifar_tiny_bundle, backend="torch")
+        Runtime(digits_tflite_bundle, backend="torch")

@@ -25,21 +25,21 @@ from edgeskip.normalization import preprocess
 
 
 @pytest.fixture(scope="module")
-def cifar_bundle(cifar_tiny_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("b") / "cifar"
-    export_bundle(ExportConfig(model="vit-tiny", out=str(out), checkpoint=str(cifar_tiny_agents["checkpoint"]),
-                               e2cm=str(cifar_tiny_agents["e2cm"]), data=str(cifar_tiny_agents["data"]),
-                               fidelity_images=64))
+def trained_bundle(digits_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained digits model with agents and E²CM exits, exported checking itself on 64 test images."""
+    out = tmp_path_factory.mktemp("b") / "digits"
+    export_bundle(ExportConfig(model="vit-digits", out=str(out), checkpoint=str(digits_agents["checkpoint"]),
+                               e2cm=str(digits_agents["e2cm"]), fidelity_images=64))
     return out
 
 
-def cifar_test_images(cifar_tiny_agents: dict[str, Path], n: int, offset: int = 100) -> torch.Tensor:
-    """Real CIFAR-10 test images (other than the ones the export checked itself on)."""
-    from edgeskip.data import load_cifar10
+def digits_test_images(n: int, offset: int = 100) -> torch.Tensor:
+    """Real digits test images (other than the ones the export checked itself on), preprocessed."""
+    from edgeskip.data import load_digits
     from edgeskip.normalization import get_normalization
 
-    test = load_cifar10(cifar_tiny_agents["data"], progress=False).test
-    return torch.from_numpy(preprocess(test.images[offset:offset + n], get_normalization("cifar10")))
+    test = load_digits().test
+    return torch.from_numpy(preprocess(test.images[offset:offset + n], get_normalization("digits")))
 
 
 # -- the manifest -----------------------------------------------------------------------------------
@@ -100,29 +100,27 @@ def test_manifest_schema_errors(tiny_bundle: Path, path: list[Any], value: Any, 
         Manifest.from_dict(_mutated(raw, path, value))
 
 
-# -- fidelity on real CIFAR-10 test images ----------------------------------------------------------------
+# -- fidelity on real test images (the trained digits model) ----------------------------------------------
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_export_reports_fidelity_within_tolerance(cifar_bundle: Path) -> None:
-    m = Bundle.open(cifar_bundle).manifest
+def test_export_reports_fidelity_within_tolerance(trained_bundle: Path) -> None:
+    m = Bundle.open(trained_bundle).manifest
     fid = m.fidelity
-    assert fid is not None and "cifar10 test images" in fid.images
+    assert fid is not None and "digits test images" in fid.images
     assert max(fid.onnx.values()) <= 1e-4 and fid.monolithic <= 1e-4
     assert fid.gate.different_decisions == 0 and fid.gate.max_abs_logit_error <= 1e-4
     assert not m.untrained and m.e2cm is not None and m.agents is not None
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_every_stage_matches_torch_on_new_test_images(cifar_bundle: Path, cifar_tiny_agents: dict[str, Path]) -> None:
+def test_every_stage_matches_torch_on_new_test_images(trained_bundle: Path, digits_agents: dict[str, Path]) -> None:
     from edgeskip.exporters.fidelity import stage_inputs
     from edgeskip.exporters.stages import agent_modules, stage_modules
     from edgeskip.train.checkpoint import load_checkpoint
 
-    bundle = Bundle.open(cifar_bundle)
-    model = load_checkpoint(cifar_tiny_agents["checkpoint"]).build_model()
-    images = cifar_test_images(cifar_tiny_agents, 48)
+    bundle = Bundle.open(trained_bundle)
+    model = load_checkpoint(digits_agents["checkpoint"]).build_model()
+    images = digits_test_images(48)
     inputs = stage_inputs(model, images)
     with torch.no_grad():
         for s in stage_modules(model) + agent_modules(model):
@@ -136,17 +134,16 @@ def _gate_runs(session: Any, images: torch.Tensor) -> list[list[np.ndarray]]:
     return [session.run(None, {"images": images[i:i + 1].numpy()}) for i in range(len(images))]
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_gate_graph_decisions_equal_the_torch_agent_rule(cifar_bundle: Path, cifar_tiny_agents: dict[str, Path]) -> None:
+def test_gate_graph_decisions_equal_the_torch_agent_rule(trained_bundle: Path, digits_agents: dict[str, Path]) -> None:
     from edgeskip.e2cm import E2CM
     from edgeskip.train.checkpoint import load_checkpoint
 
-    bundle = Bundle.open(cifar_bundle)
+    bundle = Bundle.open(trained_bundle)
     m = bundle.manifest
-    model = load_checkpoint(cifar_tiny_agents["checkpoint"]).build_model()
+    model = load_checkpoint(digits_agents["checkpoint"]).build_model()
     e2cm = E2CM.load(bundle.file("e2cm"))
-    images = cifar_test_images(cifar_tiny_agents, 96)
+    images = digits_test_images(96)
     runs = _gate_runs(ort_session(bundle.file(m.gate.file)), images)  # type: ignore[union-attr]
     thresholds = m.agents.thresholds  # type: ignore[union-attr]
     ref = reference_paths(model, images, thresholds=thresholds, e2cm=e2cm)
@@ -167,16 +164,15 @@ def test_gate_graph_decisions_equal_the_torch_agent_rule(cifar_bundle: Path, cif
     assert np.array_equal(np.stack([p.executed for p in ref_no_exit]), executed)
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_gate_graph_runs_unchanged_in_the_onnx_reference_evaluator(cifar_bundle: Path,
-                                                                    cifar_tiny_agents: dict[str, Path]) -> None:
+def test_gate_graph_runs_unchanged_in_the_onnx_reference_evaluator(trained_bundle: Path,
+                                                                    digits_agents: dict[str, Path]) -> None:
     from onnx.reference import ReferenceEvaluator
 
-    bundle = Bundle.open(cifar_bundle)
+    bundle = Bundle.open(trained_bundle)
     path = bundle.file(bundle.manifest.gate.file)  # type: ignore[union-attr]
     evaluator = ReferenceEvaluator(onnx.load(path))
-    images = cifar_test_images(cifar_tiny_agents, 12)
+    images = digits_test_images(12)
     for got, want in zip(_gate_runs(evaluator, images), _gate_runs(ort_session(path), images), strict=True):
         assert np.array_equal(got[1], want[1]) and int(got[2]) == int(want[2])
         assert np.abs(got[0] - want[0]).max() <= 1e-4

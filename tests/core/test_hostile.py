@@ -269,12 +269,11 @@ def test_no_code_path_calls_an_unrestricted_unpickler(repo_root: Path) -> None:
     assert hits == []
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_another_tflite_model_with_matching_checksums_is_refused_for_its_shapes(cifar_tiny_bundle: Path,
+def test_another_tflite_model_with_matching_checksums_is_refused_for_its_shapes(digits_tflite_bundle: Path,
                                                                                  tmp_path: Path) -> None:
     root = tmp_path / "bundle"
-    shutil.copytree(cifar_tiny_bundle, root)
+    shutil.copytree(digits_tflite_bundle, root)
     files = {s["name"]: s["files"].get("tflite") for s in _manifest(root)["stages"]}
     shutil.copy(root / files["layer_00"], root / files["embed"])
     _rehash(root, files["embed"])

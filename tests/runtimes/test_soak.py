@@ -22,7 +22,7 @@ import pytest
 from edgeskip.runtimes import Policy, Runtime, RuntimeOutput
 from edgeskip.runtimes.inputs import prepare
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOAK = REPO / "benchmarks" / "soak.py"
 JOIN_TIMEOUT_S = 120.0
 
@@ -216,15 +216,14 @@ def test_eight_threads_on_one_runtime_match_serial(tiny_bundle: Path) -> None:
     _check_threads_match_serial(rt, _images(256, seed=5), Policy.config([0.0, m[1], 0.0, m[3]]), configs)
 
 
-@pytest.mark.cifar10
 @pytest.mark.slow
-def test_eight_threads_match_serial_with_trained_agents_and_exits(cifar_tiny_bundle: Path,
-                                                                  cifar_test_uint8: np.ndarray) -> None:
-    rt = Runtime(cifar_tiny_bundle, policy="agent+e2cm")
+def test_eight_threads_match_serial_with_trained_agents_and_exits(digits_tflite_bundle: Path,
+                                                                  digits_test_uint8: np.ndarray) -> None:
+    rt = Runtime(digits_tflite_bundle, policy="agent+e2cm")
     exits = len(rt.plan.exit_thresholds)
     configs: list[str | Policy] = ["agent+e2cm", "agent", "e2cm", "static",
-                                   Policy.config([0.0, 0.5, None, 0.0], [0.0] * exits)]
-    _check_threads_match_serial(rt, cifar_test_uint8, "agent+e2cm", configs)
+                                   Policy.config([0.0, 0.5, None, 0.0, 0.5, 0.0], [0.0] * exits)]
+    _check_threads_match_serial(rt, digits_test_uint8, "agent+e2cm", configs)
 
 
 # -- processes --------------------------------------------------------------------------------------
