@@ -31,8 +31,13 @@ import numpy.typing as npt
 
 from edgeskip.bundle import Bundle, stage_name
 from edgeskip.errors import BackendUnavailableError, ConfigError
-from edgeskip.policy import Policy
+from edgeskip.data import load_dataset
+from edgeskip.host import describe_host
+from edgeskip.policy import Policy, SkipConfig
+from edgeskip.runtimes.inputs import prepare
+from edgeskip.runtimes.ort_backend import SessionRunner, session
 from edgeskip.runtimes.runtime import Runtime
+from edgeskip.runtimes.torch_backend import reference_model  # torch itself is imported only when it runs
 
 __all__ = ["BenchConfig", "run_bench", "format_table", "skip_pattern", "interleaved"]
 
@@ -133,8 +138,6 @@ def _workload(cfg: BenchConfig, rt: Runtime) -> tuple[npt.NDArray[Any], str]:
     spec = rt.input_spec
     n = max(cfg.images, cfg.batch_images)
     if cfg.data is not None:
-        from edgeskip.data import load_dataset  # numpy-only loaders
-
         test = load_dataset(rt.manifest.dataset, cfg.data).test
         if len(test.images) < n:
             raise ConfigError(f"--data holds {len(test.images)} test images; the benchmark needs {n}")
@@ -153,8 +156,6 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     opts: dict[str, Any] = {} if cfg.threads is None else {"threads": cfg.threads}
     rt = Runtime(bundle, policy="static", **opts)  # the static policy as shipped: monolithic when it can
     loop = Runtime(bundle, policy="static", whole_static=False, **opts)
-    from edgeskip.runtimes.ort_backend import SessionRunner, session
-
     mono = SessionRunner(session(bundle.read(m.monolithic.file), threads=cfg.threads, thread_pool="global")[0]) \
         if m.monolithic else None
     images, images_what = _workload(cfg, rt)
@@ -166,8 +167,6 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
                    "ratio": "median over interleaved rounds of the per-round ratio"},
         "targets": TARGETS, "figures": {}, "skipped": {},
     }
-    from edgeskip.host import describe_host
-
     report["host"] = describe_host().to_dict()
     figs = report["figures"]
 
@@ -235,8 +234,6 @@ def _each(rt: Runtime, calls: Sequence[npt.NDArray[Any]]) -> None:
 
 
 def _prepared(rt: Runtime, images: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    from edgeskip.runtimes.inputs import prepare
-
     return prepare(images, rt.input_spec)
 
 
@@ -277,9 +274,6 @@ def _torch_comparison(cfg: BenchConfig, bundle: Bundle, agent: Runtime, images: 
         import torch
     except ImportError:
         raise BackendUnavailableError("torch is not installed: the PyTorch comparison is skipped") from None
-    from edgeskip.policy import SkipConfig
-    from edgeskip.runtimes.torch_backend import reference_model
-
     model = reference_model(bundle, cfg.checkpoint)
     model.set_skip_config(SkipConfig(agent.manifest.agents.thresholds))  # type: ignore[union-attr]
     if cfg.threads is not None:

@@ -37,6 +37,9 @@ import numpy.typing as npt
 from edgeskip.bundle import stage_name
 from edgeskip.devices.energy import EnergyMeter, select_meter
 from edgeskip.host import describe_host
+from edgeskip.policy import Policy
+from edgeskip.runtimes.inputs import prepare
+from edgeskip.runtimes.runtime import Runtime
 from edgeskip.devices.table import Device, get_device
 from edgeskip.errors import ConfigError
 from edgeskip.profile import Memory, Overhead, Profile, ProfiledBundle, ProfileError, Timing
@@ -205,9 +208,6 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
                    settings: ProfileSettings | None = None, energy_root: str | Path = "/",
                    progress: Callable[[str], None] | None = None, **backend_options: Any) -> Profile:
     """Measure every stage of the bundle on this machine; returns the profile (``profile.save(bundle)`` writes it)."""
-    from edgeskip.runtimes import Policy, Runtime
-    from edgeskip.runtimes.inputs import prepare
-
     settings = settings or ProfileSettings()
     dev = device if isinstance(device, Device) else get_device(device)
     say = progress or (lambda _m: None)

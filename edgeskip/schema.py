@@ -21,11 +21,13 @@ import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from edgeskip.errors import ConfigError
+from edgeskip.fsutil import loads_json
 
-__all__ = ["Record", "SchemaError", "convert", "field", "to_json"]
+__all__ = ["Record", "SchemaError", "convert", "field", "read_json_record", "to_json"]
 
 R = TypeVar("R", bound="Record")
 _NONE = type(None)
@@ -215,10 +217,6 @@ def read_json_record(path: Any, fmt: str, error: type[Exception], what: str, com
     """The JSON object a command wrote (a profile, a Pareto front) with its ``format`` checked: a missing file
     says which command writes it, an unreadable one why; every failure is ``error``. ``legacy(data, path)``
     sees the parsed JSON first, to refuse a known older layout with a better message."""
-    from pathlib import Path
-
-    from edgeskip.fsutil import loads_json
-
     path = Path(path)
     try:
         data = loads_json(path.read_bytes())

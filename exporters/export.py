@@ -20,7 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from edgeskip._version import __version__
+from edgeskip.agents.model import SkipViT
 from edgeskip.bundle import MANIFEST, Bundle, sha256_file
+from edgeskip.data import load_dataset
+from edgeskip.data.cifar import CIFAR10_CLASSES
+from edgeskip.e2cm import E2CM
+from edgeskip.e2cm.costs import feature_size
 from edgeskip.errors import CheckpointError, ConfigError, EdgeskipError
 from edgeskip.exporters import EXPORTERS
 from edgeskip.exporters.fidelity import compare_paths, reference_paths, stage_errors, stage_inputs
@@ -48,7 +53,8 @@ from edgeskip.manifest import (
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization, get_normalization, preprocess
 from edgeskip.runtimes.gate import GATE_INPUT, GATE_OUTPUTS, exit_threshold_name, layer_threshold_name
-from edgeskip.train.checkpoint import state_sha256
+from edgeskip.train.checkpoint import load_checkpoint, state_sha256
+from edgeskip.variants import model_config
 
 __all__ = ["export_bundle", "ExportResult", "FP32_TOLERANCE", "FP16_TOLERANCE", "UNTRAINED_WARNING"]
 
@@ -78,12 +84,8 @@ class _Source:
 
 
 def _load_source(cfg: ExportConfig) -> _Source:
-    from edgeskip.variants import model_config
-
     expected = model_config(cfg.model)  # unknown model -> UnknownNameError
     if cfg.checkpoint is not None:
-        from edgeskip.train.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(cfg.checkpoint)
         if ckpt.model_name != cfg.model:
             raise CheckpointError(f"--checkpoint {cfg.checkpoint} holds a {ckpt.model_name} model, not {cfg.model}: "
@@ -95,9 +97,6 @@ def _load_source(cfg: ExportConfig) -> _Source:
                        Weights(source="checkpoint", untrained=False, state_sha256=state_sha256(model),
                                checkpoint_name=ckpt.path.name, checkpoint_sha256=ckpt.meta["weights"]["sha256"],
                                metrics=ckpt.metrics))
-    from edgeskip.agents.model import SkipViT
-    from edgeskip.data.cifar import CIFAR10_CLASSES
-
     log.warning(UNTRAINED_WARNING)
     torch.manual_seed(cfg.seed)
     model = SkipViT(expected).eval()
@@ -113,9 +112,6 @@ def _load_e2cm(cfg: ExportConfig, src: _Source) -> Any:
         return None
     if cfg.checkpoint is None:
         raise ConfigError("--e2cm needs the --checkpoint it was calibrated on (class means of random weights mean nothing)")
-    from edgeskip.e2cm import E2CM
-    from edgeskip.e2cm.costs import feature_size
-
     path = Path(cfg.e2cm)
     if not (path / "e2cm.json").is_file():
         subs = sorted(str(p.parent) for p in path.glob("*/e2cm.json")) if path.is_dir() else []
@@ -136,8 +132,6 @@ def _fidelity_images(cfg: ExportConfig, src: _Source) -> tuple[torch.Tensor, str
     n = cfg.fidelity_images
     model_cfg = src.model.config
     if src.dataset == "digits" or cfg.data is not None:
-        from edgeskip.data import load_dataset
-
         test = load_dataset(src.dataset, cfg.data).test
         images = test.images[:n]
         what = f"{src.dataset} test images 0..{len(images) - 1}"

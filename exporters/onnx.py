@@ -31,6 +31,7 @@ from edgeskip.exporters.formats import (
     require_within,
 )
 from edgeskip.manifest import FormatInfo
+from edgeskip.runtimes.ort_backend import session_options
 
 __all__ = ["OPSET", "ExportError", "OnnxFp16Exporter", "to_onnx", "export_stage", "check_onnx", "ort_session",
            "run_onnx"]
@@ -94,8 +95,6 @@ def ort_session(model: onnx.ModelProto | Path | bytes, threads: int = 1):  # typ
     """An onnxruntime CPU session: intra-op spinning off, or the process's global thread pool when a
     Runtime made one (onnxruntime then refuses per-session pools; see edgeskip.runtimes.ort_backend)."""
     import onnxruntime as ort
-
-    from edgeskip.runtimes.ort_backend import session_options
 
     opts, _ = session_options(threads, "auto")
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (

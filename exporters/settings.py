@@ -7,6 +7,7 @@ from dataclasses import field
 from typing import Any
 
 from edgeskip.errors import ConfigError
+from edgeskip.zoo import pretrained
 
 __all__ = ["TARGETS", "ExportConfig", "parse_batch_sizes"]
 
@@ -66,8 +67,6 @@ class ExportConfig:
         """``--pretrained`` turned into the zoo entry's checkpoint and E²CM folder (unless --e2cm is given)."""
         if self.pretrained is None:
             return self
-        from edgeskip.zoo import pretrained
-
         entry = pretrained(self.model, self.pretrained)
         return dataclasses.replace(self, pretrained=None, checkpoint=str(entry.checkpoint),
                                    e2cm=self.e2cm or str(entry.e2cm))

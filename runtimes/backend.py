@@ -27,8 +27,9 @@ import numpy.typing as npt
 
 from edgeskip.bundle import Bundle
 from edgeskip.errors import ConfigError
+from edgeskip.registry import Registry
 
-__all__ = ["Backend", "check_options", "check_threads", "chunk_plan", "in_fixed_batches"]
+__all__ = ["BACKENDS", "Backend", "check_options", "check_threads", "chunk_plan", "in_fixed_batches", "register_backend"]
 
 
 class Backend(abc.ABC):
@@ -101,3 +102,42 @@ def in_fixed_batches(run: Callable[[npt.NDArray[Any]], npt.NDArray[Any]], x: npt
         outs.append(run(chunk)[:rows])
         start += rows
     return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+
+# name -> zero-argument loader returning the Backend subclass: each imports its module (and with it its SDK) only
+# when that backend is asked for, so a device without LiteRT or TensorRT never needs them.
+BACKENDS: Registry[Callable[[], Any]] = Registry("backend")
+
+
+def register_backend(name: str, loader: Callable[[], Any]) -> None:
+    BACKENDS.register(name, loader)
+
+
+def _onnxruntime() -> type[Backend]:
+    from edgeskip.runtimes.ort_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend
+
+
+def _tflite() -> type[Backend]:
+    from edgeskip.runtimes.tflite_backend import TFLiteBackend
+
+    return TFLiteBackend
+
+
+def _tensorrt() -> type[Backend]:
+    from edgeskip.runtimes.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend
+
+
+def _torch() -> type[Backend]:
+    from edgeskip.runtimes.torch_backend import TorchBackend
+
+    return TorchBackend
+
+
+register_backend("onnxruntime", _onnxruntime)
+register_backend("tflite", _tflite)
+register_backend("tensorrt", _tensorrt)
+register_backend("torch", _torch)

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from edgeskip.bundle import Bundle
 from edgeskip.errors import ConfigError, DataError
+from edgeskip.runtimes.runtime import Runtime
 
 __all__ = ["PolicyResult", "available_policies", "evaluate_bundle", "format_results"]
 
@@ -58,8 +59,6 @@ def evaluate_bundle(bundle: str | Path | Bundle, images: npt.NDArray[np.uint8], 
                     progress: Callable[[int], None] | None = None) -> list[PolicyResult]:
     """Run every policy (default: all the bundle has) over ``images`` in batches; per-input decisions are the
     same as at batch 1. ``progress(n)`` is called after each batch with the number of images it held."""
-    from edgeskip.runtimes.runtime import Runtime
-
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     names = list(policies) if policies else available_policies(b)
     unknown = [p for p in names if p not in available_policies(b)]

@@ -47,7 +47,7 @@ from edgeskip.errors import BackendError, ConfigError, DataError, EdgeskipError
 from edgeskip.front import Selection, choose, load_front, pareto_path
 from edgeskip.policy import Plan, Policy, SkipConfig, resolve
 from edgeskip.rule import exit_logits, exit_top, route
-from edgeskip.runtimes.backend import Backend
+from edgeskip.runtimes.backend import BACKENDS, Backend
 from edgeskip.runtimes.inputs import InputSpec, prepare
 from edgeskip.runtimes.telemetry import RuntimeStats, Telemetry, path_string
 from edgeskip.signing import KeyLike
@@ -122,7 +122,7 @@ class Runtime:
         if graph == "gate":
             if backend not in ("onnxruntime",):
                 raise ConfigError("graph='gate' runs the ONNX gate graph, which needs backend='onnxruntime'")
-            from edgeskip.runtimes.gate import GateGraph
+            from edgeskip.runtimes.gate import GateGraph  # parses ONNX protobufs: loaded only for the gate graph
 
             self._gate = GateGraph(self.bundle, **backend_options)
             self._configure_gate(self._plan)
@@ -325,8 +325,6 @@ def _backend_class(backend: str | type[Backend]) -> type[Backend]:
         return backend
     if not isinstance(backend, str):
         raise ConfigError(f"backend must be a registered name or a Backend subclass, got {backend!r}")
-    from edgeskip.runtimes import BACKENDS
-
     cls = BACKENDS.get(backend)()
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise BackendError(f"backend {backend!r} is registered with something that is not a Backend: {cls!r}")

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from edgeskip.bundle import Bundle, BundleError, Stage
 from edgeskip.errors import ConfigError
 from edgeskip.runtimes.backend import Backend, check_options, check_threads, in_fixed_batches
+from edgeskip.runtimes.tflite_interpreter import interpreter_class, load_interpreter, run_interpreter
 
 __all__ = ["TFLiteBackend"]
 
@@ -34,9 +35,6 @@ class TFLiteBackend(Backend):
     def __init__(self, bundle: Bundle, stages: Sequence[str], **options: Any) -> None:
         super().__init__(bundle, stages)
         check_options(self.name, options, self.OPTIONS)
-        # torch-free by design: the runner functions import numpy and the interpreter only
-        from edgeskip.runtimes.tflite_interpreter import interpreter_class, load_interpreter, run_interpreter
-
         interpreter = interpreter_class()  # a missing LiteRT says what to install before anything else
         self.precision = options.get("precision", "fp32")
         if self.precision not in FORMATS:

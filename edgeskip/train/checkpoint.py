@@ -31,8 +31,10 @@ from torch import nn
 from edgeskip.config import ViTConfig, from_dict, to_dict
 from edgeskip.errors import CheckpointError, ConfigError
 from edgeskip.fsutil import FILE_MODE, atomic_directory, atomic_write_json, loads_json
+from edgeskip.agents.model import SkipViT
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
+from edgeskip.policy import SkipConfig
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "resolve_checkpoint", "git_commit", "state_sha256"]
 
@@ -90,9 +92,6 @@ class Checkpoint:
     def _empty_model(self) -> ViT:
         if not self.has_agents:
             return ViT(self.model_config)
-        from edgeskip.policy import SkipConfig
-        from edgeskip.agents.model import SkipViT
-
         info = self.meta["agents"]
         try:
             skip = SkipConfig.from_dict(info["skip"])
