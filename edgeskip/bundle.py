@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeskip.fsutil import atomic_write_bytes, loads_json
+from edgeskip.fsutil import atomic_write_bytes, loads_json, sha256_file
 from edgeskip.manifest import (
     FORMAT,
     LIMITS,
@@ -76,14 +76,6 @@ log = logging.getLogger(__name__)
 
 SIGNATURE = "manifest.sig"  # beside the manifest: an ed25519 signature of its bytes (edgeskip.signing)
 MAX_MANIFEST_BYTES = 16 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

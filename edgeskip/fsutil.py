@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory", "remove_stale", "loads_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_directory", "remove_stale", "loads_json", "sha256_file"]
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
@@ -40,6 +41,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's contents, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def loads_json(data: bytes | str) -> Any:

@@ -30,7 +30,7 @@ from torch import nn
 
 from edgeskip.config import ViTConfig, from_dict, to_dict
 from edgeskip.errors import CheckpointError, ConfigError
-from edgeskip.fsutil import FILE_MODE, atomic_directory, atomic_write_json, loads_json
+from edgeskip.fsutil import FILE_MODE, atomic_directory, atomic_write_json, loads_json, sha256_file
 from edgeskip.agents.model import SkipViT
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
@@ -121,14 +121,6 @@ def git_commit() -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -164,7 +156,7 @@ def save_checkpoint(
             "git_commit": git_commit(),
             "torch_version": torch.__version__,
             "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(tmp / WEIGHTS_FILE)},
+            "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE)},
         }
         agent_meta = getattr(model, "agent_meta", None)
         if callable(agent_meta):
@@ -174,7 +166,7 @@ def save_checkpoint(
             save_file(tensors, str(tmp / STATE_FILE))
             os.chmod(tmp / STATE_FILE, FILE_MODE)
             meta["train_state"] = {
-                "file": STATE_FILE, "sha256": _sha256(tmp / STATE_FILE), "param_groups": groups, "step": step,
+                "file": STATE_FILE, "sha256": sha256_file(tmp / STATE_FILE), "param_groups": groups, "step": step,
             }
         atomic_write_json(tmp / CONFIG_FILE, meta)
     return path
@@ -240,7 +232,7 @@ def _load_tensors(path: Path, info: dict[str, Any], what: str) -> dict[str, torc
     file = path / name
     if not file.is_file():
         raise CheckpointError(f"{path}: {what} file {name} is missing")
-    if _sha256(file) != info.get("sha256"):
+    if sha256_file(file) != info.get("sha256"):
         raise CheckpointError(f"{file} does not match the sha256 in its config: the file was altered or truncated")
     try:
         return load_file(str(file))

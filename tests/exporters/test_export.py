@@ -413,3 +413,22 @@ def test_jetson_bundle_is_what_tensorrt_parses(tmp_path: Path) -> None:
     jobs = engine_jobs(bundle)
     assert [j.stage for j in jobs] == ["embed", "layer_00", "layer_01", "layer_02", "layer_03", "head"]
     assert jobs[1].input_name == "tokens" and jobs[1].input_shape == (65, 64)
+
+
+def test_a_bundle_carries_no_path_of_the_machine_it_was_made_on(digits_agents: dict[str, Path]) -> None:
+    """Bundles travel: the manifest and the E²CM exits name the checkpoint by folder name and content hash only."""
+    bundle = digits_agents["bundle"]
+    build_machine = str(digits_agents["checkpoint"].parent)
+
+    def strings(value: Any) -> list[str]:
+        if isinstance(value, dict):
+            return [s for k, v in value.items() for s in (k, *strings(v))]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for name in ("manifest.json", "e2cm/e2cm.json"):
+        found = [s for s in strings(json.loads((bundle / name).read_text())) if build_machine in s or s.startswith("/")]
+        assert not found, (name, found)
+    weights = Bundle.open(bundle).manifest.weights
+    assert weights.checkpoint_name == "ckpt" and len(weights.checkpoint_sha256 or "") == 64

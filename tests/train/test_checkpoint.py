@@ -12,7 +12,8 @@ import torch
 from edgeskip.errors import CheckpointError
 from edgeskip.models import create
 from edgeskip.normalization import get_normalization
-from edgeskip.train.checkpoint import _sha256, load_checkpoint, save_checkpoint
+from edgeskip.fsutil import sha256_file
+from edgeskip.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def save_tiny(path: Path, **kw: object) -> torch.nn.Module:
@@ -139,11 +140,11 @@ def test_a_pickle_in_place_of_weights_is_never_unpickled(tmp_path: Path) -> None
     _Evil.marker = str(marker)
     weights = tmp_path / "ckpt" / "model.safetensors"
     weights.write_bytes(pickle.dumps({"embed.cls_token": _Evil()}))
-    edit_config(tmp_path / "ckpt", weights__sha256=_sha256(weights))  # even with a matching checksum
+    edit_config(tmp_path / "ckpt", weights__sha256=sha256_file(weights))  # even with a matching checksum
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(tmp_path / "ckpt").build_model()
     torch.save({"embed.cls_token": _Evil()}, weights)  # torch's own pickle-in-a-zip format, the classic carrier
-    edit_config(tmp_path / "ckpt", weights__sha256=_sha256(weights))
+    edit_config(tmp_path / "ckpt", weights__sha256=sha256_file(weights))
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(tmp_path / "ckpt").build_model()
     assert not marker.exists()
