@@ -15,14 +15,15 @@ Two predicates and the order they are taken in:
   decisions already recorded per exit.
 
 The runtime's loop, the search's exact path cache, the export's fidelity reference and E²CM threshold
-simulation all call these; the torch implementation used in training is
-:meth:`edgeskip.agents.model.SkipViT.decide`, and the ONNX gate graph is checked against :func:`route`
-by every export.
+simulation all call these; the torch form of the agent rule, used in training, is
+:func:`edgeskip.agents.model.agent_runs`, and the ONNX gate graph is checked against :func:`route` by
+every export.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -97,8 +98,9 @@ class Network(Protocol):
     def exit_top(self, index: int, layer: int, rows: npt.NDArray[np.intp] | None) -> npt.NDArray[np.float64]:
         """Top class-mean probability at exit ``index`` (after ``layer``) of ``rows``, which just ran it."""
 
-    def leave(self, index: int, layer: int, rows: npt.NDArray[np.intp], leaving: npt.NDArray[np.bool_]) -> None:
-        """``rows[leaving]`` leave at exit ``index``: record their outputs (the check of ``rows`` was the last
+    def leave(self, index: int, layer: int, rows: npt.NDArray[np.intp],
+              leaving: npt.NDArray[np.bool_]) -> npt.NDArray[np.floating[Any]]:
+        """The exit logits of ``rows[leaving]``, which leave at exit ``index`` (the check of ``rows`` was the last
         :meth:`exit_top` call)."""
 
     def keep(self, rows: npt.NDArray[np.intp]) -> None:
@@ -112,7 +114,8 @@ class Route:
 
     def __init__(self, n: int, depth: int) -> None:
         self.executed = np.zeros((n, depth), bool)  # (N, L)
-        self.left: list[tuple[npt.NDArray[np.intp], int]] = []  # (inputs, layer) per exit that fired
+        # (inputs, layer, their exit logits) per exit that fired
+        self.left: list[tuple[npt.NDArray[np.intp], int, npt.NDArray[np.floating[Any]]]] = []
         self.remaining: npt.NDArray[np.intp] | None = None  # inputs that reach the head, in row order; None: all
         self.everyone: list[int] = []  # layers every input ran (marked in ``executed`` at the end)
 
@@ -120,8 +123,20 @@ class Route:
     def exit_layer(self) -> npt.NDArray[np.int64]:
         """(N,) the layer after which each input left, -1 for the head."""
         out = np.full(self.executed.shape[0], -1, np.int64)
-        for inputs, layer in self.left:
+        for inputs, layer, _ in self.left:
             out[inputs] = layer
+        return out
+
+    def logits(self, head: Callable[[], npt.NDArray[np.floating[Any]]], classes: int) -> npt.NDArray[np.floating[Any]]:
+        """(N, K) logits: each input's exit logits where it left, the head's where it did not. ``head()`` gives the
+        head's logits of the inputs still in (``remaining``, in order) and is called only if there are any."""
+        if not self.left:
+            return head()  # nobody left early: the head's output is every input's, in order
+        out = np.empty((self.executed.shape[0], classes), self.left[0][2].dtype)
+        for inputs, _, logits in self.left:
+            out[inputs] = logits
+        if self.remaining is not None and len(self.remaining):
+            out[self.remaining] = head()
         return out
 
 
@@ -157,13 +172,13 @@ def route(steps: Any, exits: Any, n: int, depth: int, net: Network) -> Route:
         leaving = exit_leaves(net.exit_top(i, j, rows), threshold)
         if not leaving.any():
             continue
-        net.leave(i, j, np.arange(rows_now) if rows is None else rows, leaving)
+        logits = net.leave(i, j, np.arange(rows_now) if rows is None else rows, leaving)
         gone = np.flatnonzero(leaving) if rows is None else rows[leaving]
         if ids is None:
             ids = np.arange(rows_now)
         stay = np.ones(rows_now, bool)
         stay[gone] = False
-        out.left.append((ids[gone], j))
+        out.left.append((ids[gone], j, logits))
         ids = ids[stay]
         rows_now = len(ids)
         net.keep(np.flatnonzero(stay))

@@ -53,7 +53,7 @@ def reference_paths(model: ViT, images: torch.Tensor, *, thresholds: Sequence[fl
     for img in images:
         net = _OneImage(model, model.embed(img[None]), thresholds, e2cm)
         path = route(steps, exits, 1, depth, net)
-        logits = net.logits if path.left else model.head(net.x)[0].double().numpy()
+        logits = path.logits(lambda: model.head(net.x).double().numpy(), model.config.num_classes)[0]  # noqa: B023
         out.append(Path(np.asarray(logits, np.float64), path.executed[0], int(path.exit_layer[0]), tuple(net.margins)))
     return out
 
@@ -65,7 +65,6 @@ class _OneImage:
         self.model, self.x, self.thresholds, self.e2cm = model, x, thresholds, e2cm
         self.margins: list[float] = []
         self.distances: npt.NDArray[np.float64] | None = None
-        self.logits: npt.NDArray[np.float64] | None = None
 
     def agent_logits(self, layer: int) -> npt.NDArray[np.float32]:
         z = self.model.agent_logits(layer, self.x[:, 0])  # type: ignore[operator]
@@ -82,9 +81,9 @@ class _OneImage:
         self.margins.append(abs(float(top[0]) - float(self.e2cm.thresholds[index])))
         return top
 
-    def leave(self, index: int, layer: int, rows: Any, leaving: Any) -> None:
+    def leave(self, index: int, layer: int, rows: Any, leaving: Any) -> npt.NDArray[np.float64]:
         assert self.distances is not None
-        self.logits = -self.distances[0]
+        return -self.distances[leaving]  # float64: the reference keeps every digit
 
     def keep(self, rows: Any) -> None:
         """One image: once it left there is nothing to keep."""

@@ -258,14 +258,8 @@ class Runtime:
             return self._static_runner(x), np.broadcast_to(plan.static_row, (b, self.depth)), _no_exits(b)
         net = _Stages(backend, backend.run("embed", x), self._layer_names, self._agents, self._e2cm)
         path = route(plan.cuts, plan.exits, b, self.depth, net)
-        if not path.left:  # nobody left early: the head's output is every input's, in order
-            return backend.run("head", net.tokens), path.executed, _no_exits(b)
-        logits = np.empty((b, self.num_classes), np.float32)
-        for (inputs, _), exit_logits_ in zip(path.left, net.left_logits, strict=True):
-            logits[inputs] = exit_logits_
-        if net.tokens.shape[0]:
-            logits[path.remaining] = backend.run("head", net.tokens)
-        return logits, path.executed, path.exit_layer
+        logits = path.logits(lambda: backend.run("head", net.tokens), self.num_classes)
+        return logits, path.executed, path.exit_layer if path.left else _no_exits(b)
 
     def _run_gate(self, x: npt.NDArray[np.float32]) -> tuple[
             npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
@@ -335,13 +329,12 @@ class _Stages:
     """The bundle's stages as :func:`~edgeskip.rule.route` drives them: the tokens of the inputs still in,
     gathered for the rows a layer runs on and scattered back."""
 
-    __slots__ = ("backend", "tokens", "names", "agents", "e2cm", "distances", "left_logits")
+    __slots__ = ("backend", "tokens", "names", "agents", "e2cm", "distances")
 
     def __init__(self, backend: Backend, tokens: npt.NDArray[np.float32], names: list[str],
                  agents: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None, e2cm: E2CM | None) -> None:
         self.backend, self.tokens, self.names, self.agents, self.e2cm = backend, tokens, names, agents, e2cm
         self.distances: npt.NDArray[np.float64] | None = None
-        self.left_logits: list[npt.NDArray[np.float32]] = []
 
     def agent_logits(self, layer: int) -> npt.NDArray[np.float32]:
         assert self.agents is not None
@@ -360,9 +353,10 @@ class _Stages:
         self.distances = self.e2cm.distances(index, self.tokens if rows is None else self.tokens[rows])
         return exit_top(self.distances)[0]
 
-    def leave(self, index: int, layer: int, rows: npt.NDArray[np.intp], leaving: npt.NDArray[np.bool_]) -> None:
+    def leave(self, index: int, layer: int, rows: npt.NDArray[np.intp],
+              leaving: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
         assert self.distances is not None
-        self.left_logits.append(exit_logits(self.distances[leaving]))
+        return exit_logits(self.distances[leaving])
 
     def keep(self, rows: npt.NDArray[np.intp]) -> None:
         self.tokens = self.tokens[rows]

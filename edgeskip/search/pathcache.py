@@ -204,11 +204,7 @@ class PathCache:
         plan = resolve(policy, self.rt.manifest)
         walk = _CachedWalk(self)
         path = route(plan.cuts, plan.exits, self.n, self.depth, walk)
-        logits = np.empty((self.n, self.rt.num_classes), np.float32)
-        for (inputs, _), exit_logits_ in zip(path.left, walk.left_logits, strict=True):
-            logits[inputs] = exit_logits_
-        if walk.alive.size:
-            logits[walk.alive] = self.logits[self.lookup(walk.alive, walk.masks[walk.alive])]
+        logits = path.logits(lambda: self.logits[self.lookup(walk.alive, walk.masks[walk.alive])], self.rt.num_classes)
         accuracy = float(np.mean(logits.argmax(axis=1) == self.labels))
         return Evaluation(thresholds=plan.layer_thresholds, steps=plan.steps, exits=tuple(plan.exits),
                           executed=path.executed, exit_layer=path.exit_layer, accuracy=accuracy, logits=logits)
@@ -225,7 +221,6 @@ class _CachedWalk:
         self.alive = np.arange(cache.n)
         self.masks = np.zeros(cache.n, np.int64)
         self.ids = np.empty(0, np.int64)  # state ids after the last layer run, for its rows
-        self.left_logits: list[npt.NDArray[np.float32]] = []
 
     def agent_logits(self, layer: int) -> npt.NDArray[np.float32]:
         return self.cache.z[self.cache.lookup(self.alive, self.masks[self.alive]), layer]  # type: ignore[no-any-return]
@@ -238,8 +233,9 @@ class _CachedWalk:
     def exit_top(self, index: int, layer: int, rows: npt.NDArray[np.intp] | None) -> npt.NDArray[np.float64]:
         return self.cache.top[self.ids]  # type: ignore[no-any-return]
 
-    def leave(self, index: int, layer: int, rows: npt.NDArray[np.intp], leaving: npt.NDArray[np.bool_]) -> None:
-        self.left_logits.append(self.cache.exit_logits[self.ids[leaving]])
+    def leave(self, index: int, layer: int, rows: npt.NDArray[np.intp],
+              leaving: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
+        return self.cache.exit_logits[self.ids[leaving]]  # type: ignore[no-any-return]
 
     def keep(self, rows: npt.NDArray[np.intp]) -> None:
         self.alive = self.alive[rows]
