@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -147,19 +146,16 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _read_file(path: Path, limit: int, what: str, *, follow_symlinks: bool = True) -> bytes:
-    """The bytes of the regular file ``path``, refusing a FIFO, device or directory (never blocking on one),
-    a symlink unless ``follow_symlinks``, and a file over ``limit`` bytes before reading any of it."""
+def _read_file(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the key file ``path`` (a symlink to one is followed), refusing a FIFO, device or directory
+    (never blocking on one) and a file over ``limit`` bytes before reading any of it."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    if not follow_symlinks:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
         raise SignatureError(f"{path}: no such {what}") from None
     except OSError as exc:
-        reason = "it is a symlink; only a plain file is accepted" if exc.errno == errno.ELOOP else exc.strerror
-        raise SignatureError(f"{path}: cannot read the {what}: {reason}") from None
+        raise SignatureError(f"{path}: cannot read the {what}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
