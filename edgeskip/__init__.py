@@ -25,13 +25,16 @@ from edgeskip.policy import Policy, SkipConfig
 from edgeskip.variants import list_models, model_config
 
 if TYPE_CHECKING:  # imported lazily at run time (below); type checkers see the real classes
-    from edgeskip.runtimes import Runtime, RuntimeOutput
+    from edgeskip.runtimes import Runtime, RuntimeOutput, session_options
+
+_LAZY = ("Runtime", "RuntimeOutput", "session_options")
 
 
 def __getattr__(name: str) -> Any:
-    """``edgeskip.Runtime`` and ``edgeskip.RuntimeOutput``, imported on first use: ``import edgeskip`` stays light, and
-    the package root is the facade above every stage (nothing inside edgeskip imports from it)."""
-    if name in ("Runtime", "RuntimeOutput"):
+    """``edgeskip.Runtime``, ``edgeskip.RuntimeOutput`` and ``edgeskip.session_options`` (options for an application's
+    own onnxruntime sessions beside a Runtime), imported on first use: ``import edgeskip`` stays light, and the
+    package root is the facade above every stage (nothing inside edgeskip imports from it)."""
+    if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module("edgeskip.runtimes"), name)
@@ -58,4 +61,5 @@ __all__ = [
     "list_models",
     "model_config",
     "preprocess",
+    "session_options",
 ]

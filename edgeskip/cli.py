@@ -20,14 +20,31 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edgeskip.errors import EdgeskipError
+from edgeskip.progress import progress_bar, progress_counter, progress_steps
+from edgeskip.workspace import find_bundle, remember_bundle
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("edgeskip")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help with its default said once: appended unless the help already says it, or the
+    default is nothing to say (None, off, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, argparse.SUPPRESS, []) or isinstance(action.default, bool):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (and exit code 2)."""
+    """argparse that reports a usage error in one line (and exit code 2), with one help formatter."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -65,17 +82,35 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type[Any], *, sk
         if typing.get_origin(kind) is typing.Literal:
             choices, kind = typing.get_args(kind), str
         required = f.default is dataclasses.MISSING
-        parser.add_argument(
-            flag, dest=f.name, type=kind, default=None if required else f.default, required=required,
-            choices=choices, metavar=None if choices else f.name.upper(),
-            help=help_text if required else f"{help_text} (default: {f.default})",
-        )
+        parser.add_argument(flag, dest=f.name, type=kind, default=None if required else f.default, required=required,
+                            choices=choices, metavar=None if choices else f.name.upper(), help=help_text)
 
 
 def check_data(data: str | None) -> None:
     """A user's ``--data`` must exist (datasets that need no copy pass None)."""
     if data is not None and not Path(data).exists():
         raise EdgeskipError(f"--data {data}: no such file or directory")
+
+
+def add_bundle_argument(parser: argparse.ArgumentParser, what: str = "bundle directory") -> None:
+    """The one bundle argument of every command that takes one: ``BUNDLE`` or ``--bundle BUNDLE``, both optional
+    (:func:`edgeskip.workspace.find_bundle` says which bundle is meant without one)."""
+    parser.add_argument("bundle", nargs="?", default=None, metavar="BUNDLE",
+                        help=f"{what} (default: the bundle in the current folder, else the last one 'edgeskip "
+                             "export' or 'edgeskip quickstart' wrote)")
+    parser.add_argument("--bundle", dest="bundle_option", metavar="BUNDLE", default=None,
+                        help="the same as the BUNDLE argument, as an option")
+
+
+def bundle_from_args(args: argparse.Namespace) -> Path:
+    """The bundle a command was given, or the one :func:`~edgeskip.workspace.find_bundle` finds (said on screen)."""
+    named, option = args.bundle, args.bundle_option
+    if named is not None and option is not None and Path(named) != Path(option):
+        raise EdgeskipError(f"two bundles named ({named} and --bundle {option}): name one")
+    choice = find_bundle(named if named is not None else option)
+    if choice.reason is not None:
+        log.info("using bundle %s (%s)", choice.path, choice.reason)
+    return choice.path
 
 
 def _config_from_args(cls: type[Any], args: argparse.Namespace, **fixed: Any) -> Any:
@@ -133,8 +168,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.bundle:
-        return _evaluate_bundle(args)
+    if args.checkpoint is None:
+        return _evaluate_bundle(args, bundle_from_args(args))
+    if args.bundle is not None or args.bundle_option is not None:
+        raise EdgeskipError("name a checkpoint (PyTorch) or a bundle (edgeskip.Runtime), not both")
     if args.policy or args.backend:
         raise EdgeskipError("--policy and --backend apply to --bundle; a --checkpoint runs in PyTorch")
     from edgeskip.data import load_dataset
@@ -144,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     dataset = args.dataset or ckpt.dataset
     check_data(args.data)
-    data = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
+    data = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=args.progress)
     if data.test.image_shape[2] != ckpt.model_config.in_channels or len(data.test.classes) != ckpt.model_config.num_classes:
         raise EdgeskipError(f"{ckpt.path} ({ckpt.model_name}, {ckpt.dataset}) does not fit dataset {dataset}")
     model = ckpt.build_model().to(torch_device())
@@ -163,15 +200,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_bundle(args: argparse.Namespace) -> int:
-    """``edgeskip evaluate --bundle``: the Runtime (no torch) over the test split, per policy."""
-    from tqdm.auto import tqdm
-
+def _evaluate_bundle(args: argparse.Namespace, path: Path) -> int:
+    """``edgeskip evaluate BUNDLE``: the Runtime (no torch) over the test split, per policy."""
     from edgeskip.bundle import Bundle
     from edgeskip.data import load_dataset
     from edgeskip.runtimes.evaluate import available_policies, evaluate_bundle, format_results
 
-    bundle = Bundle.open(args.bundle)
+    bundle = Bundle.open(path)
     m = bundle.manifest
     dataset = args.dataset or m.dataset
     if dataset != m.dataset:
@@ -179,10 +214,10 @@ def _evaluate_bundle(args: argparse.Namespace) -> int:
     if dataset != "digits" and args.data is None:
         raise EdgeskipError(f"pass --data with a {dataset} copy (the bundle's test images)")
     check_data(args.data)
-    test = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=not args.quiet).test
+    test = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=args.progress).test
     policies = [p.strip() for p in args.policy.split(",")] if args.policy else available_policies(bundle)
     backend = args.backend or "onnxruntime"
-    with tqdm(total=len(policies) * len(test), desc="evaluate", unit="img", disable=args.quiet) as bar:
+    with progress_bar(total=len(policies) * len(test), desc="evaluate", unit="img", enabled=args.progress) as bar:
         results = evaluate_bundle(bundle, test.images, test.labels, policies, batch_size=args.batch_size,
                                   backend=backend, progress=bar.update)
     head = {"bundle": str(bundle.path), "model": m.model_name, "dataset": dataset, "backend": backend,
@@ -220,16 +255,13 @@ def cmd_posttrain(args: argparse.Namespace) -> int:
         raise EdgeskipError(f"{out / 'pareto.json'} exists: pass --force to replace it or choose another --out")
     settings = _config_from_args(PosttrainSettings, args)
     check_data(args.data)
-    data = load_dataset(ckpt.dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
+    data = load_dataset(ckpt.dataset, args.data, limit_per_class=args.limit_per_class, progress=args.progress)
     dtype = autocast_dtype(args.precision, torch_device())
     searched = Searched(kind="checkpoint", model=ckpt.model_name, fingerprint=ckpt.meta["weights"]["sha256"],
                         weights_sha256=ckpt.meta["weights"]["sha256"])
-    from tqdm.auto import tqdm
-
-    with tqdm(total=settings.generations, desc="NSGA-II", unit="gen", disable=args.quiet) as bar:
+    with progress_counter("NSGA-II", settings.generations, unit="gen", enabled=args.progress) as step:
         front = posttrain(model, data.test, ckpt.normalization, settings, searched=searched,
-                          train_data=data.train if settings.joint else None, dtype=dtype,
-                          progress=lambda n, total: bar.update(min(n, total) - bar.n))
+                          train_data=data.train if settings.joint else None, dtype=dtype, progress=step)
     out.mkdir(parents=True, exist_ok=True)
     source = args.checkpoint
     if settings.joint:  # the points were measured on the fine-tuned weights: keep them, and bind the front to them
@@ -314,8 +346,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise EdgeskipError(f"{out / 'report.json'} exists: pass --force to replace it or choose another --out")
     check_data(args.data)
     ckpt = load_checkpoint(args.checkpoint)
-    splits = load_dataset(ckpt.dataset, args.data, progress=True)
-    report = run_calibration(ckpt, splits, settings, out, progress=not args.quiet)
+    splits = load_dataset(ckpt.dataset, args.data, progress=args.progress)
+    report = run_calibration(ckpt, splits, settings, out, progress=args.progress)
     print(f"E²CM on {ckpt.model_name} ({ckpt.dataset}): {report['calibration_images']} calibration images "
           f"({settings.split}), {report['test_images']} held-out test images; compute is a fraction of the static model")
     for feature, e in report["features"].items():
@@ -344,7 +376,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(ExportConfig, args)
     check_data(cfg.data)
-    result = export_bundle(cfg, progress=not args.quiet)
+    result = export_bundle(cfg, progress=args.progress)
+    remember_bundle(result.path, "export")
     m = result.manifest
     if m.untrained:
         print("\n" + "!" * 100 + "\n!! UNTRAINED WEIGHTS: no --checkpoint was given, so this bundle holds freshly initialised"
@@ -372,7 +405,7 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
     from edgeskip.exporters.settings import parse_batch_sizes
     from edgeskip.exporters.tensorrt import build_engines
 
-    engines = build_engines(Path(args.bundle), args.precision, parse_batch_sizes(args.batch_sizes),
+    engines = build_engines(bundle_from_args(args), args.precision, parse_batch_sizes(args.batch_sizes),
                             include_gate=args.gate, workspace_mb=args.workspace_mb)
     for path in engines:
         print(path)
@@ -380,29 +413,16 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from edgeskip.fsutil import atomic_write_json
     from edgeskip.devices.bench import BenchConfig, format_table, run_bench
 
-    bundle = args.bundle or args.bundle_opt
-    if not bundle:
-        raise EdgeskipError("name the bundle to measure: edgeskip bench BUNDLE")
+    bundle = bundle_from_args(args)
     check_data(args.data)
-    cfg = BenchConfig(bundle=bundle, data=args.data, images=args.images, batch=args.batch,
+    cfg = BenchConfig(bundle=str(bundle), data=args.data, images=args.images, batch=args.batch,
                       batch_images=args.batch_images, rounds=args.rounds, workload_rounds=args.workload_rounds,
                       warmup=args.warmup, threads=args.threads, checkpoint=args.checkpoint, torch=not args.no_torch)
-    with tqdm(total=5, desc="bench", unit="part", disable=args.quiet) as bar:
-        started: list[str] = []
-
-        def step(message: str) -> None:  # called as each of the five parts starts
-            if started:
-                bar.update()
-            started.append(message)
-            bar.set_postfix_str(message)
-
+    with progress_steps("bench", total=5, unit="part", enabled=args.progress) as step:  # a step as each part starts
         report = run_bench(cfg, progress=step)
-        bar.update()
     if args.json == "-":
         print(json.dumps(report, indent=2))
         print(format_table(report), file=sys.stderr)
@@ -415,22 +435,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from edgeskip.devices.profiler import ProfileSettings, profile_bundle
     from edgeskip.exporters.settings import parse_batch_sizes
 
-    if not args.bundle:
-        raise EdgeskipError("name the bundle to profile: edgeskip profile --device DEVICE --bundle DIR")
     batches = parse_batch_sizes(args.batch_sizes)
+    bundle = bundle_from_args(args)
     settings = ProfileSettings.quick(batches) if args.quick else ProfileSettings(batches)
-    with tqdm(desc=f"profile {args.device}", unit="piece", disable=args.quiet) as bar:
-        def step(message: str) -> None:
-            bar.update()
-            bar.set_postfix_str(message)
-
-        profile = profile_bundle(args.bundle, args.device, backend=args.backend, settings=settings, progress=step)
-    path = profile.save(args.bundle)
+    with progress_steps(f"profile {args.device}", unit="piece", enabled=args.progress) as step:
+        profile = profile_bundle(bundle, args.device, backend=args.backend, settings=settings, progress=step)
+    path = profile.save(bundle)
     source = profile.energy_source
     print(f"profile of {profile.bundle.model} on {profile.device} ({profile.backend.get('backend')}, "
           f"energy: {source}{' - NOT a measurement' if source == 'estimate' else ''}): {path}")
@@ -443,23 +456,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from edgeskip.bundle import Bundle
     from edgeskip.profile import load_profile, profile_path
     from edgeskip.search.bundle import search_and_save
     from edgeskip.search.settings import BundleSearchSettings
 
-    bundle = Bundle.open(args.bundle)
+    bundle = Bundle.open(bundle_from_args(args))
     profile = load_profile(args.profile or profile_path(bundle, args.device), fingerprint=bundle.manifest.fingerprint,
                            device=args.device)
-    images, labels, source = _calibration_images(bundle, args.data, args.images, args.split)
+    images, labels, source = _calibration_images(bundle, args.data, args.images, args.split, args.progress)
     settings = _config_from_args(BundleSearchSettings, args)
-    with tqdm(total=settings.generations, desc="NSGA-II", unit="gen", disable=args.quiet) as bar:
-        def step(done: int, total: int) -> None:
-            bar.n = min(done, total)
-            bar.refresh()
-
+    with progress_counter("NSGA-II", settings.generations, unit="gen", enabled=args.progress) as step:
         front, out, png = search_and_save(bundle.path, images, labels, profile, settings, calibration=source,
                                           out=args.out, progress=step)
     m = front.meta
@@ -474,12 +481,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"{name:>6} {100 * p.accuracy:8.2f}% {p.cost('latency_ms'):7.3f} ms {p.cost('energy_mj'):7.3f} mJ "
               f"{p.executed_layers:7.2f} {100 * p.exit_rate:5.1f}%  {genes}{ex}")
     energy = " (energy is an ESTIMATE, not a measurement)" if front.energy_source == "estimate" else ""
-    print(f"wrote {out} and {png}{energy}; pick one with: edgeskip select --bundle {bundle.path} --device "
+    print(f"wrote {out} and {png}{energy}; pick one with: edgeskip select {bundle.path} --device "
           f"{front.device} --budget-ms MS")
     return 0
 
 
-def _calibration_images(bundle: Any, data: str | None, count: int, split: str) -> tuple[Any, Any, str]:
+def _calibration_images(bundle: Any, data: str | None, count: int, split: str, progress: bool) -> tuple[Any, Any, str]:
     """``count`` images (evenly per class) of the bundle's dataset for the search."""
     from edgeskip.data import load_dataset
     from edgeskip.errors import DataError
@@ -488,7 +495,7 @@ def _calibration_images(bundle: Any, data: str | None, count: int, split: str) -
     if name != "digits" and data is None:
         raise DataError(f"the search measures accuracy on calibration images: pass --data with a {name} copy")
     check_data(data)
-    splits = load_dataset(name, data, progress=True)
+    splits = load_dataset(name, data, progress=progress)
     pool = splits.train if split == "train" else splits.test.halves()[0]  # test-half: the rest stays unseen
     chosen = pool.take(count)
     if len(chosen) == 0:
@@ -499,14 +506,16 @@ def _calibration_images(bundle: Any, data: str | None, count: int, split: str) -
 def cmd_select(args: argparse.Namespace) -> int:
     from edgeskip.search.select import record_selection, select
 
-    chosen = select(args.bundle, args.device, budget_ms=args.budget_ms, budget_mj=args.budget_mj, pareto=args.pareto)
+    bundle = bundle_from_args(args)
+    chosen = select(bundle, args.device, budget_ms=args.budget_ms, budget_mj=args.budget_mj, pareto=args.pareto,
+                    allow_degenerate=args.allow_degenerate)
     print(f"selected for {chosen.budget:g} {chosen.unit} on {chosen.device}: {chosen.describe()}")
     print("layer thresholds (- removed): " + " ".join("-" if t is None else f"{t:.2f}" for t in chosen.point.thresholds))
     if chosen.point.exit_thresholds is not None:
         print("exit thresholds (1 = off): " + " ".join(f"{t:.2f}" for t in chosen.point.exit_thresholds))
     if not args.dry_run:
-        bundle = record_selection(args.bundle, chosen)
-        print(f"written to {bundle.path / 'manifest.json'} as the default configuration: Runtime('{args.bundle}') "
+        written = record_selection(bundle, chosen)
+        print(f"written to {written.path / 'manifest.json'} as the default configuration: Runtime('{bundle}') "
               "now runs it")
     return 0
 
@@ -525,9 +534,10 @@ def cmd_sign(args: argparse.Namespace) -> int:
     from edgeskip.bundle import sign
     from edgeskip.signing import load_private_key
 
+    bundle = bundle_from_args(args)
     key = load_private_key(args.key)
-    out = sign(args.bundle, key)
-    print(f"signed {args.bundle} with key {key.public_key.key_id}: {out} (a later 'edgeskip select' or "
+    out = sign(bundle, key)
+    print(f"signed {bundle} with key {key.public_key.key_id}: {out} (a later 'edgeskip select' or "
           "'build-engines' removes the signature, since the manifest changes: sign again after them)")
     return 0
 
@@ -535,7 +545,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from edgeskip.bundle import Bundle
 
-    bundle = Bundle.open(args.bundle, trusted_keys=args.trusted_key or None)
+    bundle = Bundle.open(bundle_from_args(args), trusted_keys=args.trusted_key or None)
     signed = f", signed by trusted key {bundle.signer.key_id}" if bundle.signer is not None else \
         " (its signature was not checked: pass --trusted-key)"
     print(f"{bundle.path}: {len(bundle.manifest.files)} files match their sha256{signed}")
@@ -554,8 +564,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     check_data(args.data)
     cfg = QuickstartConfig(out=args.out, dataset=args.dataset, data=args.data, model=args.model, epochs=args.epochs,
                            limit_per_class=args.limit_per_class, budget_ms=args.budget_ms, force=args.force,
-                           progress=not args.quiet)
-    print(run_quickstart(cfg))
+                           progress=args.progress)
+    report = run_quickstart(cfg)
+    remember_bundle(Path(cfg.out) / "bundle", "quickstart")
+    print(report)
     return 0
 
 
@@ -588,19 +600,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="edgeskip", description="Dynamic-depth Vision Transformers from workstation to edge device.")
     parser.add_argument("--version", action="version", version=f"edgeskip {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    _add_output_options(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     parsers = {name: sub.add_parser(name, help=text, description=text) for name, (text, _) in COMMANDS.items()}
+    for p in parsers.values():
+        _add_output_options(p, default=argparse.SUPPRESS)  # after the command too; the top level's value stays
 
     from edgeskip.train.config import TrainConfig
 
-    add_dataclass_options(parsers["train"], TrainConfig)
+    add_dataclass_options(parsers["train"], TrainConfig, skip=("progress",))
 
     ev = parsers["evaluate"]
-    what = ev.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="checkpoint folder or training run folder (PyTorch)")
-    what.add_argument("--bundle", help="exported bundle: run it with edgeskip.Runtime (no torch), per policy")
+    add_bundle_argument(ev, "exported bundle to run with edgeskip.Runtime (no torch), per policy")
+    ev.add_argument("--checkpoint", help="evaluate a checkpoint folder or training run folder in PyTorch instead")
     ev.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's or bundle's)")
     ev.add_argument("--policy", default=None,
                     help="bundle: comma-separated policies (default: all it has: static, agent, e2cm, agent+e2cm, "
@@ -608,13 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", default=None, help="bundle: runtime backend (default: onnxruntime)")
     ev.add_argument("--data", default=None, help="dataset copy (CIFAR-10 folder or .tar.gz)")
     ev.add_argument("--limit-per-class", type=positive_int, default=None, help="evaluate the first N test images per class")
-    ev.add_argument("--batch-size", type=positive_int, default=256)
+    ev.add_argument("--batch-size", type=positive_int, default=256, help="images per call")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.add_argument("--top", type=positive_int, default=10, help="paths shown in the path table (agents)")
 
     qs = parsers["quickstart"]
-    qs.add_argument("--out", default="edgeskip-quickstart", help="output folder (default: edgeskip-quickstart)")
-    qs.add_argument("--dataset", default="digits", choices=("digits", "cifar10"), help="dataset (default: digits)")
+    qs.add_argument("--out", default="edgeskip-quickstart", help="output folder")
+    qs.add_argument("--dataset", default="digits", choices=("digits", "cifar10"), help="dataset")
     qs.add_argument("--data", default=None, help="CIFAR-10 folder or .tar.gz (with --dataset cifar10)")
     qs.add_argument("--model", default=None, help="model (default: vit-digits on digits, vit9 on cifar10)")
     qs.add_argument("--epochs", type=positive_int, default=None,
@@ -628,9 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parsers["models"].add_argument("--json", action="store_true", help="print JSON")
     parsers["keygen"].add_argument("--out", required=True, help="private key file to write (the public key: OUT.pub)")
-    parsers["sign"].add_argument("bundle", help="bundle directory")
+    add_bundle_argument(parsers["sign"], "bundle to sign")
     parsers["sign"].add_argument("--key", required=True, help="ed25519 private key (PEM, from edgeskip keygen)")
-    parsers["verify"].add_argument("bundle", help="bundle directory")
+    add_bundle_argument(parsers["verify"], "bundle to check")
     parsers["verify"].add_argument("--trusted-key", action="append", default=[],
                                    help="a public key whose signature is accepted (a .pub file or ed25519:...); "
                                         "repeat for several")
@@ -667,60 +679,71 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dataclass_options(parsers["export"], ExportConfig)
     be = parsers["build-engines"]
-    be.add_argument("bundle", help="bundle directory exported with --target jetson")
-    be.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="engine precision (default: fp16)")
-    be.add_argument("--batch-sizes", default="1", help="static batch size of each engine profile, e.g. 1,8 (default: 1)")
+    add_bundle_argument(be, "bundle exported with --target jetson")
+    be.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="engine precision")
+    be.add_argument("--batch-sizes", default="1", help="static batch size of each engine profile, e.g. 1,8")
     be.add_argument("--gate", action="store_true", help="also build the gate-graph engine (measure its cost on the device)")
-    be.add_argument("--workspace-mb", type=positive_int, default=1024, help="builder workspace limit (default: 1024)")
+    be.add_argument("--workspace-mb", type=positive_int, default=1024, help="builder workspace limit in MiB")
 
     from edgeskip.devices.table import DEVICES
 
     pr = parsers["profile"]
-    pr.add_argument("--device", default="cpu", choices=DEVICES.names(), help="the device this runs on (default: cpu)")
-    pr.add_argument("--bundle", required=False, default=None, help="bundle directory")
+    add_bundle_argument(pr, "bundle to profile")
+    pr.add_argument("--device", default="cpu", choices=DEVICES.names(), help="the device this runs on")
     pr.add_argument("--backend", default=None, help="runtime backend (default: the device's)")
-    pr.add_argument("--batch-sizes", default="1", help="batch sizes to measure, e.g. 1,8 (default: 1)")
+    pr.add_argument("--batch-sizes", default="1", help="batch sizes to measure, e.g. 1,8")
     pr.add_argument("--quick", action="store_true", help="a coarse profile: few samples per stage")
 
     se = parsers["search"]
-    se.add_argument("--bundle", required=True, help="bundle directory (profiled for --device)")
-    se.add_argument("--device", default="cpu", help="device whose profile predicts the costs (default: cpu)")
+    add_bundle_argument(se, "bundle to search (profiled for --device)")
+    se.add_argument("--device", default="cpu", choices=DEVICES.names(), help="device whose profile predicts the costs")
     se.add_argument("--profile", default=None, help="profile file (default: BUNDLE/profiles/DEVICE.json)")
     se.add_argument("--data", default=None, help="dataset copy for the calibration images (not needed for digits)")
-    se.add_argument("--images", type=positive_int, default=2000, help="calibration images (default: 2000)")
+    se.add_argument("--images", type=positive_int, default=2000, help="calibration images")
     se.add_argument("--split", default="test-half", choices=("test-half", "train"),
-                    help="where they come from: the first half of each test class, or the training set "
-                         "(default: test-half)")
+                    help="where they come from: the first half of each test class, or the training set")
     from edgeskip.search.settings import BundleSearchSettings
 
     add_dataclass_options(se, BundleSearchSettings, skip=("exit_rates", "pool_mb"))
     se.add_argument("--out", default=None, help="pareto.json path (default: BUNDLE/pareto/DEVICE.json; a PNG beside it)")
 
     sl = parsers["select"]
-    sl.add_argument("--bundle", required=True, help="bundle directory (searched for --device)")
-    sl.add_argument("--device", default="cpu", help="device (default: cpu)")
+    add_bundle_argument(sl, "bundle to choose for (searched for --device)")
+    sl.add_argument("--device", default="cpu", choices=DEVICES.names(), help="device whose front to choose from")
     budget = sl.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-ms", type=float, default=None, help="latency budget per call (ms)")
     budget.add_argument("--budget-mj", type=float, default=None, help="energy budget per call (mJ)")
     sl.add_argument("--pareto", default=None, help="front file (default: BUNDLE/pareto/DEVICE.json)")
     sl.add_argument("--dry-run", action="store_true", help="show the choice without writing it into the manifest")
+    sl.add_argument("--allow-degenerate", action="store_true",
+                    help="accept a choice that runs no layer or is within 2 points of chance (refused otherwise)")
 
     bn = parsers["bench"]
-    bn.add_argument("bundle", nargs="?", help="bundle directory")
-    bn.add_argument("--bundle", dest="bundle_opt", help=argparse.SUPPRESS)
+    add_bundle_argument(bn, "bundle to measure")
     bn.add_argument("--data", default=None, help="dataset copy for the agent workload (e.g. CIFAR-10 .tar.gz); "
                                                  "without it the workload is random images")
-    bn.add_argument("--images", type=positive_int, default=64, help="inputs of the batch-1 agent workload (default: 64)")
-    bn.add_argument("--batch", type=positive_int, default=64, help="batch size of the batched workload (default: 64)")
-    bn.add_argument("--batch-images", type=positive_int, default=256, help="inputs of the batched workload (default: 256)")
-    bn.add_argument("--rounds", type=positive_int, default=50, help="interleaved rounds at batch 1 (default: 50)")
-    bn.add_argument("--workload-rounds", type=positive_int, default=7, help="rounds over the workloads (default: 7)")
-    bn.add_argument("--warmup", type=int, default=10, help="warm-up calls per variant (default: 10)")
+    bn.add_argument("--images", type=positive_int, default=64, help="inputs of the batch-1 agent workload")
+    bn.add_argument("--batch", type=positive_int, default=64, help="batch size of the batched workload")
+    bn.add_argument("--batch-images", type=positive_int, default=256, help="inputs of the batched workload")
+    bn.add_argument("--rounds", type=positive_int, default=50, help="interleaved rounds at batch 1")
+    bn.add_argument("--workload-rounds", type=positive_int, default=7, help="rounds over the workloads")
+    bn.add_argument("--warmup", type=int, default=10, help="warm-up calls per variant")
     bn.add_argument("--threads", type=positive_int, default=None, help="inference threads (default: usable CPUs)")
     bn.add_argument("--checkpoint", default=None, help="the checkpoint the bundle came from (PyTorch comparison)")
     bn.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
     bn.add_argument("--json", default=None, help="also write the report as JSON to this file ('-': JSON on stdout)")
     return parser
+
+
+def _add_output_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``-v``, ``-q`` and ``--no-progress``, on the top level and after every command (``default`` SUPPRESS there,
+    so an option given before the command is not reset by the command's parser)."""
+    group = parser.add_argument_group("output")
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="log debug messages")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="log warnings and errors only, and draw no progress bars")
+    group.add_argument("--no-progress", action="store_true", default=default,
+                       help="draw no progress bars (they are drawn only when standard error is a terminal)")
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -734,9 +757,16 @@ def describe_os_error(exc: OSError) -> str:
             f"temporary files were removed{'; ' + hint if hint else ''}")
 
 
+# The optional packages a command may need, and the extra that installs each (pyproject.toml).
+EXTRA_OF = {"torch": "train", "kornia": "train", "safetensors": "train", "sklearn": "train", "PIL": "train",
+            "pymoo": "search", "matplotlib": "search", "litert_torch": "tflite-export", "ai_edge_litert": "tflite",
+            "cryptography": "sign"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.progress = not (args.quiet or args.no_progress)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s")
     if args.command is None:
@@ -746,6 +776,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command][1](args)
     except EdgeskipError as exc:
         print(f"edgeskip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional package this command needs (a device install has the core only)
+        root = (exc.name or "").split(".")[0]
+        if root not in EXTRA_OF:
+            raise
+        print(f"edgeskip {args.command}: error: this command needs {root}, which is not installed: "
+              f"pip install 'edgeskip[{EXTRA_OF[root]}]'", file=sys.stderr)
         return 2
     except OSError as exc:  # the machine's fault (a full disk, a read-only folder), not the user's input
         print(f"edgeskip {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)

@@ -30,7 +30,8 @@ from edgeskip.policy import Policy, SkipConfig
 from edgeskip.schema import Record, SchemaError, field, read_json_record
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "FrontError", "NothingFits", "ParetoFront", "ParetoPoint", "Searched",
-           "Selection", "choose", "load_front", "pareto_path"]
+           "Selection", "CHANCE_MARGIN", "Degenerate", "check_degenerate", "choose", "degenerate", "front_of", "load_front",
+           "pareto_path"]
 
 FORMAT = "edgeskip.pareto"
 SCHEMA_VERSION = 2
@@ -38,10 +39,16 @@ MAX_POINTS = 100_000
 # Hypervolume reference in normalised objectives (error, cost / static, ...): a little beyond "every input
 # wrong at the static model's cost", the same for every search so hypervolumes compare.
 REFERENCE = 1.1
+# A configuration this close to chance accuracy (1 / classes) is refused by select unless allowed.
+CHANCE_MARGIN = 0.02
 
 
 class FrontError(EdgeskipError):
     """A Pareto front is missing, unreadable, of another bundle or device, or of an unknown schema."""
+
+
+class Degenerate(EdgeskipError):
+    """The chosen configuration is no classifier worth deploying (see :func:`check_degenerate`)."""
 
 
 class NothingFits(EdgeskipError):
@@ -130,6 +137,21 @@ def pareto_path(bundle: Any, device: str) -> Path:
     """Where ``edgeskip search`` keeps a bundle's front for ``device``: ``pareto/<device>.json`` beside its files."""
     root = bundle.path if hasattr(bundle, "path") else Path(bundle)
     return Path(root) / "pareto" / f"{device}.json"
+
+
+def front_of(bundle: Any, device: str, pareto: str | Path | None = None) -> Path:
+    """The front file to choose from for ``device``: ``pareto`` when given, else the bundle's own, which must
+    exist (a missing one is a :class:`FrontError` naming the fronts the bundle has and the command to run)."""
+    if pareto is not None:
+        return Path(pareto)
+    path = pareto_path(bundle, device)
+    if not path.is_file():
+        root = path.parent.parent
+        have = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
+        also = f" (it has fronts for: {', '.join(have)})" if have else ""
+        raise FrontError(f"{root} has no Pareto front for device {device}{also}: run 'edgeskip search {root} "
+                         f"--device {device}' first")
+    return path
 
 
 def load_front(path: str | Path, *, fingerprint: str | None = None, device: str | None = None) -> ParetoFront:
@@ -239,3 +261,27 @@ def choose(front: ParetoFront, *, budget_ms: float | None = None, budget_mj: flo
     images = front.meta.get("images")
     return Selection(best, budget, unit, front.device, front.batch, len(fits), str(front.energy_source),
                      images if isinstance(images, int) else None)
+
+
+def degenerate(point: ParetoPoint, num_classes: int) -> str | None:
+    """Why ``point`` is no classifier worth deploying, or None: it runs no layer for any input, or its
+    accuracy is within :data:`CHANCE_MARGIN` of chance (one in ``num_classes``)."""
+    chance = 1.0 / num_classes
+    if point.executed_layers < 0.005:
+        return "it runs no transformer layer (the embedding straight into the head)"
+    if point.accuracy <= chance + CHANCE_MARGIN:
+        return (f"its accuracy {100 * point.accuracy:.2f}% is within {100 * CHANCE_MARGIN:.0f} points of chance "
+                f"({100 * chance:.1f}% for {num_classes} classes)")
+    return None
+
+
+def check_degenerate(chosen: Selection, num_classes: int, *, allow: bool = False,
+                     what_to_do: str = "raise the budget, or pass --allow-degenerate (allow_degenerate=True) to "
+                                       "take it anyway") -> str | None:
+    """Refuse a degenerate choice (:class:`Degenerate`, ending with ``what_to_do``) unless ``allow``; returns the
+    reason (None for a sound choice) so that an allowed one can be warned about."""
+    reason = degenerate(chosen.point, num_classes)
+    if reason is not None and not allow:
+        raise Degenerate(f"the most accurate configuration within {chosen.budget:g} {chosen.unit} is degenerate: "
+                         f"{reason}; {what_to_do}")
+    return reason

@@ -28,6 +28,7 @@ import numpy as np
 
 from edgeskip.errors import ConfigError
 from edgeskip.fsutil import atomic_write_bytes, atomic_write_json
+from edgeskip.progress import progress_bar, progress_counter, progress_steps
 from edgeskip.profile import Profile
 
 __all__ = ["MARKER", "PRESETS", "STAGES", "QuickstartConfig", "run_quickstart"]
@@ -222,15 +223,9 @@ def _export(cfg: QuickstartConfig, model: str, checkpoint: Path, out: Path) -> d
 
 
 def _profile(cfg: QuickstartConfig, bundle: Path) -> tuple[Profile, dict[str, Any]]:
-    from tqdm.auto import tqdm
-
     from edgeskip.devices.profiler import ProfileSettings, profile_bundle
 
-    with tqdm(desc="profile cpu", unit="piece", disable=not cfg.progress) as bar:
-        def step(message: str) -> None:
-            bar.update()
-            bar.set_postfix_str(message)
-
+    with progress_steps("profile cpu", unit="piece", enabled=cfg.progress) as step:
         profile = profile_bundle(bundle, "cpu", settings=ProfileSettings.quick((1,)), progress=step)
     path = profile.save(bundle)
     pieces = profile.batches["1"]
@@ -240,18 +235,12 @@ def _profile(cfg: QuickstartConfig, bundle: Path) -> tuple[Profile, dict[str, An
 
 
 def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: Profile) -> tuple[Any, dict[str, Any]]:
-    from tqdm.auto import tqdm
-
     from edgeskip.search.bundle import search_and_save
     from edgeskip.search.settings import BundleSearchSettings
 
     p = cfg.preset
     settings = BundleSearchSettings(pop_size=p.pop_size, generations=p.generations)
-    with tqdm(total=settings.generations, desc="NSGA-II", unit="gen", disable=not cfg.progress) as bar:
-        def step(done: int, total: int) -> None:
-            bar.n = min(done, total)
-            bar.refresh()
-
+    with progress_counter("NSGA-II", settings.generations, unit="gen", enabled=cfg.progress) as step:
         front, path, plot = search_and_save(bundle, calib.images, calib.labels, profile, settings, progress=step,
                                             calibration=f"{len(calib)} {cfg.dataset} images from the test-half split")
     return front, {"path": str(path), "plot": str(plot), "points": len(front.points),
@@ -268,16 +257,20 @@ def default_budget(front: Any, tolerance: float = 0.01) -> float:
 
 
 def _select(cfg: QuickstartConfig, bundle: Path, front: Any) -> dict[str, Any]:
-    from edgeskip.front import NothingFits, choose
-    from edgeskip.search.select import record_selection, select
+    from edgeskip.bundle import Bundle
+    from edgeskip.front import NothingFits, check_degenerate, choose
+    from edgeskip.search.select import record_selection
 
     if cfg.budget_ms is not None:
         budget, why = cfg.budget_ms, "--budget-ms"
     else:
         budget, why = default_budget(front), "the cheapest within 1 point of the static accuracy (--budget-ms sets it)"
     try:
-        chosen = select(bundle, "cpu", budget_ms=budget)
-        record_selection(bundle, chosen)
+        chosen = choose(front, budget_ms=budget)
+        b = Bundle.open(bundle, verify=False)
+        check_degenerate(chosen, b.manifest.config.num_classes,
+                         what_to_do=f"raise --budget-ms (the bundle, profile and front are in {bundle})")
+        record_selection(b, chosen)
     except NothingFits as exc:
         raise ConfigError(f"{exc}; the bundle, profile and front are in {bundle}") from None
     table = []  # what other budgets would get: a user picks by latency
@@ -295,10 +288,8 @@ def _select(cfg: QuickstartConfig, bundle: Path, front: Any) -> dict[str, Any]:
             "exit_thresholds": None if pt.exit_thresholds is None else list(pt.exit_thresholds)}
 
 
-def _run(bundle: Path, held_out: Any, progress: bool) -> dict[str, Any]:
+def _run(bundle: Path, held_out: Any, show: bool) -> dict[str, Any]:
     """Static and the selected default, one held-out image at a time, in alternating order."""
-    from tqdm.auto import tqdm
-
     from edgeskip.runtimes import Runtime
 
     with Runtime(bundle, policy="default") as rt:
@@ -310,7 +301,7 @@ def _run(bundle: Path, held_out: Any, progress: bool) -> dict[str, Any]:
         correct: dict[str, int] = {"static": 0, "default": 0}
         layers, exits = 0, 0
         paths: collections.Counter[str] = collections.Counter()
-        for i in tqdm(range(len(held_out)), desc="held-out", unit="img", disable=not progress):
+        for i in progress_bar(range(len(held_out)), desc="held-out", unit="img", enabled=show):
             image, label = held_out.images[i], int(held_out.labels[i])
             for policy in (("static", "default") if i % 2 == 0 else ("default", "static")):
                 rt.set_policy(policy)

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from tqdm.auto import tqdm
 
 from edgeskip._version import __version__
 from edgeskip.agents.model import SkipViT
@@ -52,6 +51,7 @@ from edgeskip.manifest import (
 )
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization, get_normalization, preprocess
+from edgeskip.progress import progress_bar
 from edgeskip.runtimes.gate import GATE_INPUT, GATE_OUTPUTS, exit_threshold_name, layer_threshold_name
 from edgeskip.train.checkpoint import load_checkpoint, state_sha256
 from edgeskip.variants import model_config
@@ -162,7 +162,7 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
     agents = agent_modules(model, removed)
     inputs = stage_inputs(model, images)
     steps = len(stages) + len(agents) + 2 + sum(f.steps(len(stages)) for f in formats)
-    bar = tqdm(total=steps, desc=f"export {cfg.model} -> {cfg.target}", unit="file", disable=not progress)
+    bar = progress_bar(total=steps, desc=f"export {cfg.model} -> {cfg.target}", unit="file", enabled=progress)
     with atomic_directory(out, replace=cfg.force) as tmp:
         files: dict[str, dict[str, str]] = {s.name: {} for s in stages + agents}
         onnx_models: dict[str, onnx.ModelProto] = {}

@@ -52,7 +52,6 @@ from edgeskip.exporters.formats import (
 )
 from edgeskip.manifest import FormatInfo
 from edgeskip.runtimes.tflite_interpreter import (
-    INSTALL,
     TFLiteError,
     interpreter_class,
     load_interpreter,
@@ -70,6 +69,8 @@ if TYPE_CHECKING:
 __all__ = ["PRECISIONS", "TFLiteExporter", "check_fidelity", "convert_stage"]
 
 log = logging.getLogger(__name__)
+
+EXPORT_INSTALL = "pip install 'edgeskip[tflite-export]'"  # litert-torch; devices need only the 'tflite' extra
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -162,7 +163,7 @@ def _import(module: str, why: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise BackendUnavailableError(f"{why}: {INSTALL} ({exc})") from None
+        raise BackendUnavailableError(f"{why}: {EXPORT_INSTALL} ({exc})") from None
 
 
 class _DropChatter(logging.Filter):

@@ -19,8 +19,9 @@ from __future__ import annotations
 from edgeskip.normalization import preprocess
 from edgeskip.policy import POLICIES, Policy
 from edgeskip.runtimes.backend import BACKENDS, Backend, register_backend
+from edgeskip.runtimes.ort_backend import app_session_options as session_options
 from edgeskip.runtimes.runtime import GRAPHS, Runtime, RuntimeOutput
 from edgeskip.runtimes.telemetry import RuntimeStats
 
 __all__ = ["BACKENDS", "GRAPHS", "POLICIES", "Backend", "Policy", "Runtime", "RuntimeOutput", "RuntimeStats",
-           "preprocess", "register_backend"]
+           "preprocess", "register_backend", "session_options"]

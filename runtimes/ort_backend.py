@@ -10,10 +10,12 @@ process by the first Runtime that makes it (``threads``, default: the CPUs this 
 use). A later Runtime asking for another size gets the existing pool and a logged warning;
 ``info()`` reports the size in use.
 
-The global pool is process-wide: once it exists, onnxruntime refuses any new session with its
-own pool. edgeskip's own sessions follow (:func:`session_options` with ``"auto"``); an
-application that makes other onnxruntime sessions in the same process should build their
-options with :func:`session_options` too, or give every Runtime ``thread_pool="per-session"``
+The global pool is process-wide: once it exists, onnxruntime refuses every new session with its
+own pool, one made with default ``SessionOptions`` included ("use_per_session_threads must be
+false when using a global thread pool"; onnxruntime 1.32). An application that makes its own
+onnxruntime sessions in the same process builds their options with :func:`app_session_options`
+(``edgeskip.session_options()``), which work in either order: they join the global pool once one
+exists and bring their own pool before. Or it gives every Runtime ``thread_pool="per-session"``
 (a pool of ``threads`` per session, spinning off) before any global pool exists.
 
 Calls go straight to the session's compiled ``run`` (``InferenceSession._sess``), skipping the
@@ -36,7 +38,8 @@ from edgeskip.bundle import Bundle, BundleError, Stage
 from edgeskip.errors import BackendError, BackendUnavailableError, ConfigError
 from edgeskip.runtimes.backend import Backend, check_options, check_threads
 
-__all__ = ["OnnxRuntimeBackend", "SessionRunner", "check_io", "default_threads", "session", "session_options"]
+__all__ = ["OnnxRuntimeBackend", "SessionRunner", "app_session_options", "check_io", "default_threads", "session",
+           "session_options"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,8 @@ def session_options(threads: int | None = None, thread_pool: str = "auto") -> tu
             if _global_pool_threads is None:
                 ort.set_global_thread_pool_sizes(threads, 1)
                 _global_pool_threads = threads
+                log.debug("made onnxruntime's process-wide thread pool (%d threads): other onnxruntime sessions in "
+                         "this process need options from edgeskip.session_options()", threads)
             elif _global_pool_threads != threads:
                 log.warning("onnxruntime's global thread pool already has %d thread(s) in this process; %d "
                             "requested", _global_pool_threads, threads)
@@ -95,6 +100,20 @@ def session_options(threads: int | None = None, thread_pool: str = "auto") -> tu
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts, f"per-session ({threads} threads, no spinning)"
+
+
+def app_session_options(threads: int | None = None) -> Any:
+    """``onnxruntime.SessionOptions`` for an application's own sessions beside ``edgeskip.Runtime`` in one process.
+
+    onnxruntime refuses a session with its own thread pool once a process-wide pool exists, which the
+    Runtime makes by default. These options join that pool when it exists, and otherwise bring a pool of
+    ``threads`` (default: the CPUs this process may use) with spinning off, so they work whichever is made
+    first. Set further options (graph optimisation, profiling) on the returned object as usual::
+
+        rt = edgeskip.Runtime("bundle/")
+        detector = onnxruntime.InferenceSession("detector.onnx", edgeskip.session_options())
+    """
+    return session_options(threads, "auto")[0]
 
 
 def session(source: str | bytes, *, threads: int | None = None, thread_pool: str = "auto",

@@ -4,7 +4,7 @@
 
     rt = edgeskip.Runtime("bundle/", backend="onnxruntime", policy="agent")
     out = rt(images)          # uint8 HWC/NHWC or normalised float CHW/NCHW; one image or a batch
-    out.logits, out.labels, out.executed, out.exit_layer, out.latency_ms
+    out.logits, out.labels, out.class_names, out.executed, out.exit_layer, out.latency_ms
     rt.set_policy("static")   # switch configuration: no reload
     rt.stats()                # inputs, executed-layer and exit histograms, paths, latency percentiles
 
@@ -44,7 +44,7 @@ import numpy.typing as npt
 from edgeskip.bundle import Bundle, BundleError, check_signature, stage_name
 from edgeskip.e2cm.means import E2CM, JSON as E2CM_JSON, NPZ as E2CM_NPZ
 from edgeskip.errors import BackendError, ConfigError, DataError, EdgeskipError
-from edgeskip.front import Selection, choose, load_front, pareto_path
+from edgeskip.front import Selection, check_degenerate, choose, front_of, load_front
 from edgeskip.policy import Plan, Policy, SkipConfig, resolve
 from edgeskip.rule import exit_logits, exit_top, route
 from edgeskip.runtimes.backend import BACKENDS, Backend
@@ -66,6 +66,12 @@ class RuntimeOutput:
     executed: npt.NDArray[np.bool_]  # (B, L), read-only: layer j ran for input b
     exit_layer: npt.NDArray[np.int64]  # (B,), read-only: the layer after which the input left; -1 = the head
     latency_ms: float  # the whole call, input preparation included
+    classes: tuple[str, ...] = ()  # the bundle's class names, index = label (Runtime.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The predicted class of each input by name, e.g. ``['cat', 'ship']``."""
+        return [self.classes[i] for i in self.labels.tolist()]
 
     def paths(self) -> list[str]:
         """One bit string per input, e.g. '110101101' (1 = layer ran)."""
@@ -172,6 +178,11 @@ class Runtime:
     # -- configuration -------------------------------------------------------------------------
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, index = label, as the model was trained (``out.class_names`` uses them)."""
+        return self.manifest.classes
+
+    @property
     def policy(self) -> Policy:
         return self._plan.policy
 
@@ -212,13 +223,15 @@ class Runtime:
         self._plan = plan
 
     def select(self, *, budget_ms: float | None = None, budget_mj: float | None = None, device: str = "cpu",
-               pareto: str | Path | None = None) -> Selection:
+               pareto: str | Path | None = None, allow_degenerate: bool = False) -> Selection:
         """Switch to the most accurate configuration of ``edgeskip search``'s front for ``device`` within the
         budget (no reload) and return the :class:`~edgeskip.front.Selection`. Nothing is written: make it the
-        bundle's default with ``edgeskip select`` or :func:`edgeskip.search.select.record_selection`."""
-        front = load_front(pareto or pareto_path(self.bundle, device), fingerprint=self.manifest.fingerprint,
-                           device=device)
+        bundle's default with ``edgeskip select`` or :func:`edgeskip.search.select.record_selection`. A
+        degenerate choice (no layer run, or within 2 points of chance) raises
+        :class:`~edgeskip.front.Degenerate` unless ``allow_degenerate``."""
+        front = load_front(front_of(self.bundle, device, pareto), fingerprint=self.manifest.fingerprint, device=device)
         chosen = choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
+        check_degenerate(chosen, self.num_classes, allow=allow_degenerate)
         self.set_policy(chosen.policy)
         return chosen
 
@@ -247,7 +260,7 @@ class Runtime:
         exit_layer.flags.writeable = False  # (a no-op on the shared, already read-only arrays)
         latency_ms = (time.perf_counter() - start) * 1e3
         self._telemetry.record(executed, exit_layer, latency_ms)
-        return RuntimeOutput(logits, logits.argmax(axis=1), executed, exit_layer, latency_ms)
+        return RuntimeOutput(logits, logits.argmax(axis=1), executed, exit_layer, latency_ms, self.classes)
 
     def _run_stages(self, x: npt.NDArray[np.float32], plan: Plan) -> tuple[
             npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:

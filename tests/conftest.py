@@ -34,14 +34,29 @@ def cifar10_source() -> Path | None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep the tests' decoded-dataset cache out of the user's ~/.cache."""
-    old = os.environ.get("EDGESKIP_CACHE_DIR")
+    """Keep the tests' decoded-dataset cache and the last bundle written out of the user's ~/.cache and
+    ~/.local/state, and progress bars as a user's terminal would decide them (not forced either way)."""
+    names = ("EDGESKIP_CACHE_DIR", "EDGESKIP_STATE_DIR", "EDGESKIP_PROGRESS")
+    old = {name: os.environ.get(name) for name in names}
     os.environ["EDGESKIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgeskip-cache"))
+    os.environ["EDGESKIP_STATE_DIR"] = str(tmp_path_factory.mktemp("edgeskip-state"))
+    os.environ.pop("EDGESKIP_PROGRESS", None)
     yield
-    if old is None:
-        os.environ.pop("EDGESKIP_CACHE_DIR", None)
-    else:
-        os.environ["EDGESKIP_CACHE_DIR"] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def no_bundle_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty current folder and no bundle remembered: a command without a bundle has nothing to fall back on."""
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("EDGESKIP_STATE_DIR", str(tmp_path / "state"))
+    return here
 
 
 @pytest.fixture(scope="session")

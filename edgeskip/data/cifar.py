@@ -33,6 +33,7 @@ from edgeskip.data.cache import (
 from edgeskip.data.dataset import DatasetSplits, ImageDataset
 from edgeskip.data.safe_pickle import safe_loads
 from edgeskip.errors import DataError
+from edgeskip.progress import progress_bar
 
 __all__ = ["CIFAR10_CLASSES", "load_cifar10"]
 
@@ -202,9 +203,7 @@ def _stack(chosen: dict[str, list[tuple[str, int]]], decoded: dict[str, np.ndarr
 
 
 def _bar(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="decoding CIFAR-10", unit="img", disable=not enabled, leave=False)
+    return progress_bar(total=total, desc="decoding CIFAR-10", unit="img", enabled=enabled, leave=False)
 
 
 def _read_image_folder(root: Path, limit: int | None, progress: bool) -> dict[str, ImageDataset]:

@@ -20,11 +20,26 @@ Every search writes the one :class:`~edgeskip.front.ParetoFront` format (:mod:`e
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from edgeskip.front import FrontError, NothingFits, ParetoFront, ParetoPoint, Selection, choose, load_front, pareto_path
 from edgeskip.search.costs import MacsCost, ProfileCost, ProfileCosts, Usage, usage_of
 from edgeskip.search.genome import DEFAULT_GRID, Genome, grid_with_step
-from edgeskip.search.problem import ConfigurationProblem, Evaluation, hypervolume, minimize, nsga2, pareto_points
 from edgeskip.search.settings import BundleSearchSettings, PosttrainSettings, SearchSettings
+
+if TYPE_CHECKING:
+    from edgeskip.search.problem import ConfigurationProblem, Evaluation, hypervolume, minimize, nsga2, pareto_points
+
+# pymoo (the 'search' extra) is imported only when a search runs: a device that only selects and runs a
+# configuration (edgeskip.search.select, the Runtime) does not need it installed.
+_NEEDS_PYMOO = ("ConfigurationProblem", "Evaluation", "hypervolume", "minimize", "nsga2", "pareto_points")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NEEDS_PYMOO:
+        return getattr(importlib.import_module("edgeskip.search.problem"), name)
+    raise AttributeError(f"module 'edgeskip.search' has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_GRID", "BundleSearchSettings", "ConfigurationProblem", "Evaluation", "FrontError", "Genome", "MacsCost", "NothingFits",

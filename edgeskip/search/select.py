@@ -9,21 +9,32 @@ write path (:func:`edgeskip.bundle.update_manifest`), which ``Runtime(bundle)`` 
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from edgeskip.bundle import Bundle, update_manifest
-from edgeskip.front import Selection, choose, load_front, pareto_path
+from edgeskip.front import Selection, check_degenerate, choose, front_of, load_front
 
 __all__ = ["record_selection", "select"]
 
+log = logging.getLogger(__name__)
+
 
 def select(bundle: str | Path | Bundle, device: str = "cpu", *, budget_ms: float | None = None,
-           budget_mj: float | None = None, pareto: str | Path | None = None) -> Selection:
-    """The most accurate configuration of the device's front for this bundle within the budget (nothing written)."""
+           budget_mj: float | None = None, pareto: str | Path | None = None,
+           allow_degenerate: bool = False) -> Selection:
+    """The most accurate configuration of the device's front for this bundle within the budget (nothing written).
+
+    A degenerate choice (no layer run, or accuracy within 2 points of chance) raises
+    :class:`~edgeskip.front.Degenerate` unless ``allow_degenerate``; allowed, it is logged as a warning."""
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=False)
-    front = load_front(pareto or pareto_path(b, device), fingerprint=b.manifest.fingerprint, device=device)
-    return choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
+    front = load_front(front_of(b, device, pareto), fingerprint=b.manifest.fingerprint, device=device)
+    chosen = choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
+    reason = check_degenerate(chosen, b.manifest.config.num_classes, allow=allow_degenerate)
+    if reason is not None:
+        log.warning("selected a degenerate configuration (allowed): %s", reason)
+    return chosen
 
 
 def record_selection(bundle: str | Path | Bundle, chosen: Selection) -> Bundle:

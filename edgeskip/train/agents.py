@@ -88,7 +88,8 @@ class AgentTrainer(Trainer):
             self.model, self.data.test, self.norm, batch_size=self.cfg.eval_batch_size, device=self.device,
             dtype=self.dtype, rank=self.dist.rank, world=self.dist.world_size,
         )
-        log.info("paths on the test split:\n%s", report.table(top=5))
+        if self.cfg.path_table:
+            log.info("paths on the test split:\n%s", report.table(top=5))
         return {
             "accuracy": report.accuracy, "loss": report.loss, "count": report.count,
             "executed_fraction": report.executed_fraction, "mean_executed_layers": report.mean_executed,

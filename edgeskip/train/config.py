@@ -57,6 +57,8 @@ class TrainConfig:
         "agents: weight of executed/L in the reward (1 = thesis; lower keeps more layers)"))
     baseline_hidden: int = field(default=64, metadata=_opt("agents: hidden width of each learned baseline"))
     agent_threshold: float = field(default=0.5, metadata=_opt("agents: execution threshold at evaluation"))
+    path_table: bool = field(default=False, metadata=_opt(
+        "agents: log the commonest paths on the test split after every epoch (always in history.json)"))
     progress: bool = field(default=True, metadata=_opt("show a progress bar"))
 
     def __post_init__(self) -> None:

@@ -21,9 +21,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from edgeskip.agents.model import SkipViT
+from edgeskip.progress import progress_bar
 from edgeskip.data.dataset import ImageDataset
 from edgeskip.e2cm.costs import FEATURES, MacCosts, check_exits
 from edgeskip.e2cm.means import E2CM
@@ -135,7 +135,7 @@ def calibrate(model: ViT, data: ImageDataset, norm: Normalization, *, exits: Seq
         raise DataError(f"the calibration set has no image of class(es) {missing} ({', '.join(names)}); "
                         "every class needs at least one image for its class mean")
     device = next(model.parameters()).device
-    with eval_mode(model), tqdm(total=2 * len(data), desc="E²CM calibration", unit="img", disable=not progress) as bar:
+    with eval_mode(model), progress_bar(total=2 * len(data), desc="E²CM calibration", unit="img", enabled=progress) as bar:
         sums: dict[str, Tensor] = {}
         for idx, images, y in image_batches(data, norm, device, batch_size):
             outputs, _, _ = _layer_outputs(model, images, exits, path)
@@ -185,7 +185,7 @@ def collect_caches(model: ViT, e2cms: dict[str, E2CM], data: ImageDataset, norm:
         if e2cm.num_classes != model.config.num_classes:
             raise ConfigError(f"E²CM has {e2cm.num_classes} classes, the model {model.config.num_classes}")
     device = next(model.parameters()).device
-    with eval_mode(model), tqdm(total=len(data), desc="E²CM exits", unit="img", disable=not progress) as bar:
+    with eval_mode(model), progress_bar(total=len(data), desc="E²CM exits", unit="img", enabled=progress) as bar:
         means = {k: torch.from_numpy(e.means.astype(np.float64)).to(device) for k, e in e2cms.items()}
         dists, final_pred, executed = _distances(model, data, norm, means, {k: e.feature for k, e in e2cms.items()},
                                                  shared, path, batch_size, bar)

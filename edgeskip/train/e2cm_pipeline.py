@@ -31,6 +31,7 @@ from edgeskip.e2cm.thresholds import (
 )
 from edgeskip.errors import ConfigError
 from edgeskip.fsutil import atomic_write_json
+from edgeskip.progress import progress_bar
 from edgeskip.train.checkpoint import Checkpoint
 
 __all__ = ["run_calibration", "split_images"]
@@ -72,9 +73,7 @@ def _figures(point: HullPoint, test: ExitCache) -> dict[str, Any]:
 
 
 def _sweep(cache: ExitCache, settings: CalibrateConfig, desc: str, progress: bool) -> Sweep:
-    from tqdm import tqdm
-
-    with tqdm(total=round(1 / settings.step), desc=desc, unit="budget", disable=not progress) as bar:
+    with progress_bar(total=round(1 / settings.step), desc=desc, unit="budget", enabled=progress) as bar:
         return sweep(cache, step=settings.step, restarts=settings.restarts, seed=settings.seed, on_step=bar.update)
 
 

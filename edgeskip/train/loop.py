@@ -27,6 +27,7 @@ from edgeskip.errors import CheckpointError, ConfigError, DataError, EdgeskipErr
 from edgeskip.fsutil import atomic_write_json
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import get_normalization
+from edgeskip.progress import progress_bar
 from edgeskip.train.augment import build_augmentation
 from edgeskip.train.checkpoint import (
     LATEST_FILE,
@@ -169,8 +170,6 @@ class Trainer:
         return loss, logits, {}
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
         cfg, d = self.cfg, self.dist
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + d.rank)  # drop-path/augment draws
         self.net.train()
@@ -178,9 +177,9 @@ class Trainer:
         sums = np.zeros(3)  # loss*n, correct, n
         extra_sums: dict[str, float] = {}
         start = time.perf_counter()
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-            disable=not (cfg.progress and d.is_main), leave=False, dynamic_ncols=True,
+            enabled=cfg.progress and d.is_main, leave=False, dynamic_ncols=True,
         )
         with bar:
             for first in range(0, len(order), self.local_batch):

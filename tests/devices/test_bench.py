@@ -61,11 +61,12 @@ def test_cli_bench_writes_json(tiny_bundle: Path, tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["bench"], "name the bundle"),
-    (["bench", "/nonexistent/bundle"], "does not exist"),
+    (["bench"], "no bundle named and none found here"),
+    (["bench", "/nonexistent/bundle"], "no such folder"),
     (["bench", "{bundle}", "--data", "/nonexistent/data"], "no such file"),
 ])
-def test_cli_bench_errors(tiny_bundle: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bench_errors(tiny_bundle: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str],
+                          no_bundle_here: Path) -> None:
     assert main(["-q", *[a.format(bundle=tiny_bundle) for a in args]]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -390,14 +390,14 @@ def test_profile_of_another_bundle_or_device_is_refused(profiled: tuple[Path, Pr
         load_profile(tmp_path / "bad.json")
 
 
-def test_cli_profile(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_profile(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_bundle_here: Path) -> None:
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
     assert main(["-q", "profile", "--device", "cpu", "--bundle", str(bundle), "--quick"]) == 0
     out = capsys.readouterr().out
     assert "profiles/cpu.json" in out and "batch 1: embed" in out
     assert (bundle / "profiles" / "cpu.json").is_file()
     assert main(["-q", "profile", "--device", "cpu"]) == 2
-    assert "name the bundle" in capsys.readouterr().err
+    assert "no bundle named and none found here" in capsys.readouterr().err
     assert main(["-q", "profile", "--device", "cpu", "--bundle", str(bundle), "--batch-sizes", "0"]) == 2
     assert "batch sizes" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

@@ -242,6 +242,9 @@ def test_images_of_another_size_are_resized_bilinearly(tiny: Runtime) -> None:
     assert np.abs(ours.astype(int) - pil.astype(int)).max() <= 1  # same sampling, rounding apart
     assert np.array_equal(tiny(small).logits, tiny(ours).logits)
     assert len(tiny(_images(1, size=48))) == 1
+    images = _images(2)  # PIL images, one or a list of them, are uint8 channels-last images
+    assert np.array_equal(tiny(Image.fromarray(images[0])).logits, tiny(images[:1]).logits)
+    assert np.array_equal(tiny([Image.fromarray(im) for im in images]).logits, tiny(images).logits)
 
 
 @pytest.mark.parametrize(("images", "message"), [
@@ -287,9 +290,9 @@ def test_the_runtime_never_writes_to_the_bundle(tiny_bundle: Path, tmp_path: Pat
 
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
     m = Bundle.open(bundle).manifest
-    static = ParetoPoint(genes=(1, 1, 1, 1), thresholds=(0.0,) * 4, accuracy=0.1, executed_layers=4.0,
+    static = ParetoPoint(genes=(1, 1, 1, 1), thresholds=(0.0,) * 4, accuracy=0.6, executed_layers=4.0,
                          latency_ms=2.0, energy_mj=1.0)
-    half = ParetoPoint(genes=(3, 3, 3, 3), thresholds=(0.5,) * 4, accuracy=0.1, executed_layers=2.0, latency_ms=1.0,
+    half = ParetoPoint(genes=(3, 3, 3, 3), thresholds=(0.5,) * 4, accuracy=0.5, executed_layers=2.0, latency_ms=1.0,
                        energy_mj=0.5)
     ParetoFront(searched=Searched(kind="bundle", model=m.model_name, fingerprint=m.fingerprint), cost="profile",
                 objectives=("error", "latency_ms", "energy_mj"), hypervolume=0.5, static=static, points=(half, static),
@@ -508,3 +511,44 @@ def test_torch_backend_needs_the_checkpoint_a_bundle_names_but_never_locates(dig
     assert "/" not in (digits_tflite_bundle / "manifest.json").read_text().split('"weights"')[1].split("}")[0]
     with pytest.raises(edgeskip.CheckpointError, match=f"pass checkpoint=PATH.*'ckpt'.*{m.weights.checkpoint_sha256}"):
         Runtime(digits_tflite_bundle, backend="torch")
+
+
+def test_outputs_carry_class_names(tiny_bundle: Path) -> None:
+    rt = Runtime(tiny_bundle)
+    out = rt(_images(5))
+    assert rt.classes == Bundle.open(tiny_bundle).manifest.classes and len(rt.classes) == rt.num_classes
+    assert out.class_names == [rt.classes[i] for i in out.labels.tolist()] and len(out.class_names) == 5
+
+
+APP_SESSIONS = """
+import json, sys
+import numpy as np, onnxruntime as ort, edgeskip
+bundle = sys.argv[1]
+model = bundle + "/onnx/model.onnx"
+before = ort.InferenceSession(model, edgeskip.session_options(), providers=["CPUExecutionProvider"])
+rt = edgeskip.Runtime(bundle, policy="static")  # makes onnxruntime's process-wide thread pool
+after = ort.InferenceSession(model, edgeskip.session_options(), providers=["CPUExecutionProvider"])
+try:
+    ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    plain = "accepted"
+except Exception as exc:
+    plain = "refused" if "global thread pool" in str(exc) else repr(exc)
+x = edgeskip.preprocess(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+                        rt.manifest.normalization)
+name = before.get_inputs()[0].name
+mine = [s.run(None, {name: x})[0] for s in (before, after)]
+print(json.dumps({"plain": plain, "pool": rt.info()["thread_pool"],
+                  "error": max(float(np.abs(m - rt(x).logits).max()) for m in mine)}))
+"""
+
+
+def test_an_application_s_own_sessions_work_beside_the_runtime(tiny_bundle: Path) -> None:
+    """With edgeskip.session_options(), an application's onnxruntime sessions made before and after a Runtime
+    both run; a session with default options made after it is refused by onnxruntime (why the helper exists)."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", APP_SESSIONS, str(tiny_bundle)], capture_output=True, text=True,
+                          timeout=300, cwd=tempfile.gettempdir())
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["plain"] == "refused" and result["pool"].startswith("global") and result["error"] < 1e-4

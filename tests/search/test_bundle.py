@@ -3,7 +3,9 @@ front, budgets, and the one front format shared with apply-config and the Runtim
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from edgeskip.cli import main
 from edgeskip.data import load_digits
 from edgeskip.devices.profiler import ProfileSettings, profile_bundle
 from edgeskip.errors import ConfigError
-from edgeskip.front import FrontError, NothingFits, ParetoFront, choose, load_front, pareto_path
+from edgeskip.front import Degenerate, FrontError, NothingFits, ParetoFront, choose, load_front, pareto_path
 from edgeskip.policy import Policy
 from edgeskip.profile import Profile, load_profile, profile_path
 from edgeskip.runtimes import Runtime
@@ -245,4 +247,29 @@ def test_cli_search_and_select(profiled: tuple[Path, Profile], tmp_path: Path,
     assert "default configuration" in capsys.readouterr().out
     assert json.loads((bundle / "manifest.json").read_text())["default_config"]["budget"] == {"value": 1e6, "unit": "ms"}
     assert main(["-q", "select", "--bundle", str(bundle), "--device", "jetson-nano", "--budget-ms", "5"]) == 2
-    assert "run edgeskip search" in capsys.readouterr().err
+    assert f"(it has fronts for: cpu): run 'edgeskip search {bundle} --device jetson-nano' first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("accuracy", "layers", "why"), [
+    (0.11, 1.0, "within 2 points of chance (10.0% for 10 classes)"),
+    (0.60, 0.0, "runs no transformer layer"),
+])
+def test_select_refuses_a_degenerate_choice(front: ParetoFront, profiled: tuple[Path, Profile], tmp_path: Path,
+                                            accuracy: float, layers: float, why: str,
+                                            capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
+    bad = dataclasses.replace(front.points[0], accuracy=accuracy, executed_layers=layers)
+    path = tmp_path / "front.json"
+    dataclasses.replace(front, points=(bad, *front.points[1:])).save(path)
+    budget = bad.cost("latency_ms")
+    args = ["select", str(bundle), "--pareto", str(path), "--budget-ms", repr(budget)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "is degenerate" in err and why in err and "--allow-degenerate" in err and len(err.strip().splitlines()) == 1
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--allow-degenerate", "--dry-run"]) == 0
+    assert "degenerate configuration (allowed)" in caplog.text and why in caplog.text
+    rt = Runtime(bundle)
+    with pytest.raises(Degenerate):
+        rt.select(budget_ms=budget, pareto=path)
+    assert rt.select(budget_ms=budget, pareto=path, allow_degenerate=True).point == bad
