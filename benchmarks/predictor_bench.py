@@ -70,7 +70,7 @@ def main() -> int:
         if (genes == 0).all():
             continue
         policies["genes " + "".join(map(str, genes))] = genome.policy(genes)
-    runtimes = {name: Runtime(args.bundle, policy=p, whole_static=False) for name, p in policies.items()}
+    runtimes = {name: Runtime(args.bundle, policy=p) for name, p in policies.items()}  # static as users run it
     # Fine interleaving: every round runs each configuration on the next block of images (a new random order
     # of configurations per round), so a machine that switches between fast and slow phases every few seconds
     # (this one does: the same static loop took 3.5-6.7 ms within a minute) loads every configuration alike.
@@ -95,7 +95,8 @@ def main() -> int:
     for name, runtime in runtimes.items():
         out = runtime(x)  # the usage of this configuration on these images (decisions are per input)
         plan = runtime.plan
-        usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.steps, exits, list(plan.exits))
+        usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.steps, exits, list(plan.exits),
+                         static=plan.static)
         predicted = model.predict(usage, 1).latency_ms
         if name == "static":
             predicted_static = predicted

@@ -38,6 +38,7 @@ from edgeskip.bundle import stage_name
 from edgeskip.devices.energy import EnergyMeter, select_meter
 from edgeskip.host import describe_host
 from edgeskip.policy import Policy
+from edgeskip.profile import STATIC
 from edgeskip.runtimes.inputs import prepare
 from edgeskip.runtimes.runtime import Runtime
 from edgeskip.devices.table import Device, get_device
@@ -214,6 +215,9 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     rss_before = _peak_rss_mb()
     rt = Runtime(bundle_dir, backend=backend or dev.backend, policy="static", whole_static=False, **backend_options)
     m = rt.manifest
+    static_rt: Runtime | None = Runtime(rt.bundle, backend=type(rt.backend), policy="static", **backend_options)
+    if static_rt is not None and not static_rt.static_in_one_call:  # no monolithic model here: static is the loop
+        static_rt = None
     meter, unavailable = select_meter(dev.energy, root=energy_root, rails=dev.rails,
                                       watts_per_core=dev.watts_per_core, basis=dev.power_basis)
     be = rt.backend
@@ -232,10 +236,14 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         half_rt = Runtime(rt.bundle, backend=type(be), whole_static=False, policy=Policy.config(
             [0.0 if j in layers[::2] else None for j in range(m.config.depth)]), **backend_options)
         windows = _window_calls(calls, layers)
-        samples = _in_context(calls, settings, [("runtime_all", functools.partial(rt, x)),
-                                                ("runtime_half", functools.partial(half_rt, x)), *windows])
+        extra = [("runtime_all", functools.partial(rt, x)), ("runtime_half", functools.partial(half_rt, x)), *windows]
+        if static_rt is not None:  # the static policy as the Runtime runs it: the monolithic model in one call
+            extra.append((STATIC, functools.partial(static_rt, x)))
+        samples = _in_context(calls, settings, extra)
         pieces: dict[str, Timing] = {}
         named = dict(calls) | {name: fn for name, fn in windows if name is not None}
+        if static_rt is not None:
+            named[STATIC] = functools.partial(static_rt, x)
         for name, fn in named.items():
             base = name.partition("@")[0]
             if base != name and base in pieces:  # same work, other cache state: the same power for its time

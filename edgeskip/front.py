@@ -221,6 +221,7 @@ class Selection:
     candidates: int  # configurations within the budget
     energy_source: str
     images: int | None  # search images the accuracy was measured on
+    static: bool = False  # the static model itself was the best choice (every layer, no decision, one call)
 
     @property
     def policy(self) -> Policy:
@@ -229,7 +230,8 @@ class Selection:
     def describe(self) -> str:
         p = self.point
         exits = "" if p.exit_thresholds is None else f", {100 * p.exit_rate:.0f}% leave at an exit"
-        return (f"accuracy {100 * p.accuracy:.2f}% at {p.latency_ms:.3f} ms and {p.energy_mj:.3f} mJ per call "
+        what = "the static model (every layer, no decision), " if self.static else ""
+        return (f"{what}accuracy {100 * p.accuracy:.2f}% at {p.latency_ms:.3f} ms and {p.energy_mj:.3f} mJ per call "
                 f"(batch {self.batch}, predicted on {self.device}), {p.executed_layers:.2f} layers per input{exits}; "
                 f"{self.candidates} configuration(s) within {self.budget:g} {self.unit}")
 
@@ -244,23 +246,26 @@ def _budget(budget_ms: float | None, budget_mj: float | None) -> tuple[float, st
 
 
 def choose(front: ParetoFront, *, budget_ms: float | None = None, budget_mj: float | None = None) -> Selection:
-    """The most accurate point within the budget (ties: the cheaper) and how many fit; a front without device
-    costs (post-training's MACs) has no latency to budget."""
+    """The most accurate configuration within the budget (ties: the cheaper) and how many fit, the static model
+    among them: a dynamic point is never chosen over a static model that fits and is at least as accurate, so
+    a budget above the static model's cost gets the static model unless a point beats it on the search images.
+    A front without device costs (post-training's MACs) has no latency to budget."""
     budget, unit, key = _budget(budget_ms, budget_mj)
     if front.cost != "profile" or front.device is None or front.batch is None:
         raise FrontError(f"this front was costed in {front.cost} (searched on a {front.searched.kind}): it has no "
                          f"predicted {key.replace('_', ' ')}; search the exported bundle with a device profile "
                          "(edgeskip search --bundle B --device D)")
-    fits = [p for p in front.points if p.cost(key) <= budget]
+    candidates = [*front.points, *(() if any(p.genes == front.static.genes for p in front.points) else (front.static,))]
+    fits = [p for p in candidates if p.cost(key) <= budget]
     if not fits:
-        cheapest = min(front.points, key=lambda p: p.cost(key))
+        cheapest = min(candidates, key=lambda p: p.cost(key))
         raise NothingFits(f"nothing fits {budget:g} {unit} on {front.device}: the cheapest configuration needs "
                           f"{cheapest.cost(key):.3f} {unit} (accuracy {100 * cheapest.accuracy:.2f}%); "
                           "raise the budget, or profile a faster backend or device")
     best = max(fits, key=lambda p: (p.accuracy, -p.cost(key)))
     images = front.meta.get("images")
     return Selection(best, budget, unit, front.device, front.batch, len(fits), str(front.energy_source),
-                     images if isinstance(images, int) else None)
+                     images if isinstance(images, int) else None, best.genes == front.static.genes)
 
 
 def degenerate(point: ParetoPoint, num_classes: int) -> str | None:

@@ -18,12 +18,15 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.fsutil import atomic_write_json
 from edgeskip.schema import Record, SchemaError, field, read_json_record
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "Overhead", "Profile", "ProfileError", "ProfiledBundle", "Timing", "load_profile",
-           "profile_path"]
+__all__ = ["FORMAT", "SCHEMA_VERSION", "STATIC", "Overhead", "Profile", "ProfileError", "ProfiledBundle", "Timing",
+           "load_profile", "profile_path"]
 
 FORMAT = "edgeskip.profile"
 SCHEMA_VERSION = 2
 MAX_ENTRIES = 100_000
+# The piece that times the static policy as the Runtime runs it: the bundle's monolithic model in one call,
+# input preparation and telemetry included (profiles of backends without a one-call model do not have it).
+STATIC = "static"
 
 
 class ProfileError(EdgeskipError):

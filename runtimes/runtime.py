@@ -192,6 +192,11 @@ class Runtime:
         return self._plan
 
     @property
+    def static_in_one_call(self) -> bool:
+        """Whether a static policy runs the bundle's monolithic model in one backend call (else the stage loop)."""
+        return self._static_runner is not None
+
+    @property
     def backend(self) -> Backend | None:
         """The backend running the stages (None with ``graph="gate"``)."""
         return self._backend

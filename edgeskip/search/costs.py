@@ -41,7 +41,7 @@ import numpy.typing as npt
 
 from edgeskip.e2cm.costs import MacCosts
 from edgeskip.errors import ConfigError
-from edgeskip.profile import Profile
+from edgeskip.profile import STATIC, Profile
 
 __all__ = ["Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
 
@@ -60,7 +60,7 @@ class CostKey:
     def parse(cls, name: str, batch: int) -> CostKey:
         """From a profile's piece name: 'embed', 'head', 'layer_03', 'layer_03@1', 'agent_03', 'agent_03@0',
         'exit_01'."""
-        if name in ("embed", "head"):
+        if name in ("embed", "head", STATIC):
             return cls(name, None, batch)
         base, at, distance = name.partition("@")
         piece, _, index = base.partition("_")
@@ -80,6 +80,7 @@ class Usage:
     reach_head: float  # share of inputs the head classified
     reuse: tuple[tuple[float, ...], ...] = ()  # per layer, per reuse distance d: share of inputs (sums to layers[j])
     asked_after_skip: tuple[float, ...] = ()  # per layer: share of ``asked`` with no layer run since the last ask
+    static: bool = False  # the plan takes no decision: the Runtime runs the monolithic model in one call
 
     @property
     def calls(self) -> float:
@@ -88,10 +89,11 @@ class Usage:
 
 
 def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64], steps: Sequence[tuple[int, Any]],
-             exits: Sequence[int], checked_exits: Sequence[int]) -> Usage:
+             exits: Sequence[int], checked_exits: Sequence[int], *, static: bool = False) -> Usage:
     """The usage of a run: ``executed`` (N, L) with the inputs in the order they ran one at a time,
     ``exit_layer`` (N,), the plan's (layer, threshold or cut) steps (None: the layer runs without asking its
-    agent), the exit layers of the model and those enabled in the plan."""
+    agent), the exit layers of the model and those enabled in the plan; ``static``: the plan is static
+    (:attr:`edgeskip.policy.Plan.static`), which the Runtime runs as the monolithic model."""
     n, depth = executed.shape
     if n == 0:
         raise ConfigError("usage needs at least one input")
@@ -109,7 +111,7 @@ def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64],
     enabled = set(checked_exits)
     checked = [float(executed[:, layer].mean()) if layer in enabled else 0.0 for layer in exits]
     return Usage(tuple(float(v) for v in executed.mean(axis=0)), tuple(asked), tuple(checked),
-                 float(np.mean(~left)), reuse_shares(executed), tuple(after_skip))
+                 float(np.mean(~left)), reuse_shares(executed), tuple(after_skip), static)
 
 
 def reuse_shares(executed: npt.NDArray[np.bool_]) -> tuple[tuple[float, ...], ...]:
@@ -188,6 +190,9 @@ class ProfileCosts:
         """Expected latency and energy per call of ``batch`` inputs (latency of the call, energy per call)."""
         if len(usage.layers) != self.depth:
             raise ConfigError(f"usage covers {len(usage.layers)} layers; the model has {self.depth}")
+        whole = self.entries.get(CostKey(STATIC, None, batch))
+        if usage.static and whole is not None:  # measured as one whole Runtime call: overheads included
+            return Prediction(*whole)
         terms = [(self._entry("embed", None, batch), 1.0), (self._entry("head", None, batch), usage.reach_head)]
         for j, rate in enumerate(usage.layers):
             if rate:

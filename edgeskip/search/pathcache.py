@@ -206,7 +206,7 @@ class PathCache:
         path = route(plan.cuts, plan.exits, self.n, self.depth, walk)
         logits = path.logits(lambda: self.logits[self.lookup(walk.alive, walk.masks[walk.alive])], self.rt.num_classes)
         accuracy = float(np.mean(logits.argmax(axis=1) == self.labels))
-        return Evaluation(thresholds=plan.layer_thresholds, steps=plan.steps, exits=tuple(plan.exits),
+        return Evaluation(thresholds=plan.layer_thresholds, steps=plan.steps, exits=tuple(plan.exits), static=plan.static,
                           executed=path.executed, exit_layer=path.exit_layer, accuracy=accuracy, logits=logits)
 
     __call__ = evaluate

@@ -355,9 +355,12 @@ def test_profile_measures_every_piece(profiled: tuple[Path, Profile]) -> None:
     assert set(profile.batches) == {"1", "4"}
     pieces = profile.batches["1"]
     # 4 layers: reuse windows of 1 and 2 layers (d = 0, 1); every agent also right after the previous one
-    assert set(pieces) == {"embed", "head", *(f"{p}_{j:02d}{d}" for p, d in (("layer", ""), ("layer", "@0"), ("layer", "@1"),
-                                                                            ("agent", ""), ("agent", "@0"))
-                                              for j in range(4))}
+    assert set(pieces) == {"embed", "head", "static",
+                           *(f"{p}_{j:02d}{d}" for p, d in (("layer", ""), ("layer", "@0"), ("layer", "@1"),
+                                                            ("agent", ""), ("agent", "@0"))
+                             for j in range(4))}
+    # the static model as the Runtime runs it (one monolithic call) is timed once in every pass, as the loop is
+    assert pieces["static"].samples == profile.overhead["1"].passes
     for timing in pieces.values():
         assert timing.median_ms > 0 and timing.samples >= 5 and timing.energy_mj >= 0
     assert profile.energy_source in ("rapl", "estimate")

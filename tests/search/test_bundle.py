@@ -116,6 +116,9 @@ def test_search_front(front: ParetoFront, profiled: tuple[Path, Profile], images
     assert non_dominated(np.array([[0.1, 1.0], [0.2, 0.5], [0.2, 1.0], [0.05, 2.0]])).tolist() == [0, 1, 3]
     assert [p.latency_ms for p in pts] == sorted(p.cost("latency_ms") for p in pts)
     assert front.static.executed_layers == DEPTH and front.static.exit_rate == 0
+    # the static point is the static model as the Runtime runs it: the monolithic model, timed as one call
+    assert Runtime(bundle, policy="static").static_in_one_call
+    assert front.static.latency_ms == pytest.approx(profile.batches["1"]["static"].mean_ms)
     assert 0 < front.hypervolume and front.meta["evaluations"] >= 10 and front.meta["images"] == len(images[1])
     assert front.searched.kind == "bundle" and front.searched.fingerprint == Bundle.open(bundle).manifest.fingerprint
     # each point is what the Runtime does and what the cost model predicts for that run
@@ -125,7 +128,8 @@ def test_search_front(front: ParetoFront, profiled: tuple[Path, Profile], images
         rt = Runtime(bundle, policy=p.policy, whole_static=False)
         out = rt(images[0])
         assert p.accuracy == float(np.mean(out.labels == images[1]))
-        usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), rt.plan.steps, exits, list(rt.plan.exits))
+        usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), rt.plan.steps, exits, list(rt.plan.exits),
+                         static=rt.plan.static)
         assert p.latency_ms == pytest.approx(model.predict(usage).latency_ms, rel=1e-9)
         assert p.executed_layers == pytest.approx(float(np.asarray(out.executed).sum(1).mean()))
     loaded = load_front(pareto_path(bundle, "cpu"), fingerprint=Bundle.open(bundle).manifest.fingerprint, device="cpu")
@@ -273,3 +277,25 @@ def test_select_refuses_a_degenerate_choice(front: ParetoFront, profiled: tuple[
     with pytest.raises(Degenerate):
         rt.select(budget_ms=budget, pareto=path)
     assert rt.select(budget_ms=budget, pareto=path, allow_degenerate=True).point == bad
+
+
+def test_select_never_picks_a_point_the_static_model_beats(front: ParetoFront, profiled: tuple[Path, Profile],
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A point slower and less accurate than the static model is never chosen; a budget the static model fits
+    gets the static model unless a point is more accurate on the search images."""
+    bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
+    s = front.static
+    worse = dataclasses.replace(front.points[-1], accuracy=s.accuracy - 0.05, latency_ms=s.cost("latency_ms") * 1.2)
+    cheap = dataclasses.replace(front.points[0], accuracy=s.accuracy - 0.10, latency_ms=s.cost("latency_ms") * 0.5)
+    made = dataclasses.replace(front, points=(cheap, worse))
+    chosen = choose(made, budget_ms=s.cost("latency_ms") * 2)
+    assert chosen.static and chosen.point == s and chosen.describe().startswith("the static model")
+    assert choose(made, budget_ms=s.cost("latency_ms") * 0.6).point == cheap  # below static: the dynamic point
+    better = dataclasses.replace(worse, accuracy=s.accuracy + 0.01, latency_ms=s.cost("latency_ms") * 0.9)
+    assert choose(dataclasses.replace(made, points=(cheap, better)), budget_ms=s.cost("latency_ms") * 2).point == better
+    path = tmp_path / "front.json"
+    made.save(path)
+    assert main(["select", str(bundle), "--pareto", str(path), "--budget-ms", repr(s.cost("latency_ms") * 2)]) == 0
+    assert "the static model (every layer, no decision)" in capsys.readouterr().out
+    rt = Runtime(bundle)  # the recorded choice runs as the static model does: one monolithic call
+    assert rt.policy.name == "default" and rt.plan.static and rt.static_in_one_call
