@@ -213,7 +213,9 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     dev = device if isinstance(device, Device) else get_device(device)
     say = progress or (lambda _m: None)
     rss_before = _peak_rss_mb()
-    rt = Runtime(bundle_dir, backend=backend or dev.backend, policy="static", whole_static=False, **backend_options)
+    # the stage loop unfused: each piece and the runtime's cost per backend call are measured one call at a time
+    rt = Runtime(bundle_dir, backend=backend or dev.backend, policy="static", whole_static=False, fuse=False,
+                 **backend_options)
     m = rt.manifest
     static_rt: Runtime | None = Runtime(rt.bundle, backend=type(rt.backend), policy="static", **backend_options)
     if static_rt is not None and not static_rt.static_in_one_call:  # no monolithic model here: static is the loop
@@ -233,7 +235,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         x: npt.NDArray[np.float32] = prepare(images, spec)
         say(f"batch {b}: every piece in context")
         calls = _pass_calls(be, rt, x, layers, exits, agent_runs, exit_top)
-        half_rt = Runtime(rt.bundle, backend=type(be), whole_static=False, policy=Policy.config(
+        half_rt = Runtime(rt.bundle, backend=type(be), whole_static=False, fuse=False, policy=Policy.config(
             [0.0 if j in layers[::2] else None for j in range(m.config.depth)]), **backend_options)
         windows = _window_calls(calls, layers)
         extra = [("runtime_all", functools.partial(rt, x)), ("runtime_half", functools.partial(half_rt, x)), *windows]

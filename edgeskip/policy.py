@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from edgeskip.manifest import Manifest
 from edgeskip.errors import ConfigError
-from edgeskip.rule import agent_cut
+from edgeskip.rule import agent_cut, decision_free_segments
 
 __all__ = ["POLICIES", "Plan", "Policy", "SkipConfig", "resolve"]
 
@@ -119,6 +119,12 @@ class Plan:
         """The steps with each agent threshold as a cut on the logit: ``p >= t`` iff ``z >= log(t / (1 - t))``
         (``inf`` for t = 1, which the runtime decides on the float32 sigmoid as PyTorch does)."""
         return tuple((j, agent_cut(t)) for j, t in self.steps)
+
+    @functools.cached_property
+    def segments(self) -> tuple[tuple[int, ...], ...]:
+        """Runs of consecutive layers that take no decision (:func:`~edgeskip.rule.decision_free_segments`):
+        what a backend may run as one fused call."""
+        return decision_free_segments(self.steps, self.exits)
 
     @functools.cached_property
     def static_row(self) -> npt.NDArray[np.bool_]:

@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Network", "Route", "agent_cut", "agent_runs", "exit_enabled", "exit_leaves", "exit_logits", "exit_top",
-           "first_exit", "route"]
+__all__ = ["Network", "Route", "agent_cut", "agent_runs", "decision_free_segments", "exit_enabled", "exit_leaves",
+           "exit_logits", "exit_top", "first_exit", "route"]
 
 
 def agent_cut(threshold: float | None) -> float | None:
@@ -41,6 +41,25 @@ def agent_cut(threshold: float | None) -> float | None:
     if threshold >= 1.0:
         return math.inf
     return math.log(threshold) - math.log1p(-threshold)
+
+
+def decision_free_segments(steps: Any, exits: Any) -> tuple[tuple[int, ...], ...]:
+    """The runs of two or more consecutive steps that take no decision: every layer runs without asking its
+    agent (cut or threshold None) and no enabled exit comes before the run's last layer. Whoever reaches the
+    first layer of such a run goes through all of it, so a backend may run it as one call (a fused segment).
+    ``steps`` are (layer, cut) pairs in order, ``exits`` the layers with an enabled exit."""
+    out: list[tuple[int, ...]] = []
+    run: list[int] = []
+    for j, cut in steps:
+        if cut is None:
+            run.append(j)
+        if cut is not None or j in exits:  # a decision before j, or an exit check after it, ends the run
+            if len(run) >= 2:
+                out.append(tuple(run))
+            run = []
+    if len(run) >= 2:
+        out.append(tuple(run))
+    return tuple(out)
 
 
 def agent_runs(z: npt.NDArray[np.float32], cut: float) -> npt.NDArray[np.bool_]:

@@ -49,6 +49,11 @@ class Backend(abc.ABC):
     def info(self) -> dict[str, Any]:
         """What actually runs (provider, precision, threads, versions): recorded with every figure."""
 
+    def fuse(self, stages: Sequence[str]) -> str | None:
+        """A name :meth:`run` accepts for ``stages`` run in order as one call (a decision-free segment), made
+        and cached on first use; None when this backend cannot fuse (the Runtime then runs them one by one)."""
+        return None
+
     def static_runner(self) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None:
         """A one-call runner of the whole static model (images -> logits, every bundle layer), when this
         backend has one; the Runtime uses it for a policy without decisions. None: loop over stages."""

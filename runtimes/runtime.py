@@ -94,6 +94,10 @@ class Runtime:
     backend call where the backend has one (onnxruntime: ``onnx/model.onnx``; measured 2-5% over a bare
     session at batch 1 against the per-stage loop's 1-16%, and about 15% less than the loop at batch 64
     in some runs; it loads a second copy of the weights the first time a static policy is used).
+    ``fuse``: run each decision-free segment of a plan (two or more consecutive layers that always run, no
+    exit checked before the last; :attr:`edgeskip.policy.Plan.segments`) as one backend call where the backend
+    can (onnxruntime: one session per segment, made when the policy is set and cached; it holds its own copy of
+    the segment's weights); ``rt.fused`` lists them. Same decisions, same logits up to float rounding.
     ``trusted_keys``: ed25519 public keys (paths, PEM, or ``ed25519:...`` text; see :mod:`edgeskip.signing`): the
     bundle must then be signed by one of them (``edgeskip sign``), checked over the manifest's exact bytes before
     anything in it is parsed; an unsigned bundle or another signer is a :class:`~edgeskip.signing.SignatureError`.
@@ -102,7 +106,7 @@ class Runtime:
 
     def __init__(self, bundle: str | Path | Bundle, backend: str | type[Backend] = "onnxruntime",
                  policy: str | Policy | SkipConfig = "auto", *, graph: str = "stages", verify: bool = True,
-                 whole_static: bool = True, trusted_keys: Iterable[KeyLike] | None = None,
+                 whole_static: bool = True, fuse: bool = True, trusted_keys: Iterable[KeyLike] | None = None,
                  **backend_options: Any) -> None:
         if isinstance(bundle, Bundle):
             if trusted_keys is not None:
@@ -124,6 +128,7 @@ class Runtime:
         self._gate = None
         self._backend: Backend | None = None
         self._whole_static = whole_static
+        self._fuse = fuse
         self._static_runner: Any = None
         if graph == "gate":
             if backend not in ("onnxruntime",):
@@ -140,6 +145,7 @@ class Runtime:
             self._backend = cls(self.bundle, stages, **backend_options)
             self.backend_info = {**self._backend.info(), "graph": "stages"}
             self._prepare_static(self._plan)
+        self._routing = (self._plan, self._fusions(self._plan))
         self._telemetry = Telemetry(self.depth)
         self._closed = False
 
@@ -225,6 +231,7 @@ class Runtime:
         if self._gate is not None:
             self._configure_gate(plan)
         self._prepare_static(plan)
+        self._routing = (plan, self._fusions(plan))  # one assignment: a call reads the plan and its fusions together
         self._plan = plan
 
     def select(self, *, budget_ms: float | None = None, budget_mj: float | None = None, device: str = "cpu",
@@ -239,6 +246,25 @@ class Runtime:
         check_degenerate(chosen, self.num_classes, allow=allow_degenerate)
         self.set_policy(chosen.policy)
         return chosen
+
+    def _fusions(self, plan: Plan) -> dict[int, tuple[str, frozenset[int]]]:
+        """First layer -> (the backend's fused stage, the later layers it covers) for each decision-free segment
+        of ``plan`` the backend can fuse (``fuse=True``; a static plan on the monolithic model needs none)."""
+        backend = self._backend
+        if not self._fuse or backend is None or (plan.static and self._static_runner is not None):
+            return {}
+        out = {}
+        for segment in plan.segments:
+            name = backend.fuse([self._layer_names[j] for j in segment])
+            if name is not None:
+                out[segment[0]] = (name, frozenset(segment[1:]))
+        return out
+
+    @property
+    def fused(self) -> tuple[tuple[int, ...], ...]:
+        """The layer segments the current plan runs as one backend call each (fused), in order."""
+        fused = self._routing[1]
+        return tuple((first, *sorted(rest)) for first, (_, rest) in sorted(fused.items()))
 
     def _prepare_static(self, plan: Plan) -> None:
         if plan.static and self._whole_static and self._static_runner is None and self._backend is not None:
@@ -256,25 +282,25 @@ class Runtime:
             raise EdgeskipError("this Runtime is closed")
         start = time.perf_counter()
         x = prepare(images, self.input_spec)
-        plan = self._plan  # one read: a concurrent set_policy does not change this call midway
+        plan, fused = self._routing  # one read: a concurrent set_policy does not change this call midway
         if self._gate is not None:
             logits, executed, exit_layer = self._run_gate(x)
         else:
-            logits, executed, exit_layer = self._run_stages(x, plan)
+            logits, executed, exit_layer = self._run_stages(x, plan, fused)
         executed.flags.writeable = False  # read-only: the telemetry keeps them until it counts them
         exit_layer.flags.writeable = False  # (a no-op on the shared, already read-only arrays)
         latency_ms = (time.perf_counter() - start) * 1e3
         self._telemetry.record(executed, exit_layer, latency_ms)
         return RuntimeOutput(logits, logits.argmax(axis=1), executed, exit_layer, latency_ms, self.classes)
 
-    def _run_stages(self, x: npt.NDArray[np.float32], plan: Plan) -> tuple[
+    def _run_stages(self, x: npt.NDArray[np.float32], plan: Plan, fused: dict[int, tuple[str, frozenset[int]]]) -> tuple[
             npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
         backend = self._backend
         assert backend is not None
         b = x.shape[0]
         if plan.static and self._static_runner is not None:  # made only when whole_static
             return self._static_runner(x), np.broadcast_to(plan.static_row, (b, self.depth)), _no_exits(b)
-        net = _Stages(backend, backend.run("embed", x), self._layer_names, self._agents, self._e2cm)
+        net = _Stages(backend, backend.run("embed", x), self._layer_names, self._agents, self._e2cm, fused)
         path = route(plan.cuts, plan.exits, b, self.depth, net)
         logits = path.logits(lambda: backend.run("head", net.tokens), self.num_classes)
         return logits, path.executed, path.exit_layer if path.left else _no_exits(b)
@@ -347,19 +373,29 @@ class _Stages:
     """The bundle's stages as :func:`~edgeskip.rule.route` drives them: the tokens of the inputs still in,
     gathered for the rows a layer runs on and scattered back."""
 
-    __slots__ = ("backend", "tokens", "names", "agents", "e2cm", "distances")
+    __slots__ = ("backend", "tokens", "names", "agents", "e2cm", "distances", "fused", "covered")
 
     def __init__(self, backend: Backend, tokens: npt.NDArray[np.float32], names: list[str],
-                 agents: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None, e2cm: E2CM | None) -> None:
+                 agents: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None, e2cm: E2CM | None,
+                 fused: dict[int, tuple[str, frozenset[int]]]) -> None:
         self.backend, self.tokens, self.names, self.agents, self.e2cm = backend, tokens, names, agents, e2cm
         self.distances: npt.NDArray[np.float64] | None = None
+        self.fused = fused
+        self.covered: frozenset[int] = frozenset()  # layers the last fused segment already ran
 
     def agent_logits(self, layer: int) -> npt.NDArray[np.float32]:
         assert self.agents is not None
         return self.tokens[:, 0] @ self.agents[0][layer] + self.agents[1][layer]  # type: ignore[no-any-return]
 
     def run(self, layer: int, rows: npt.NDArray[np.intp] | None) -> None:
-        if rows is None:
+        if rows is None:  # every input still in (a decision-free layer always is): maybe a fused segment
+            if layer in self.covered:
+                return  # the segment that began before it ran it
+            segment = self.fused.get(layer)
+            if segment is not None:
+                self.tokens = self.backend.run(segment[0], self.tokens)
+                self.covered = segment[1]
+                return
             self.tokens = self.backend.run(self.names[layer], self.tokens)
             return
         if not self.tokens.flags.writeable:

@@ -25,8 +25,11 @@ or after a skip (``agent_NN@0``: no layer has just flushed the caches), ``checke
 checked at exit i, ``reach_head`` the share that reaches the head. The last two terms
 are the runtime's own cost around the stages, measured by the profiler in context
 (``per_call``: each backend call; ``fixed``: each runtime call), because a stage timed alone
-in a tight loop runs with warm caches and leaves that cost out. Energy uses the same sum with
-each entry's energy per call. Entries are keyed by :class:`CostKey`, written once and used by
+in a tight loop runs with warm caches and leaves that cost out. ``calls`` counts backend calls: a
+decision-free segment (:func:`edgeskip.rule.decision_free_segments`) is one call where the profiled
+backend fuses (``"fuses"`` in its info), so it saves ``len - 1`` calls for each input that reaches it.
+A static plan is predicted from the profile's ``static`` piece instead: the monolithic model, timed
+as one whole Runtime call. Energy uses the same sum with each entry's energy per call. Entries are keyed by :class:`CostKey`, written once and used by
 the search and by ``select``.
 """
 
@@ -42,6 +45,7 @@ import numpy.typing as npt
 from edgeskip.e2cm.costs import MacCosts
 from edgeskip.errors import ConfigError
 from edgeskip.profile import STATIC, Profile
+from edgeskip.rule import decision_free_segments
 
 __all__ = ["Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
 
@@ -81,6 +85,11 @@ class Usage:
     reuse: tuple[tuple[float, ...], ...] = ()  # per layer, per reuse distance d: share of inputs (sums to layers[j])
     asked_after_skip: tuple[float, ...] = ()  # per layer: share of ``asked`` with no layer run since the last ask
     static: bool = False  # the plan takes no decision: the Runtime runs the monolithic model in one call
+    fused_calls: float = 0.0  # backend calls per input saved by fused decision-free segments (where a backend fuses)
+
+    def backend_calls(self, fuses: bool) -> float:
+        """Backend calls per input: embed, the layers that ran, the head; less what fusing saves when ``fuses``."""
+        return self.calls - (self.fused_calls if fuses else 0.0)
 
     @property
     def calls(self) -> float:
@@ -110,8 +119,11 @@ def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64],
                 after_skip[j] = float(np.mean(present[:, j] & ~executed[:, steps[k - 1][0]]))
     enabled = set(checked_exits)
     checked = [float(executed[:, layer].mean()) if layer in enabled else 0.0 for layer in exits]
-    return Usage(tuple(float(v) for v in executed.mean(axis=0)), tuple(asked), tuple(checked),
-                 float(np.mean(~left)), reuse_shares(executed), tuple(after_skip), static)
+    rates = executed.mean(axis=0)
+    # whoever reaches a decision-free segment runs all of it: one call instead of len(segment)
+    fused = sum((len(seg) - 1) * float(rates[seg[0]]) for seg in decision_free_segments(steps, enabled))
+    return Usage(tuple(float(v) for v in rates), tuple(asked), tuple(checked),
+                 float(np.mean(~left)), reuse_shares(executed), tuple(after_skip), static, fused)
 
 
 def reuse_shares(executed: npt.NDArray[np.bool_]) -> tuple[tuple[float, ...], ...]:
@@ -144,12 +156,13 @@ class ProfileCosts:
     """Latency and energy entries of one bundle on one device, from ``edgeskip profile``."""
 
     def __init__(self, entries: Mapping[CostKey, tuple[float, float]], overhead: Mapping[int, tuple[float, float]],
-                 depth: int, device: str, energy_source: str) -> None:
+                 depth: int, device: str, energy_source: str, fuses: bool = False) -> None:
         self.entries = dict(entries)
         self.overhead = dict(overhead)  # batch -> (ms per backend call, ms per runtime call)
         self.depth = depth
         self.device = device
         self.energy_source = energy_source
+        self.fuses = fuses  # the profiled backend runs decision-free segments as one call
 
     @classmethod
     def from_profile(cls, profile: Profile, depth: int) -> ProfileCosts:
@@ -157,7 +170,8 @@ class ProfileCosts:
         entries = {CostKey.parse(name, int(b)): (t.mean_ms, t.energy_mj)
                    for b, pieces in profile.batches.items() for name, t in pieces.items()}
         overhead = {int(b): (o.per_call_ms, o.fixed_ms) for b, o in profile.overhead.items()}
-        return cls(entries, overhead, depth, profile.device, profile.energy_source)
+        return cls(entries, overhead, depth, profile.device, profile.energy_source,
+                   fuses=profile.backend.get("fuses") is True)
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -210,7 +224,7 @@ class ProfileCosts:
         latency = sum(ms * w for (ms, _), w in terms)
         energy = sum(mj * w for (_, mj), w in terms)
         per_call, fixed = self.overhead.get(batch, (0.0, 0.0))
-        return Prediction(latency + usage.calls * per_call + fixed, energy)
+        return Prediction(latency + usage.backend_calls(self.fuses) * per_call + fixed, energy)
 
 
 class Cost(Protocol):

@@ -552,3 +552,33 @@ def test_an_application_s_own_sessions_work_beside_the_runtime(tiny_bundle: Path
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["plain"] == "refused" and result["pool"].startswith("global") and result["error"] < 1e-4
+
+
+def test_decision_free_segments() -> None:
+    from edgeskip.rule import decision_free_segments as segments
+
+    assert segments([(0, None), (1, None), (2, 0.5), (3, None), (4, None), (5, None)], {}) == ((0, 1), (3, 4, 5))
+    assert segments([(0, None), (1, None), (2, None), (3, None)], {1: (0, 0.5)}) == ((0, 1), (2, 3))  # exit after 1
+    assert segments([(0, None), (2, None), (3, 0.2)], {}) == ((0, 2),)  # a removed layer between: still one call
+    assert segments([(0, 0.5), (1, None)], {}) == () and segments([(0, None)], {}) == ()
+
+
+@pytest.mark.parametrize("policy", [
+    Policy("static"),
+    Policy.config([0.0, None, 0.0, 0.0, 0.0, 0.0]),  # a removed layer inside a segment
+    Policy.config([0.0, 0.0, 0.6, 0.0, 0.0, 0.6], [1.0, 0.5, 1.0, 1.0, 1.0]),  # agents between, an exit after layer 1
+    Policy.config([0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.4, 1.0, 1.0]),  # exits cut the segment
+])
+def test_fused_segments_decide_as_the_loop_does(digits_agents: dict[str, Path], digits_test_uint8: Any,
+                                                policy: Policy) -> None:
+    images = digits_test_uint8[:40]
+    fused = Runtime(digits_agents["bundle"], policy=policy, whole_static=False)
+    loop = Runtime(digits_agents["bundle"], policy=policy, whole_static=False, fuse=False)
+    assert fused.fused == fused.plan.segments and fused.fused and loop.fused == ()
+    a, b = fused(images), loop(images)
+    assert np.array_equal(a.executed, b.executed) and np.array_equal(a.exit_layer, b.exit_layer)
+    assert np.abs(a.logits - b.logits).max() < 1e-4
+    one = [fused(images[i]) for i in range(5)]  # one at a time: the same paths
+    assert all(np.array_equal(o.executed[0], a.executed[i]) for i, o in enumerate(one))
+    fused.set_policy("agent")  # switching plans drops the segments of the old one
+    assert fused.fused == fused.plan.segments

@@ -19,7 +19,8 @@ def _timing(ms: float) -> dict[str, Any]:
     return {"median_ms": ms, "mean_ms": ms, "p90_ms": ms, "std_ms": 0.0, "samples": 5, "energy_mj": 10 * ms}
 
 
-def _profile(overhead: tuple[float, float] = (0.01, 0.1), extra: dict[str, float] | None = None) -> Profile:
+def _profile(overhead: tuple[float, float] = (0.01, 0.1), extra: dict[str, float] | None = None,
+             backend: dict[str, object] | None = None) -> Profile:
     """A profile of a 3-layer bundle with one exit, with round figures (energy 10 mJ per ms)."""
     pieces = {"embed": 0.2, "head": 0.05, "layer_00": 1.0, "layer_01": 2.0, "layer_02": 3.0, "agent_00": 0.01,
               "agent_01": 0.02, "agent_02": 0.03, "exit_00": 0.5, **(extra or {})}
@@ -28,7 +29,7 @@ def _profile(overhead: tuple[float, float] = (0.01, 0.1), extra: dict[str, float
         "overhead": {"1": {"per_call_ms": overhead[0], "fixed_ms": overhead[1], "static_loop_ms": 7.0,
                            "sum_of_stages_ms": 6.5, "half_loop_ms": 4.0, "half_sum_of_stages_ms": 3.5, "passes": 20}},
         "bundle": {"model": "test", "fingerprint": "0" * 64, "target": "cpu", "removed": [], "exits": [0]},
-        "memory": {"peak_rss_mb": 1.0, "peak_rss_before_mb": 1.0}, "backend": {}, "host": {}, "settings": {},
+        "memory": {"peak_rss_mb": 1.0, "peak_rss_before_mb": 1.0}, "backend": backend or {}, "host": {}, "settings": {},
         "created_utc": "2026-12-01T00:00:00Z"})
 
 
@@ -95,3 +96,23 @@ def test_macs_cost_is_the_hand_sum() -> None:
 def test_profile_cost_needs_the_batch() -> None:
     with pytest.raises(ConfigError, match="--batch-sizes 8"):
         ProfileCost(ProfileCosts.from_profile(_profile(), depth=3), batch=8)
+
+
+def test_fused_segments_and_the_static_piece_in_the_model() -> None:
+    """A decision-free segment is one backend call where the profiled backend fuses; a static plan is the
+    profile's one-call 'static' piece."""
+    executed = np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 1, 0]], bool)
+    steps = [(0, None), (1, None), (2, 0.3)]  # layers 0 and 1 always run: one segment
+    u = usage_of(executed, np.full(4, -1), steps, exits=[0], checked_exits=[])
+    assert u.fused_calls == 1.0 and u.backend_calls(True) == u.calls - 1.0 and u.backend_calls(False) == u.calls
+    checked = usage_of(executed, np.full(4, -1), steps, exits=[0], checked_exits=[0])  # an exit after layer 0
+    assert checked.fused_calls == 0.0
+    plain = ProfileCosts.from_profile(_profile(), depth=3)
+    fusing = ProfileCosts.from_profile(_profile(backend={"backend": "onnxruntime", "fuses": True}), depth=3)
+    assert not plain.fuses and fusing.fuses
+    assert plain.predict(u).latency_ms - fusing.predict(u).latency_ms == pytest.approx(0.01 * 1.0)  # one call saved
+    static = usage_of(np.ones((4, 3), bool), np.full(4, -1), [(0, None), (1, None), (2, None)], exits=[0],
+                      checked_exits=[], static=True)
+    whole = ProfileCosts.from_profile(_profile(extra={"static": 4.5}), depth=3)
+    assert whole.predict(static).latency_ms == pytest.approx(4.5) and whole.predict(static).energy_mj == 45.0
+    assert plain.predict(static).latency_ms > 6.0  # a profile without the piece: the sum of the stages
