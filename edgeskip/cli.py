@@ -418,6 +418,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     bundle = bundle_from_args(args)
     check_data(args.data)
+    if args.front:
+        return _bench_front(args, bundle)
     cfg = BenchConfig(bundle=str(bundle), data=args.data, images=args.images, batch=args.batch,
                       batch_images=args.batch_images, rounds=args.rounds, workload_rounds=args.workload_rounds,
                       warmup=args.warmup, threads=args.threads, checkpoint=args.checkpoint, torch=not args.no_torch)
@@ -431,6 +433,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, report)
         print(f"\nJSON: {args.json}")
+    return 0
+
+
+def _bench_front(args: argparse.Namespace, path: Path) -> int:
+    """``edgeskip bench BUNDLE --front``: the front's configurations measured on held-out images."""
+    from edgeskip.bundle import Bundle
+    from edgeskip.devices.frontbench import FrontBenchConfig, format_front_table, plot_front_bench, run_front_bench
+    from edgeskip.front import front_of, pareto_path
+    from edgeskip.fsutil import atomic_write_json
+
+    bundle = Bundle.open(path)
+    front_of(bundle, args.device, args.pareto)  # a missing front says which command makes it, before any work
+    images, labels, source = _dataset_images(bundle, args.data, args.heldout_images, "test-second-half",
+                                             args.progress)
+    cfg = FrontBenchConfig(bundle=str(path), device=args.device, pareto=args.pareto, rounds=args.front_rounds,
+                           block=args.front_block, batch=args.batch, threads=args.threads)
+    report = run_front_bench(cfg, images, labels, source)
+    print(format_front_table(report))
+    try:
+        png = plot_front_bench(report, args.plot or pareto_path(bundle, args.device).with_name(
+            f"{args.device}-measured.png"))
+        print(f"plot: {png}")
+    except ModuleNotFoundError:  # matplotlib (the 'search' extra) is not on this device
+        log.warning("no plot: matplotlib is not installed (pip install 'edgeskip[search]')")
+    if args.json:
+        atomic_write_json(args.json, report)
+        print(f"JSON: {args.json}")
     return 0
 
 
@@ -464,7 +493,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     bundle = Bundle.open(bundle_from_args(args))
     profile = load_profile(args.profile or profile_path(bundle, args.device), fingerprint=bundle.manifest.fingerprint,
                            device=args.device)
-    images, labels, source = _calibration_images(bundle, args.data, args.images, args.split, args.progress)
+    images, labels, source = _dataset_images(bundle, args.data, args.images, args.split, args.progress)
     settings = _config_from_args(BundleSearchSettings, args)
     with progress_counter("NSGA-II", settings.generations, unit="gen", enabled=args.progress) as step:
         front, out, png = search_and_save(bundle.path, images, labels, profile, settings, calibration=source,
@@ -486,8 +515,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_images(bundle: Any, data: str | None, count: int, split: str, progress: bool) -> tuple[Any, Any, str]:
-    """``count`` images (evenly per class) of the bundle's dataset for the search."""
+def _dataset_images(bundle: Any, data: str | None, count: int, split: str, progress: bool) -> tuple[Any, Any, str]:
+    """``count`` images (evenly per class) of the bundle's dataset: the search's calibration images (``train``, or
+    ``test-half``: the first half of each test class), or the held-out ones (``test-second-half``)."""
     from edgeskip.data import load_dataset
     from edgeskip.errors import DataError
 
@@ -496,7 +526,8 @@ def _calibration_images(bundle: Any, data: str | None, count: int, split: str, p
         raise DataError(f"the search measures accuracy on calibration images: pass --data with a {name} copy")
     check_data(data)
     splits = load_dataset(name, data, progress=progress)
-    pool = splits.train if split == "train" else splits.test.halves()[0]  # test-half: the rest stays unseen
+    halves = splits.test.halves()  # test-half calibrates; the second half stays unseen by any search
+    pool = {"train": splits.train, "test-half": halves[0], "test-second-half": halves[1]}[split]
     chosen = pool.take(count)
     if len(chosen) == 0:
         raise DataError(f"no calibration images in the {split} split of {name}")
@@ -732,6 +763,22 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--checkpoint", default=None, help="the checkpoint the bundle came from (PyTorch comparison)")
     bn.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
     bn.add_argument("--json", default=None, help="also write the report as JSON to this file ('-': JSON on stdout)")
+    front = bn.add_argument_group("the front on held-out images (--front)")
+    front.add_argument("--front", action="store_true",
+                       help="measure every configuration of the device's Pareto front against static instead: accuracy "
+                            "on held-out images (the second half of each test class), latency interleaved at batch 1 "
+                            "and --batch, the speed-up at <= 0.5 / 1 / 2 points of accuracy loss")
+    front.add_argument("--device", default="cpu", choices=DEVICES.names(), help="whose front (--front)")
+    front.add_argument("--pareto", default=None, help="front file (--front; default: BUNDLE/pareto/DEVICE.json)")
+    front.add_argument("--heldout-images", type=positive_int, default=2500,
+                       help="held-out images for the accuracies (--front; the second half of each test class)")
+    front.add_argument("--front-rounds", type=positive_int, default=20,
+                       help="interleaved rounds over every configuration at each batch size (--front)")
+    front.add_argument("--front-block", type=positive_int, default=8,
+                       help="held-out images each configuration runs one at a time per round at batch 1 (--front)")
+    front.add_argument("--plot", default=None,
+                       help="PNG of held-out accuracy against measured latency (--front; default: "
+                            "BUNDLE/pareto/DEVICE-measured.png)")
     return parser
 
 

@@ -299,3 +299,32 @@ def test_select_never_picks_a_point_the_static_model_beats(front: ParetoFront, p
     assert "the static model (every layer, no decision)" in capsys.readouterr().out
     rt = Runtime(bundle)  # the recorded choice runs as the static model does: one monolithic call
     assert rt.policy.name == "default" and rt.plan.static and rt.static_in_one_call
+
+
+def test_bench_front_measures_every_point_on_held_out_images(front: ParetoFront, profiled: tuple[Path, Profile],
+                                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``edgeskip bench --front``: every point and static on the second half of each test class (never a search
+    image), held-out accuracy as the Runtime gets it, latency ratios to static, the headline within its loss."""
+    bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
+    out = tmp_path / "front-bench.json"
+    assert main(["-q", "bench", str(bundle), "--front", "--front-rounds", "4", "--front-block", "2", "--batch", "8",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out images" in printed and "speed-up over static" in printed
+    report = json.loads(out.read_text())
+    heldout = load_digits().test.halves()[1]
+    assert report["heldout"]["images"] == len(heldout) and "test-second-half" in report["heldout"]["source"]
+    assert set(report["points"]) == {"static", *(f"#{i}" for i in range(len(front.points)))}
+    for i in (0, len(front.points) - 1):
+        p = front.points[i]
+        got = Runtime(bundle, policy=p.policy)(heldout.images)
+        row = report["points"][f"#{i}"]
+        assert row["accuracy"] == pytest.approx(float(np.mean(got.labels == heldout.labels)))
+        assert row["calibration_accuracy"] == p.accuracy and row["b1_ratio"] > 0 and row["b8_ratio"] > 0
+    static = report["points"]["static"]
+    assert static["b1_ratio"] == 1.0 and static["loss_points"] == 0.0 and static["layers_per_image"] == DEPTH
+    for b in ("1", "8"):
+        for loss, best in report["measured"][b]["headline"].items():
+            assert best is None or report["points"][best["point"]]["loss_points"] <= float(loss)
+    assert (bundle / "pareto" / "cpu-measured.png").stat().st_size > 5000
+    Bundle.open(bundle)  # the plot beside the front leaves the bundle valid
