@@ -217,13 +217,13 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     rt = Runtime(bundle_dir, backend=backend or dev.backend, policy="static", whole_static=False, fuse=False,
                  **backend_options)
     m = rt.manifest
-    static_rt: Runtime | None = Runtime(rt.bundle, backend=type(rt.backend), policy="static", **backend_options)
+    be = rt.backend
+    assert be is not None
+    static_rt: Runtime | None = Runtime(rt.bundle, backend=type(be), policy="static", **backend_options)
     if static_rt is not None and not static_rt.static_in_one_call:  # no monolithic model here: static is the loop
         static_rt = None
     meter, unavailable = select_meter(dev.energy, root=energy_root, rails=dev.rails,
                                       watts_per_core=dev.watts_per_core, basis=dev.power_basis)
-    be = rt.backend
-    assert be is not None
     rng = np.random.default_rng(settings.seed)
     spec = rt.input_spec
     layers = [j for j in range(m.config.depth) if j not in m.removed]
@@ -238,7 +238,8 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         half_rt = Runtime(rt.bundle, backend=type(be), whole_static=False, fuse=False, policy=Policy.config(
             [0.0 if j in layers[::2] else None for j in range(m.config.depth)]), **backend_options)
         windows = _window_calls(calls, layers)
-        extra = [("runtime_all", functools.partial(rt, x)), ("runtime_half", functools.partial(half_rt, x)), *windows]
+        extra: list[tuple[str | None, Callable[[], Any]]] = [
+            ("runtime_all", functools.partial(rt, x)), ("runtime_half", functools.partial(half_rt, x)), *windows]
         if static_rt is not None:  # the static policy as the Runtime runs it: the monolithic model in one call
             extra.append((STATIC, functools.partial(static_rt, x)))
         samples = _in_context(calls, settings, extra)
