@@ -52,6 +52,7 @@ def main() -> int:
     if m.agents is None:
         sys.exit("the bundle's model has no agents: nothing to configure")
     model = ProfileCosts.from_profile(profile, m.config.depth)
+    reused = ProfileCosts.from_profile(profile, m.config.depth, reuse=True)  # the variant priced by reuse distance
     if args.data:
         from edgeskip.data import load_dataset
 
@@ -91,23 +92,28 @@ def main() -> int:
     results = []
     exits = list(m.e2cm.exits) if m.e2cm else []
     static_times = np.array(times["static"])
-    predicted_static = None
+    predicted_static = predicted_static_reuse = None
     for name, runtime in runtimes.items():
         out = runtime(x)  # the usage of this configuration on these images (decisions are per input)
         plan = runtime.plan
         usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.steps, exits, list(plan.exits),
                          static=plan.static)
         predicted = model.predict(usage, 1).latency_ms
+        predicted_reuse = reused.predict(usage, 1).latency_ms
         if name == "static":
-            predicted_static = predicted
+            predicted_static, predicted_static_reuse = predicted, predicted_reuse
         measured = float(np.mean(times[name]))  # the model predicts a mean over inputs
         ratio = measured / float(np.mean(static_times))
         results.append({"config": name, "executed_fraction": float(np.mean(out.executed)), "measured_ms": measured,
-                        "predicted_ms": predicted, "error": predicted / measured - 1.0, "measured_ratio": ratio})
+                        "predicted_ms": predicted, "error": predicted / measured - 1.0, "measured_ratio": ratio,
+                        "predicted_ms_reuse": predicted_reuse})
     assert predicted_static is not None
     for r in results:
         r["predicted_ratio"] = r["predicted_ms"] / predicted_static
         r["ratio_error"] = r["predicted_ratio"] / r["measured_ratio"] - 1.0
+        assert predicted_static_reuse is not None
+        r["ratio_error_reuse"] = r["predicted_ms_reuse"] / predicted_static_reuse / r["measured_ratio"] - 1.0
+    reuse_errors = np.array([r["ratio_error_reuse"] for r in results if r["config"] != "static"])
     errors = np.array([r["error"] for r in results])
     ratio_errors = np.array([r["ratio_error"] for r in results if r["config"] != "static"])
     summary = {"configs": len(results), "images": len(rows), "rounds": args.rounds,
@@ -117,6 +123,8 @@ def main() -> int:
                "ratio_within_5pct": float(np.mean(np.abs(ratio_errors) <= 0.05)),
                "ratio_median_abs_error": float(np.median(np.abs(ratio_errors))),
                "ratio_p90_abs_error": float(np.percentile(np.abs(ratio_errors), 90)),
+               "reuse_ratio_within_5pct": float(np.mean(np.abs(reuse_errors) <= 0.05)),
+               "reuse_ratio_median_abs_error": float(np.median(np.abs(reuse_errors))),
                "overhead": {b: o.to_dict() for b, o in profile.overhead.items()}, "energy": profile.energy_source}
     print(f"{'configuration':<22} {'layers':>7} {'measured':>10} {'predicted':>10} {'error':>8}  "
           f"{'vs static: measured':>19} {'predicted':>9} {'error':>8}")
@@ -130,6 +138,9 @@ def main() -> int:
           f"max {100 * summary['max_abs_error']:.2f}%, mean error {100 * summary['mean_error']:+.2f}%; relative to static in "
           f"the same round: {100 * summary['ratio_within_5pct']:.0f}% within +/-5%, median |error| "
           f"{100 * summary['ratio_median_abs_error']:.2f}%, p90 {100 * summary['ratio_p90_abs_error']:.2f}%")
+    print(f"the same model pricing layers by reuse distance (reuse=True), relative to static: "
+          f"{100 * summary['reuse_ratio_within_5pct']:.0f}% within +/-5%, median |error| "
+          f"{100 * summary['reuse_ratio_median_abs_error']:.2f}%")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "results": results}, indent=2))
     if args.plot:

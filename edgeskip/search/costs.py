@@ -19,7 +19,9 @@ For a configuration and a set of images (what matters is how often each piece ru
 previous run (inputs one at a time, in order; a first run counts as every other layer), and
 ``layer_j(d)`` its time at that reuse distance, interpolated between the profile's ``layer_NN@d``
 entries and ``layer_NN`` (a static pass: every other layer in between): with few distinct layers
-in use their weights stay in the caches. ``asked_*_j`` is the share whose agent j is asked (every
+in use their weights stay in the caches. Those reuse terms are used only with ``reuse=True``: measured
+end to end they made dynamic configurations look 10-16% faster than they ran, so by default every
+layer run costs its static-pass time (:meth:`ProfileCosts.from_profile`). ``asked_*_j`` is the share whose agent j is asked (every
 input still in the network at a layer with an agent threshold above 0) right after a layer ran,
 or after a skip (``agent_NN@0``: no layer has just flushed the caches), ``checked_i`` the share
 checked at exit i, ``reach_head`` the share that reaches the head. The last two terms
@@ -156,22 +158,30 @@ class ProfileCosts:
     """Latency and energy entries of one bundle on one device, from ``edgeskip profile``."""
 
     def __init__(self, entries: Mapping[CostKey, tuple[float, float]], overhead: Mapping[int, tuple[float, float]],
-                 depth: int, device: str, energy_source: str, fuses: bool = False) -> None:
+                 depth: int, device: str, energy_source: str, fuses: bool = False, reuse: bool = False) -> None:
         self.entries = dict(entries)
         self.overhead = dict(overhead)  # batch -> (ms per backend call, ms per runtime call)
         self.depth = depth
         self.device = device
         self.energy_source = energy_source
         self.fuses = fuses  # the profiled backend runs decision-free segments as one call
+        self.reuse = reuse  # price layers by reuse distance (the profile's layer_NN@d entries); see from_profile
 
     @classmethod
-    def from_profile(cls, profile: Profile, depth: int) -> ProfileCosts:
-        """The entries of ``edgeskip profile``: trimmed means (expected times add up, medians do not)."""
+    def from_profile(cls, profile: Profile, depth: int, *, reuse: bool = False) -> ProfileCosts:
+        """The entries of ``edgeskip profile``: trimmed means (expected times add up, medians do not).
+
+        ``reuse``: price each layer run by its reuse distance (``layer_NN@d``, timed in a tight cycle of
+        ``d + 1`` layers). Off by default, by measurement on the zoo's vit9 here, both variants against the
+        same interleaved run, as ratios to static: 15 configurations, the reuse terms made every dynamic one
+        10-16% too fast (median |error| 12.8%, none within 5%) where static-pass times gave 1.6% (11 of 15
+        within 5%); ``python benchmarks/predictor_bench.py`` (24 configurations), 6.3% (30% within 5%)
+        against 3.8% (65%)."""
         entries = {CostKey.parse(name, int(b)): (t.mean_ms, t.energy_mj)
                    for b, pieces in profile.batches.items() for name, t in pieces.items()}
         overhead = {int(b): (o.per_call_ms, o.fixed_ms) for b, o in profile.overhead.items()}
         return cls(entries, overhead, depth, profile.device, profile.energy_source,
-                   fuses=profile.backend.get("fuses") is True)
+                   fuses=profile.backend.get("fuses") is True, reuse=reuse)
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -191,7 +201,7 @@ class ProfileCosts:
         static = self._entry("layer", j, batch)
         measured = sorted((k.distance, v) for k, v in self.entries.items()
                           if k.piece == "layer" and k.index == j and k.batch == batch and k.distance is not None)
-        if reuse is None or not measured:
+        if not self.reuse or reuse is None or not measured:
             return [(static, rate)]
         ds = [float(d) for d, _ in measured] + [float(self.depth - 1)]
         ms = [v[0] for _, v in measured] + [static[0]]

@@ -68,7 +68,7 @@ def test_reuse_distances_and_warm_agents_in_the_model() -> None:
     assert reuse_shares(np.ones((4, 3), bool)) == ((0.0, 0.0, 1.0),) * 3  # static: every other layer between
     u = usage_of(executed, np.full(5, -1), steps=[(0, 0.1), (1, 0.2), (2, 0.3)], exits=[], checked_exits=[])
     assert u.asked_after_skip == (0.0, 0.4, 0.8)  # asked where the previous layer (0, then 1) did not run
-    model = ProfileCosts.from_profile(_profile(extra={"layer_01@0": 1.0, "agent_01@0": 0.005}), depth=3)
+    model = ProfileCosts.from_profile(_profile(extra={"layer_01@0": 1.0, "agent_01@0": 0.005}), depth=3, reuse=True)
     assert model.entries[CostKey("layer", 1, 1, 0)] == (1.0, 10.0)
     static = Usage(layers=(1.0, 0.5, 0.25), asked=(0.0, 1.0, 0.0), checked=(0.0,), reach_head=1.0)
     reused = dataclasses.replace(static, reuse=((0.0, 0.0, 1.0), (0.25, 0.25, 0.0), (0.0, 0.0, 0.25)),
@@ -78,6 +78,9 @@ def test_reuse_distances_and_warm_agents_in_the_model() -> None:
     saved = 0.5 * 2.0 - (0.25 * 1.0 + 0.25 * 1.5) + 0.5 * (0.02 - 0.005)
     assert model.predict(reused).latency_ms == pytest.approx(model.predict(static).latency_ms - saved)
     assert model.predict(reused).energy_mj == pytest.approx(model.predict(static).energy_mj - 10 * saved)
+    # by default (reuse=False, set by measurement) every layer run is priced at its static-pass time
+    plain = ProfileCosts.from_profile(_profile(extra={"layer_01@0": 1.0, "agent_01@0": 0.005}), depth=3)
+    assert plain.predict(reused).latency_ms == pytest.approx(plain.predict(static).latency_ms - 0.5 * (0.02 - 0.005))
     with pytest.raises(ConfigError, match="unknown profile entry"):
         CostKey.parse("exit_01@0", 1)
 
