@@ -71,12 +71,15 @@ class BenchConfig:
 
 
 def interleaved(variants: Mapping[str, Callable[[], Any]], rounds: int, warmup: int,
-                settle_s: float = 0.0) -> dict[str, npt.NDArray[np.float64]]:
+                settle_s: float = 0.0, prime: Mapping[str, Callable[[], Any]] | None = None) -> dict[
+                    str, npt.NDArray[np.float64]]:
     """Seconds per call of each variant over ``rounds`` rounds, the order rotating every round.
 
     ``settle_s``: a pause before each timed call, for variants from different frameworks whose
     idle worker threads keep spinning for a while after a call (PyTorch's OpenMP pool does) and
-    would otherwise steal the cores from the next variant.
+    would otherwise steal the cores from the next variant. ``prime``: an untimed call right before a
+    variant's timed one (its weights back in the caches after the other variants evicted them, as in an
+    application that runs one configuration call after call).
     """
     names = list(variants)
     for _ in range(warmup):
@@ -88,6 +91,8 @@ def interleaved(variants: Mapping[str, Callable[[], Any]], rounds: int, warmup: 
             name = names[(r + k) % len(names)]
             if settle_s:
                 time.sleep(settle_s)
+            if prime is not None:
+                prime[name]()
             start = time.perf_counter()
             variants[name]()
             times[name][r] = time.perf_counter() - start
