@@ -735,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where they come from: the first half of each test class, or the training set")
     from edgeskip.search.settings import BundleSearchSettings
 
-    add_dataclass_options(se, BundleSearchSettings, skip=("exit_rates", "pool_mb"))
+    add_dataclass_options(se, BundleSearchSettings, skip=("exit_rates",))
     se.add_argument("--out", default=None, help="pareto.json path (default: BUNDLE/pareto/DEVICE.json; a PNG beside it)")
 
     sl = parsers["select"]
