@@ -99,6 +99,10 @@ def _in_range(x: npt.NDArray[Any]) -> bool:
 def _uint8_batch(images: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8]:
     c = spec.channels
     x = images
+    if c == 1 and x.ndim == 3 and x.shape[-1] in (3, 4) and min(x.shape[:2]) > 4:
+        # (H, W, 3) would otherwise pass as a batch of H images 3 pixels wide, resized without a word
+        raise InputError(f"a uint8 array of shape {images.shape} looks like a colour image, and this model takes one "
+                         "channel: convert it to grey first (PIL: image.convert('L'))")
     if c == 1 and x.ndim in (2, 3) and (x.ndim == 2 or x.shape[-1] != 1):
         x = x[..., None]  # (H, W) or (B, H, W): a one-channel image without its channel axis
     if x.ndim == 3:

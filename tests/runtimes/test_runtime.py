@@ -582,3 +582,12 @@ def test_fused_segments_decide_as_the_loop_does(digits_agents: dict[str, Path], 
     assert all(np.array_equal(o.executed[0], a.executed[i]) for i, o in enumerate(one))
     fused.set_policy("agent")  # switching plans drops the segments of the old one
     assert fused.fused == fused.plan.segments
+
+
+def test_a_colour_image_for_a_grey_model_is_refused(digits_agents: dict[str, Path], digits_test_uint8: Any) -> None:
+    """The digits model takes one channel: an (H, W, 3) image is not silently read as H images 3 pixels wide."""
+    rt = Runtime(digits_agents["bundle"])
+    rgb = np.repeat(digits_test_uint8[0], 3, axis=-1)  # (8, 8, 3)
+    with pytest.raises(InputError, match="looks like a colour image"):
+        rt(rgb)
+    assert len(rt(digits_test_uint8[0][..., 0])) == 1 and len(rt(digits_test_uint8[:3, ..., 0])) == 3  # grey
