@@ -326,13 +326,23 @@ class Runtime:
     def reset_stats(self) -> None:
         self._telemetry.reset()
 
+    @property
+    def path(self) -> str:
+        """How the next call runs: ``monolithic`` (a static plan in one call), ``stages`` (the per-stage loop,
+        its decision-free segments fused: :attr:`fused`) or ``gate`` (the ONNX gate graph)."""
+        if self._gate is not None:
+            return "gate"
+        plan = self._routing[0]
+        return "monolithic" if plan.static and self._static_runner is not None else "stages"
+
     def info(self) -> dict[str, Any]:
-        """Bundle, model, backend and policy in use (what a measurement should record)."""
+        """Bundle, model, backend, policy and execution path in use (what a measurement should record)."""
         m = self.manifest
         return {"bundle": str(self.bundle.path), "model": m.model_name, "target": m.target,
                 "untrained": m.untrained, "depth": self.depth, "removed": list(m.removed),
                 "agents": self._agents is not None, "e2cm": None if m.e2cm is None else m.e2cm.feature,
-                "policy": self.policy.to_dict(), **self.backend_info}
+                "policy": self.policy.to_dict(), **self.backend_info, "path": self.path,
+                "fused": [list(s) for s in self.fused]}
 
     def close(self) -> None:
         if self._backend is not None:

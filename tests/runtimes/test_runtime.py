@@ -580,8 +580,12 @@ def test_fused_segments_decide_as_the_loop_does(digits_agents: dict[str, Path], 
     assert np.abs(a.logits - b.logits).max() < 1e-4
     one = [fused(images[i]) for i in range(5)]  # one at a time: the same paths
     assert all(np.array_equal(o.executed[0], a.executed[i]) for i, o in enumerate(one))
+    assert fused.info()["path"] == "stages" and fused.info()["fused"] == [list(seg) for seg in fused.plan.segments]
     fused.set_policy("agent")  # switching plans drops the segments of the old one
     assert fused.fused == fused.plan.segments
+    fused.set_policy("static")
+    assert fused.path == "stages"  # whole_static=False: the loop, every layer in one fused segment
+    assert Runtime(digits_agents["bundle"], policy="static").path == "monolithic"
 
 
 def test_a_colour_image_for_a_grey_model_is_refused(digits_agents: dict[str, Path], digits_test_uint8: Any) -> None:
@@ -591,3 +595,13 @@ def test_a_colour_image_for_a_grey_model_is_refused(digits_agents: dict[str, Pat
     with pytest.raises(InputError, match="looks like a colour image"):
         rt(rgb)
     assert len(rt(digits_test_uint8[0][..., 0])) == 1 and len(rt(digits_test_uint8[:3, ..., 0])) == 3  # grey
+
+
+def test_chain_models_refuses_control_flow(tiny_bundle: Path) -> None:
+    """Stages are plain graphs; a model with subgraphs (the gate graph's If nodes) is not fused silently wrong."""
+    from edgeskip.errors import BackendError
+    from edgeskip.runtimes.ort_backend import chain_models
+
+    bundle = Bundle.open(tiny_bundle)
+    with pytest.raises(BackendError, match="subgraphs"):
+        chain_models([bundle.read("onnx/gate.onnx"), bundle.read_stage("layer_00", "onnx")])
