@@ -804,6 +804,9 @@ def describe_os_error(exc: OSError) -> str:
             f"temporary files were removed{'; ' + hint if hint else ''}")
 
 
+# The commands that may run PyTorch on the CPU (its OpenMP threads: see edgeskip.host.openmp_wait_policy).
+TORCH_COMMANDS = frozenset({"quickstart", "train", "evaluate", "posttrain", "calibrate", "export", "bench"})
+
 # The optional packages a command may need, and the extra that installs each (pyproject.toml).
 EXTRA_OF = {"torch": "train", "kornia": "train", "safetensors": "train", "sklearn": "train", "PIL": "train",
             "pymoo": "search", "matplotlib": "search", "litert_torch": "tflite-export", "ai_edge_litert": "tflite",
@@ -819,6 +822,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command in TORCH_COMMANDS:  # before torch is imported: its OpenMP pool reads the policy once
+        from edgeskip.host import openmp_wait_policy
+
+        note = openmp_wait_policy()
+        if note is not None:
+            log.info("%s", note)
     try:
         return COMMANDS[args.command][1](args)
     except EdgeskipError as exc:

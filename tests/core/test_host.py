@@ -52,3 +52,17 @@ def test_arm_without_bf16(tmp_path: Path) -> None:
 def test_unreadable_proc(tmp_path: Path) -> None:
     info = describe_host(tmp_path)
     assert info.bf16 is False and info.governor is None and info.cpu_model
+
+
+def test_openmp_threads_wait_passively_only_on_a_busy_machine() -> None:
+    from edgeskip.host import openmp_wait_policy
+
+    env: dict[str, str] = {}
+    assert openmp_wait_policy(env, busy_share=0.1) is None and env == {}  # quiet: spinning threads are faster
+    note = openmp_wait_policy(env, busy_share=0.95)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"} and note is not None and "95% busy" in note
+    mine = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert openmp_wait_policy(mine, busy_share=1.0) is None and mine == {"OMP_WAIT_POLICY": "ACTIVE"}  # the user's
+    sampled: dict[str, str] = {}
+    openmp_wait_policy(sampled)  # a real 0.2 s sample of this machine: either way, a valid environment
+    assert sampled in ({}, {"OMP_WAIT_POLICY": "PASSIVE"})
