@@ -93,15 +93,15 @@ def run_front_bench(cfg: FrontBenchConfig, images: npt.NDArray[Any], labels: npt
     runtimes = {name: Runtime(bundle, policy=p.policy, **opts) for name, p in points.items()}
     x = prepare(images, runtimes["static"].input_spec)
     rows: dict[str, dict[str, Any]] = {}
-    correct_static, _ = _accuracy(runtimes["static"], x, labels, cfg.batch)
     n = len(labels)
-    for name, rt in runtimes.items():
-        correct, layers = _accuracy(rt, x, labels, cfg.batch)
+    runs = {name: _accuracy(rt, x, labels, cfg.batch) for name, rt in runtimes.items()}
+    correct_static = runs["static"][0]
+    for name, (correct, layers) in runs.items():
         d = correct.astype(np.float64) - correct_static
         rows[name] = {"accuracy": float(correct.mean()), "loss_points": -100 * float(d.mean()),
                       "loss_se_points": 100 * float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
                       "layers_per_image": layers, "calibration_accuracy": points[name].accuracy,
-                      "predicted_ms": points[name].latency_ms, "fused": [list(s) for s in rt.fused],
+                      "predicted_ms": points[name].latency_ms, "fused": [list(s) for s in runtimes[name].fused],
                       "predicted_ratio": points[name].cost("latency_ms") / front.static.cost("latency_ms")}
     measured: dict[str, Any] = {}
     batches = {1: [x[i:i + 1] for i in range(cfg.block)], cfg.batch: [x[:cfg.batch]]}

@@ -219,9 +219,8 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     m = rt.manifest
     be = rt.backend
     assert be is not None
-    static_rt: Runtime | None = Runtime(rt.bundle, backend=type(be), policy="static", **backend_options)
-    if static_rt is not None and not static_rt.static_in_one_call:  # no monolithic model here: static is the loop
-        static_rt = None
+    whole = Runtime(rt.bundle, backend=type(be), policy="static", **backend_options)
+    static_rt = whole if whole.static_in_one_call else None  # no monolithic model here: static is the loop
     meter, unavailable = select_meter(dev.energy, root=energy_root, rails=dev.rails,
                                       watts_per_core=dev.watts_per_core, basis=dev.power_basis)
     rng = np.random.default_rng(settings.seed)

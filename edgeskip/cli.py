@@ -804,8 +804,18 @@ def describe_os_error(exc: OSError) -> str:
             f"temporary files were removed{'; ' + hint if hint else ''}")
 
 
-# The commands that may run PyTorch on the CPU (its OpenMP threads: see edgeskip.host.openmp_wait_policy).
-TORCH_COMMANDS = frozenset({"quickstart", "train", "evaluate", "posttrain", "calibrate", "export", "bench"})
+# The commands that run PyTorch on the CPU (its OpenMP threads: see edgeskip.host.openmp_wait_policy).
+TORCH_COMMANDS = frozenset({"quickstart", "train", "posttrain", "calibrate", "export"})
+
+
+def runs_torch(args: argparse.Namespace) -> bool:
+    """Whether this command line runs PyTorch: the training-side commands, a checkpoint's evaluation and the
+    bench's PyTorch comparison (a bundle's evaluation, ``bench --no-torch`` and ``bench --front`` are torch-free)."""
+    if args.command == "evaluate":
+        return args.checkpoint is not None
+    if args.command == "bench":
+        return not (args.no_torch or args.front)
+    return args.command in TORCH_COMMANDS
 
 # The optional packages a command may need, and the extra that installs each (pyproject.toml).
 EXTRA_OF = {"torch": "train", "kornia": "train", "safetensors": "train", "sklearn": "train", "PIL": "train",
@@ -822,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command in TORCH_COMMANDS:  # before torch is imported: its OpenMP pool reads the policy once
+    if runs_torch(args):  # before torch is imported: its OpenMP pool reads the policy once
         from edgeskip.host import openmp_wait_policy
 
         note = openmp_wait_policy()

@@ -40,18 +40,28 @@ def progress_bar(iterable: Any = None, *, enabled: bool = True, **options: Any) 
 
 
 @contextlib.contextmanager
-def progress_steps(desc: str, *, total: int | None = None, enabled: bool = True, unit: str = "step") -> Iterator[
-        Callable[[str], None]]:
-    """A callback that names the step starting now (``profile``, ``bench``), advancing a bar. The bar is made
-    at the first step, so work that fails before it starts (a bad argument, an unreadable bundle) draws none."""
+def _lazy_bar(**options: Any) -> Iterator[Callable[[], Any]]:
+    """A getter of a bar made (and closed at exit) only when first asked for: work that fails before its
+    first step (a bad argument, an unreadable bundle) draws no bar."""
     with contextlib.ExitStack() as stack:
         made: list[Any] = []
 
-        def step(message: str) -> None:
+        def get() -> Any:
             if not made:
-                made.append(stack.enter_context(progress_bar(desc=desc, total=total, unit=unit, enabled=enabled)))
-            made[0].update()
-            made[0].set_postfix_str(message)
+                made.append(stack.enter_context(progress_bar(**options)))
+            return made[0]
+
+        yield get
+
+
+@contextlib.contextmanager
+def progress_steps(desc: str, *, total: int | None = None, enabled: bool = True, unit: str = "step") -> Iterator[
+        Callable[[str], None]]:
+    """A callback that names the step starting now (``profile``, ``bench``), advancing a bar made at the first step."""
+    with _lazy_bar(desc=desc, total=total, unit=unit, enabled=enabled) as bar:
+        def step(message: str) -> None:
+            bar().update()
+            bar().set_postfix_str(message)
 
         yield step
 
@@ -60,13 +70,9 @@ def progress_steps(desc: str, *, total: int | None = None, enabled: bool = True,
 def progress_counter(desc: str, total: int, *, enabled: bool = True, unit: str = "it") -> Iterator[
         Callable[[int, int], None]]:
     """A ``(done, total)`` callback (the searches' generations) setting a bar made at its first call."""
-    with contextlib.ExitStack() as stack:
-        made: list[Any] = []
-
+    with _lazy_bar(desc=desc, total=total, unit=unit, enabled=enabled) as bar:
         def update(done: int, of: int) -> None:
-            if not made:
-                made.append(stack.enter_context(progress_bar(desc=desc, total=total, unit=unit, enabled=enabled)))
-            made[0].n = min(done, of)
-            made[0].refresh()
+            bar().n = min(done, of)
+            bar().refresh()
 
         yield update

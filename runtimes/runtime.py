@@ -124,7 +124,7 @@ class Runtime:
                                                   m.normalization)
         self._agents = self._load_agents()
         self._e2cm = self._load_e2cm()
-        self._plan = resolve(policy, m)
+        plan = resolve(policy, m)
         self._gate = None
         self._backend: Backend | None = None
         self._whole_static = whole_static
@@ -136,7 +136,7 @@ class Runtime:
             from edgeskip.runtimes.gate import GateGraph  # parses ONNX protobufs: loaded only for the gate graph
 
             self._gate = GateGraph(self.bundle, **backend_options)
-            self._configure_gate(self._plan)
+            self._configure_gate(plan)
             self.backend_info = {"backend": "onnxruntime", "graph": "gate", "thread_pool": self._gate.pool,
                                  "threads": self._gate.threads, "providers": list(self._gate.providers)}
         else:
@@ -144,8 +144,8 @@ class Runtime:
             stages = ["embed", *(self._layer_names[j] for j in range(self.depth) if j not in m.removed), "head"]
             self._backend = cls(self.bundle, stages, **backend_options)
             self.backend_info = {**self._backend.info(), "graph": "stages"}
-            self._prepare_static(self._plan)
-        self._routing = (self._plan, self._fusions(self._plan))
+            self._prepare_static(plan)
+        self._routing = (plan, self._fusions(plan))  # the plan and its fused segments, read together by a call
         self._telemetry = Telemetry(self.depth)
         self._closed = False
 
@@ -190,12 +190,12 @@ class Runtime:
 
     @property
     def policy(self) -> Policy:
-        return self._plan.policy
+        return self._routing[0].policy
 
     @property
     def plan(self) -> Plan:
         """The current policy resolved against the bundle (what the next call follows)."""
-        return self._plan
+        return self._routing[0]
 
     @property
     def static_in_one_call(self) -> bool:
@@ -232,7 +232,6 @@ class Runtime:
             self._configure_gate(plan)
         self._prepare_static(plan)
         self._routing = (plan, self._fusions(plan))  # one assignment: a call reads the plan and its fusions together
-        self._plan = plan
 
     def select(self, *, budget_ms: float | None = None, budget_mj: float | None = None, device: str = "cpu",
                pareto: str | Path | None = None, allow_degenerate: bool = False) -> Selection:
