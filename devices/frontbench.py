@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import numpy.typing as npt
 from edgeskip.bundle import Bundle
 from edgeskip.devices.bench import interleaved
 from edgeskip.errors import ConfigError
-from edgeskip.front import ParetoPoint, front_of, load_front
+from edgeskip.front import ParetoPoint, front_of, load_front, paired_loss
 from edgeskip.runtimes import Runtime
 from edgeskip.runtimes.inputs import prepare
 
@@ -97,9 +96,9 @@ def run_front_bench(cfg: FrontBenchConfig, images: npt.NDArray[Any], labels: npt
     runs = {name: _accuracy(rt, x, labels, cfg.batch) for name, rt in runtimes.items()}
     correct_static = runs["static"][0]
     for name, (correct, layers) in runs.items():
-        d = correct.astype(np.float64) - correct_static
-        rows[name] = {"accuracy": float(correct.mean()), "loss_points": -100 * float(d.mean()),
-                      "loss_se_points": 100 * float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+        loss, se = paired_loss(correct, correct_static)
+        rows[name] = {"accuracy": float(correct.mean()), "loss_points": 100 * loss,
+                      "loss_se_points": 100 * se if n > 1 else 0.0,
                       "layers_per_image": layers, "calibration_accuracy": points[name].accuracy,
                       "predicted_ms": points[name].latency_ms, "fused": [list(s) for s in runtimes[name].fused],
                       "predicted_ratio": points[name].cost("latency_ms") / front.static.cost("latency_ms")}

@@ -659,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--out", default="edgeskip-quickstart", help="output folder")
     qs.add_argument("--dataset", default="digits", choices=("digits", "cifar10"), help="dataset")
     qs.add_argument("--data", default=None, help="CIFAR-10 folder or .tar.gz (with --dataset cifar10)")
-    qs.add_argument("--model", default=None, help="model (default: vit-digits on digits, vit9 on cifar10)")
+    qs.add_argument("--model", default=None, help="model (default: vit-digits-wide on digits, vit9 on cifar10)")
     qs.add_argument("--epochs", type=positive_int, default=None,
                     help="training epochs (default: 30 on digits, 3 on cifar10)")
     qs.add_argument("--limit-per-class", type=positive_int, default=None,

@@ -31,6 +31,7 @@ from edgeskip.schema import Record, SchemaError, field, read_json_record
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "FrontError", "NothingFits", "ParetoFront", "ParetoPoint", "Searched",
            "Selection", "CHANCE_MARGIN", "Degenerate", "check_degenerate", "choose", "degenerate", "front_of", "load_front",
+           "paired_loss",
            "pareto_path"]
 
 FORMAT = "edgeskip.pareto"
@@ -266,6 +267,19 @@ def choose(front: ParetoFront, *, budget_ms: float | None = None, budget_mj: flo
     images = front.meta.get("images")
     return Selection(best, budget, unit, front.device, front.batch, len(fits), str(front.energy_source),
                      images if isinstance(images, int) else None, best.genes == front.static.genes)
+
+
+def paired_loss(correct: Any, reference: Any) -> tuple[float, float]:
+    """Accuracy lost against ``reference`` on the same images (per-image correctness, booleans), and its
+    standard error: of the per-image differences, so that the images both get right or wrong cost nothing."""
+    import numpy as np
+
+    a, b = np.asarray(correct, np.float64), np.asarray(reference, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ConfigError(f"paired accuracies need two equal, non-empty 1-D arrays, got {a.shape} and {b.shape}")
+    d = a - b
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("inf")
+    return -float(d.mean()), se
 
 
 def degenerate(point: ParetoPoint, num_classes: int) -> str | None:

@@ -328,3 +328,19 @@ def test_bench_front_measures_every_point_on_held_out_images(front: ParetoFront,
             assert best is None or report["points"][best["point"]]["loss_points"] <= float(loss)
     assert (bundle / "pareto" / "cpu-measured.png").stat().st_size > 5000
     Bundle.open(bundle)  # the plot beside the front leaves the bundle valid
+
+
+def test_paired_loss_counts_only_the_images_that_differ() -> None:
+    from edgeskip.errors import ConfigError
+    from edgeskip.front import paired_loss
+
+    ref = np.array([True] * 90 + [False] * 10)
+    same, se = paired_loss(ref, ref)
+    assert same == 0.0 and se == 0.0  # the same answers: no loss, and no doubt about it
+    worse = ref.copy()
+    worse[:2] = False  # two images lost
+    loss, se = paired_loss(worse, ref)
+    d = worse.astype(float) - ref
+    assert loss == pytest.approx(0.02) and se == pytest.approx(d.std(ddof=1) / 10)
+    with pytest.raises(ConfigError, match="equal, non-empty"):
+        paired_loss(ref[:5], ref)
