@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import resource
 import sys
@@ -43,9 +44,11 @@ from edgeskip.runtimes.inputs import prepare
 from edgeskip.runtimes.runtime import Runtime
 from edgeskip.devices.table import Device, get_device
 from edgeskip.errors import ConfigError
-from edgeskip.profile import Memory, Overhead, Profile, ProfiledBundle, ProfileError, Timing
+from edgeskip.profile import Memory, Overhead, Profile, ProfiledBundle, ProfileError, Stability, Timing
 from edgeskip.schema import to_json
 from edgeskip.rule import agent_runs, exit_top
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ProfileSettings", "profile_bundle", "timing_stats", "trimmed_mean"]
 
@@ -74,17 +77,22 @@ class ProfileSettings:
     min_seconds: float = 0.5
     energy_seconds: float = 1.0  # each energy block runs at least this long (NVML refreshes every 20-100 ms)
     seed: int = 0
+    max_drift: float = 0.05  # the whole loop's median may change this much between the halves of the passes,
+    extensions: int = 2  # or the passes are timed again this many times (then a warning says so)
 
     @classmethod
     def quick(cls, batch_sizes: tuple[int, ...] = (1,)) -> ProfileSettings:
         """A coarse profile: a few samples per piece."""
-        return cls(batch_sizes, warmup=2, min_repeats=5, max_repeats=50, min_seconds=0.05, energy_seconds=0.1)
+        return cls(batch_sizes, warmup=2, min_repeats=5, max_repeats=50, min_seconds=0.05, energy_seconds=0.1,
+                   extensions=1)
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch sizes must be positive integers, got {self.batch_sizes}")
         if self.min_repeats < 2 or self.max_repeats < self.min_repeats or self.warmup < 0:
             raise ConfigError("need 2 <= min_repeats <= max_repeats and warmup >= 0")
+        if not self.max_drift >= 0 or self.extensions < 0:
+            raise ConfigError("need max_drift >= 0 and extensions >= 0")
 
 
 def _pass_calls(be: Any, rt: Any, x: npt.NDArray[np.float32], layers: Sequence[int], exits: dict[int, int],
@@ -164,6 +172,33 @@ def _in_context(calls: Sequence[tuple[str | None, Callable[[], Any]]], settings:
     return samples
 
 
+def _stability(loop: Sequence[float], extensions: int, max_drift: float) -> Stability:
+    """How steady the whole loop's time (one sample per pass, in time order) stayed over the passes."""
+    t = np.asarray(loop, np.float64)
+    half = len(t) // 2
+    first, second = float(np.median(t[:half])) if half else 0.0, float(np.median(t[half:]))
+    p10, p90 = np.percentile(t, [10, 90])
+    return Stability(drift=second / first - 1.0 if first > 0 else 0.0, spread=float((p90 - p10) / np.median(t)),
+                     extensions=extensions, passes=len(t), max_drift=max_drift)
+
+
+def _timed_steadily(calls: Sequence[tuple[str, Callable[[], Any]]], settings: ProfileSettings,
+                    extra: Sequence[tuple[str | None, Callable[[], Any]]]) -> tuple[dict[str, list[float]], Stability]:
+    """:func:`_in_context`, timed again (up to ``settings.extensions`` times, the samples pooled) while the whole
+    loop drifts by more than ``settings.max_drift`` between the first and the second half of the passes: a
+    machine that changes phase mid-profile gets more passes of its later phase, and the profile records how
+    steady it was."""
+    samples = _in_context(calls, settings, extra)
+    stability = _stability(samples["runtime_all"], 0, settings.max_drift)
+    for k in range(1, settings.extensions + 1):
+        if stability.steady:
+            break
+        more = _in_context(calls, settings, extra)
+        samples = {name: samples[name] + more[name] for name in samples}
+        stability = _stability(samples["runtime_all"], k, settings.max_drift)
+    return samples, stability
+
+
 def _energy_mj(fn: Callable[[], Any], seconds: float, settings: ProfileSettings, meter: EnergyMeter) -> float:
     """Energy per call of ``fn``, over a block of calls lasting about ``energy_seconds``."""
     calls = max(1, math.ceil(settings.energy_seconds / max(seconds, 1e-6)))
@@ -236,6 +271,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     exits = {layer: i for i, layer in enumerate(m.e2cm.exits)} if m.e2cm else {}
     out: dict[str, dict[str, Timing]] = {}
     overhead: dict[str, Overhead] = {}
+    stability: dict[str, Stability] = {}
     for b in settings.batch_sizes:
         images = rng.integers(0, 256, (b, spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
         x: npt.NDArray[np.float32] = prepare(images, spec)
@@ -250,7 +286,14 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
             whole_call = functools.partial(static_rt, x)
             extra += [(None, whole_call)] * STATIC_WARM + [(STATIC, whole_call)] * STATIC_BLOCK
             extra += [(None, fn) for _, fn in calls]
-        samples = _in_context(calls, settings, extra)
+        samples, stability[str(b)] = _timed_steadily(calls, settings, extra)
+        if not stability[str(b)].steady:
+            st = stability[str(b)]
+            log.warning("the machine drifted while batch %d was profiled: the whole loop ran %+.0f%% slower in the "
+                        "second half of %d passes than in the first (allowed: %.0f%%, after %d extension(s)); "
+                        "absolute figures are uncertain, ratios between pieces timed in the same passes less so: "
+                        "profile again when the machine is quiet", b, 100 * st.drift, st.passes, 100 * st.max_drift,
+                        st.extensions)
         pieces: dict[str, Timing] = {}
         named = dict(calls) | {name: fn for name, fn in windows if name is not None}
         if static_rt is not None:
@@ -274,5 +317,5 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         energy=to_json({**meter.describe(), "unavailable": unavailable}),
         memory=Memory(peak_rss_mb=_peak_rss_mb(), peak_rss_before_mb=rss_before),
         settings=to_json(settings), overhead=overhead,
-        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), batches=out,
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), batches=out, stability=stability,
     )

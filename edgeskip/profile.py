@@ -18,8 +18,8 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.fsutil import atomic_write_json
 from edgeskip.schema import Record, SchemaError, field, read_json_record
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "STATIC", "Overhead", "Profile", "ProfileError", "ProfiledBundle", "Timing",
-           "load_profile", "profile_path"]
+__all__ = ["FORMAT", "SCHEMA_VERSION", "STATIC", "Overhead", "Profile", "ProfileError", "ProfiledBundle", "Stability",
+           "Timing", "load_profile", "profile_path"]
 
 FORMAT = "edgeskip.profile"
 SCHEMA_VERSION = 2
@@ -59,6 +59,24 @@ class Overhead(Record):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class Stability(Record):
+    """How steady the machine was while one batch size was profiled, from the whole static loop timed once in
+    every pass: ``drift``, the change of its median from the first half of the passes to the second (0.1: the
+    second half ran 10% slower); ``spread``, its (p90 - p10) / median; ``extensions``, how many times the
+    profiler timed more passes because the drift exceeded the settings' ``max_drift``."""
+
+    drift: float
+    spread: float = field(ge=0.0)
+    extensions: int = field(ge=0)
+    passes: int = field(ge=0)
+    max_drift: float = field(ge=0.0)
+
+    @property
+    def steady(self) -> bool:
+        return abs(self.drift) <= self.max_drift
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ProfiledBundle(Record):
     model: str
     fingerprint: str  # the manifest's fingerprint
@@ -87,6 +105,7 @@ class Profile(Record):
     host: dict[str, Any]
     settings: dict[str, Any]
     created_utc: str
+    stability: dict[str, Stability] = field(default_factory=dict, max_items=64)  # batch -> (profiles before: {})
 
     def __post_init__(self) -> None:
         if not self.batches or any(not pieces for pieces in self.batches.values()):

@@ -363,6 +363,8 @@ def test_profile_measures_every_piece(profiled: tuple[Path, Profile]) -> None:
     from edgeskip.devices.profiler import STATIC_BLOCK
 
     assert pieces["static"].samples == STATIC_BLOCK * profile.overhead["1"].passes
+    assert set(profile.stability) == {"1", "4"}  # how steady the machine was, per batch size
+    assert profile.stability["1"].passes == profile.overhead["1"].passes and profile.stability["1"].spread >= 0
     for timing in pieces.values():
         assert timing.median_ms > 0 and timing.samples >= 5 and timing.energy_mj >= 0
     assert profile.energy_source in ("rapl", "estimate")
@@ -411,3 +413,25 @@ def test_cli_profile(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFi
 
 
 # -- the cost model -------------------------------------------------------------------------------------
+
+
+def test_a_drifting_profile_times_more_passes_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeskip.devices.profiler as profiler
+
+    def machine(*phases: list[float]) -> None:
+        it = iter(phases)
+        monkeypatch.setattr(profiler, "_in_context", lambda calls, settings, extra: {"runtime_all": next(it)})
+
+    settings = ProfileSettings(max_drift=0.05, extensions=2)
+    machine([1.0] * 5 + [1.5] * 5, [1.5] * 10, [1.5] * 10)  # slows down mid-profile, then stays slow
+    samples, st = profiler._timed_steadily([], settings, [])
+    # 50% drift, then 20% over the pooled 20 passes, then none over 30: the later phase holds both halves
+    assert st.steady and st.extensions == 2 and st.passes == 30 == len(samples["runtime_all"])
+    machine([1.0] * 5 + [1.5] * 5, [2.0] * 10, [3.0] * 10)  # keeps slowing down: gives up and says so
+    _, st = profiler._timed_steadily([], settings, [])
+    assert not st.steady and st.extensions == 2 and st.drift > 0.05
+    machine([2.0] * 8)
+    _, st = profiler._timed_steadily([], settings, [])
+    assert st.steady and st.extensions == 0 and st.drift == 0.0 and st.spread == 0.0
+    with pytest.raises(ConfigError, match="max_drift"):
+        ProfileSettings(max_drift=-1.0)
