@@ -50,15 +50,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def positive_int(text: str, least: int = 1) -> int:
+    """argparse type: an integer >= 1 (``least``)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
     return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return positive_int(text, least=0)
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type[Any], *, skip: Sequence[str] = ()) -> None:
@@ -445,8 +450,7 @@ def _bench_front(args: argparse.Namespace, path: Path) -> int:
 
     bundle = Bundle.open(path)
     front_of(bundle, args.device, args.pareto)  # a missing front says which command makes it, before any work
-    images, labels, source = _dataset_images(bundle, args.data, args.heldout_images, "test-second-half",
-                                             args.progress)
+    images, labels, source = _dataset_images(bundle, args.data, args.heldout_images, "test-second-half", args.progress)
     cfg = FrontBenchConfig(bundle=str(path), device=args.device, pareto=args.pareto, rounds=args.front_rounds,
                            block=args.front_block, batch=args.batch, threads=args.threads)
     report = run_front_bench(cfg, images, labels, source)
@@ -466,10 +470,12 @@ def _bench_front(args: argparse.Namespace, path: Path) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from edgeskip.devices.profiler import ProfileSettings, profile_bundle
     from edgeskip.exporters.settings import parse_batch_sizes
+    from edgeskip.profile import STATIC
 
     batches = parse_batch_sizes(args.batch_sizes)
     bundle = bundle_from_args(args)
     settings = ProfileSettings.quick(batches) if args.quick else ProfileSettings(batches)
+    before = _previous_profile(bundle, args.device)
     with progress_steps(f"profile {args.device}", unit="piece", enabled=args.progress) as step:
         profile = profile_bundle(bundle, args.device, backend=args.backend, settings=settings, progress=step)
     path = profile.save(bundle)
@@ -480,8 +486,31 @@ def cmd_profile(args: argparse.Namespace) -> int:
         layers = [v.median_ms for k, v in pieces.items() if k.startswith("layer_")]
         print(f"  batch {b}: embed {pieces['embed'].median_ms:.3f} ms, layers {min(layers):.3f}-{max(layers):.3f} ms, "
               f"head {pieces['head'].median_ms:.3f} ms")
+        st = profile.stability.get(b)
+        if st is not None:
+            print(f"    {'steady' if st.steady else 'DRIFTING'}: the whole loop {100 * st.drift:+.1f}% from the first "
+                  f"to the second half of {st.passes} passes ({st.extensions} extension(s)), spread {100 * st.spread:.0f}%")
+        old = before.batches.get(b) if before is not None else None
+        if old is not None and STATIC in pieces and STATIC in old:
+            change = pieces[STATIC].median_ms / old[STATIC].median_ms - 1.0
+            print(f"    static model {pieces[STATIC].median_ms:.3f} ms, {100 * change:+.1f}% against the previous profile "
+                  f"({before.created_utc}, {old[STATIC].median_ms:.3f} ms)"  # type: ignore[union-attr]
+                  + ("" if abs(change) <= 0.05 else ": the machine runs at another speed than then; compare "
+                     "configurations as ratios to static, or profile on fixed clocks (jetson_clocks)"))
     print(f"  peak resident memory {profile.memory.peak_rss_mb:.0f} MiB")
     return 0
+
+
+def _previous_profile(bundle: str | Path, device: str) -> Any:
+    """The bundle's earlier profile of ``device`` (None when there is none, or it is of another bundle)."""
+    from edgeskip.bundle import Bundle
+    from edgeskip.errors import EdgeskipError
+    from edgeskip.profile import load_profile, profile_path
+
+    try:
+        return load_profile(profile_path(bundle, device), fingerprint=Bundle.open(bundle, verify=False).manifest.fingerprint)
+    except (EdgeskipError, OSError):
+        return None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -493,31 +522,43 @@ def cmd_search(args: argparse.Namespace) -> int:
     bundle = Bundle.open(bundle_from_args(args))
     profile = load_profile(args.profile or profile_path(bundle, args.device), fingerprint=bundle.manifest.fingerprint,
                            device=args.device)
-    images, labels, source = _dataset_images(bundle, args.data, args.images, args.split, args.progress)
+    more = ((args.holdout_images, "test-second-half"),) if args.holdout_images else ()
+    images, labels, source, *held = _dataset_images(bundle, args.data, args.images, args.split, args.progress, *more)
     settings = _config_from_args(BundleSearchSettings, args)
     with progress_counter("NSGA-II", settings.generations, unit="gen", enabled=args.progress) as step:
         front, out, png = search_and_save(bundle.path, images, labels, profile, settings, calibration=source,
-                                          out=args.out, progress=step)
+                                          holdout=tuple(held) or None, out=args.out, progress=step)  # type: ignore[arg-type]
     m = front.meta
     print(f"{len(front.points)} Pareto configurations of {m['evaluations']} evaluated on {m['images']} images "
           f"({source}) in {m['seconds']:.1f} s; hypervolume {front.hypervolume:.4f}; {m['layers_computed']} "
           f"image-layers computed for {m['states']} cached states")
-    print(f"{'#':>6} {'accuracy':>9} {'latency':>10} {'energy':>10} {'layers':>7} {'exits':>6}  thresholds (- removed)")
+    if held:
+        print(f"every configuration also run on {held[2]} (held out: they choose nothing) in "
+              f"{m['holdout']['seconds']:.1f} s; 'held-out' is the accuracy there and its difference to static's "
+              "there, ± its paired standard error (points)")
+    print(f"{'#':>6} {'accuracy':>9} {'latency':>10} {'energy':>10} {'layers':>7} {'exits':>6}  "
+          + (f"{'held-out':>21}  " if held else "") + "thresholds (- removed)")
     rows = [("static", front.static)] + [(str(i), p) for i, p in enumerate(front.points)]
     for name, p in rows:
         genes = " ".join("-" if t is None else f"{t:.2f}" for t in p.thresholds)
         ex = "" if p.exit_thresholds is None else "  exits " + " ".join(f"{t:.2f}" for t in p.exit_thresholds)
+        h = ""
+        if p.holdout_accuracy is not None and front.static.holdout_accuracy is not None:
+            loss = 100 * (p.holdout_accuracy - front.static.holdout_accuracy)
+            h = f"{100 * p.holdout_accuracy:6.2f}% {loss:+5.2f}±{100 * (p.holdout_loss_se or 0):4.2f}  "
         print(f"{name:>6} {100 * p.accuracy:8.2f}% {p.cost('latency_ms'):7.3f} ms {p.cost('energy_mj'):7.3f} mJ "
-              f"{p.executed_layers:7.2f} {100 * p.exit_rate:5.1f}%  {genes}{ex}")
+              f"{p.executed_layers:7.2f} {100 * p.exit_rate:5.1f}%  {h}{genes}{ex}")
     energy = " (energy is an ESTIMATE, not a measurement)" if front.energy_source == "estimate" else ""
     print(f"wrote {out} and {png}{energy}; pick one with: edgeskip select {bundle.path} --device "
           f"{front.device} --budget-ms MS")
     return 0
 
 
-def _dataset_images(bundle: Any, data: str | None, count: int, split: str, progress: bool) -> tuple[Any, Any, str]:
+def _dataset_images(bundle: Any, data: str | None, count: int, split: str, progress: bool,
+                    *more: tuple[int, str]) -> tuple[Any, ...]:
     """``count`` images (evenly per class) of the bundle's dataset: the search's calibration images (``train``, or
-    ``test-half``: the first half of each test class), or the held-out ones (``test-second-half``)."""
+    ``test-half``: the first half of each test class), or the held-out ones (``test-second-half``), as
+    (images, labels, where they come from); each further (count, split) adds three more, from one loading."""
     from edgeskip.data import load_dataset
     from edgeskip.errors import DataError
 
@@ -527,11 +568,13 @@ def _dataset_images(bundle: Any, data: str | None, count: int, split: str, progr
     check_data(data)
     splits = load_dataset(name, data, progress=progress)
     halves = splits.test.halves()  # test-half calibrates; the second half stays unseen by any search
-    pool = {"train": splits.train, "test-half": halves[0], "test-second-half": halves[1]}[split]
-    chosen = pool.take(count)
-    if len(chosen) == 0:
-        raise DataError(f"no calibration images in the {split} split of {name}")
-    return chosen.images, chosen.labels, f"{len(chosen)} {name} images from the {split} split"
+    out: list[Any] = []
+    for n, part in ((count, split), *more):
+        chosen = {"train": splits.train, "test-half": halves[0], "test-second-half": halves[1]}[part].take(n)
+        if len(chosen) == 0:
+            raise DataError(f"no images in the {part} split of {name}")
+        out += [chosen.images, chosen.labels, f"{len(chosen)} {name} images from the {part} split"]
+    return tuple(out)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -733,6 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--images", type=positive_int, default=2000, help="calibration images")
     se.add_argument("--split", default="test-half", choices=("test-half", "train"),
                     help="where they come from: the first half of each test class, or the training set")
+    se.add_argument("--holdout-images", type=nonnegative_int, default=2500,
+                    help="held-out images (the second half of each test class, as bench --front uses) every "
+                         "configuration of the front is also run on, to report accuracy that chose nothing; 0: none")
     from edgeskip.search.settings import BundleSearchSettings
 
     add_dataclass_options(se, BundleSearchSettings, skip=("exit_rates",))

@@ -70,6 +70,10 @@ class ParetoPoint(Record):
     latency_ms: float | None = field(default=None, ge=0.0)  # predicted per call at the front's batch
     energy_mj: float | None = field(default=None, ge=0.0)
     reward: float | None = None  # mean agent reward (the joint post-training objective)
+    # on the front's held-out images (meta["holdout"]), never used to choose: accuracy, and the paired
+    # standard error of its loss against the static model there
+    holdout_accuracy: float | None = field(default=None, ge=0.0, le=1.0)
+    holdout_loss_se: float | None = field(default=None, ge=0.0)
 
     @property
     def policy(self) -> Policy:
@@ -228,13 +232,21 @@ class Selection:
     def policy(self) -> Policy:
         return self.point.policy
 
+    holdout_static: float | None = None  # the static model's accuracy on the front's held-out images
+    holdout_images: int | None = None
+
     def describe(self) -> str:
         p = self.point
         exits = "" if p.exit_thresholds is None else f", {100 * p.exit_rate:.0f}% leave at an exit"
         what = "the static model (every layer, no decision), " if self.static else ""
-        return (f"{what}accuracy {100 * p.accuracy:.2f}% at {p.latency_ms:.3f} ms and {p.energy_mj:.3f} mJ per call "
-                f"(batch {self.batch}, predicted on {self.device}), {p.executed_layers:.2f} layers per input{exits}; "
-                f"{self.candidates} configuration(s) within {self.budget:g} {self.unit}")
+        held = ""
+        if p.holdout_accuracy is not None and self.holdout_static is not None and p.holdout_loss_se is not None:
+            held = (f" ({100 * p.holdout_accuracy:.2f}% on {self.holdout_images} held-out images: "
+                    f"{100 * (p.holdout_accuracy - self.holdout_static):+.2f} ± {100 * p.holdout_loss_se:.2f} points "
+                    "against static)")
+        return (f"{what}accuracy {100 * p.accuracy:.2f}%{held} at {p.latency_ms:.3f} ms and {p.energy_mj:.3f} mJ per "
+                f"call (batch {self.batch}, predicted on {self.device}), {p.executed_layers:.2f} layers per input"
+                f"{exits}; {self.candidates} configuration(s) within {self.budget:g} {self.unit}")
 
 
 def _budget(budget_ms: float | None, budget_mj: float | None) -> tuple[float, str, str]:
@@ -265,8 +277,11 @@ def choose(front: ParetoFront, *, budget_ms: float | None = None, budget_mj: flo
                           "raise the budget, or profile a faster backend or device")
     best = max(fits, key=lambda p: (p.accuracy, -p.cost(key)))
     images = front.meta.get("images")
+    held = front.meta.get("holdout")
     return Selection(best, budget, unit, front.device, front.batch, len(fits), str(front.energy_source),
-                     images if isinstance(images, int) else None, best.genes == front.static.genes)
+                     images if isinstance(images, int) else None, best.genes == front.static.genes,
+                     holdout_static=front.static.holdout_accuracy,
+                     holdout_images=held.get("images") if isinstance(held, dict) else None)
 
 
 def paired_loss(correct: Any, reference: Any) -> tuple[float, float]:

@@ -163,7 +163,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     calib = search_pool.take(p.search_images)
     report["search_images"] = len(calib)
     with stage("search", f"NSGA-II over layer and exit thresholds on {len(calib)} images, latency predicted"):
-        front, report["search"] = _search(cfg, bundle, calib, profile)
+        front, report["search"] = _search(cfg, bundle, calib, held_out, profile)
     with stage("select", "the most accurate configuration within the latency budget"):
         report["select"] = _select(cfg, bundle, front, calib)
     with stage("run", f"edgeskip.Runtime on {len(held_out)} held-out images, static and selected interleaved"):
@@ -242,7 +242,8 @@ def _profile(cfg: QuickstartConfig, bundle: Path) -> tuple[Profile, dict[str, An
                      "energy": profile.energy_source, "layer_ms": [min(layers), max(layers)]}
 
 
-def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: Profile) -> tuple[Any, dict[str, Any]]:
+def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, held_out: Any,
+            profile: Profile) -> tuple[Any, dict[str, Any]]:
     from edgeskip.search.bundle import search_and_save
     from edgeskip.search.settings import BundleSearchSettings
 
@@ -250,7 +251,10 @@ def _search(cfg: QuickstartConfig, bundle: Path, calib: Any, profile: Profile) -
     settings = BundleSearchSettings(pop_size=p.pop_size, generations=p.generations)
     with progress_counter("NSGA-II", settings.generations, unit="gen", enabled=cfg.progress) as step:
         front, path, plot = search_and_save(bundle, calib.images, calib.labels, profile, settings, progress=step,
-                                            calibration=f"{len(calib)} {cfg.dataset} images from the test-half split")
+                                            calibration=f"{len(calib)} {cfg.dataset} images from the test-half split",
+                                            holdout=(held_out.images, held_out.labels,
+                                                     f"{len(held_out)} {cfg.dataset} images from the test-second-half "
+                                                     "split (the report's)"))
     return front, {"path": str(path), "plot": str(plot), "points": len(front.points),
                    "hypervolume": front.hypervolume, "seconds": front.meta["seconds"],
                    "static_predicted_ms": front.static.cost('latency_ms'), "static_accuracy": front.static.accuracy}

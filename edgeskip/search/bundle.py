@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edgeskip.errors import ConfigError
-from edgeskip.front import ParetoFront, Searched, pareto_path
+from edgeskip.front import ParetoFront, ParetoPoint, Searched, paired_loss, pareto_path
 from edgeskip.policy import Policy
 from edgeskip.profile import Profile
 from edgeskip.runtimes.inputs import prepare
@@ -32,13 +33,15 @@ from edgeskip.search.plot import plot_front
 from edgeskip.search.problem import ConfigurationProblem, hypervolume, minimize, nsga2, pareto_points
 from edgeskip.search.settings import BundleSearchSettings
 
-__all__ = ["BundleSearchSettings", "search_and_save", "search_bundle"]
+__all__ = ["BundleSearchSettings", "search_and_save", "search_bundle", "with_holdout"]
 
 
 def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
                   profile: Profile, settings: BundleSearchSettings | None = None, *,
+                  holdout: tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]] | None = None,
                   progress: Callable[[int, int], None] | None = None) -> ParetoFront:
-    """NSGA-II (pymoo) over the bundle's genes on ``images``, costs predicted from ``profile``."""
+    """NSGA-II (pymoo) over the bundle's genes on ``images``, costs predicted from ``profile``; every point of
+    the front then also measured on the ``holdout`` (images, labels) when given, which choose nothing."""
     settings = settings or BundleSearchSettings()
     start = time.perf_counter()
     if len(images) == 0:
@@ -59,9 +62,19 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
         minimize(problem, nsga2(genome, settings, seeds), settings.generations, settings.seed,
                  each_generation=(lambda n: progress(n, settings.generations)) if progress else None)
         points = pareto_points(list(problem.archive.values()), problem.objective, "latency_ms")
-        meta = {"model": m.model_name, "images": cache.n, "evaluations": len(problem.archive),
-                "seconds": time.perf_counter() - start, "states": cache.states,
-                "layers_computed": cache.layers_computed, "recomputed": cache.recomputed,
+        static, evaluations, objectives = problem.static, len(problem.archive), problem.objectives
+        hv = hypervolume([problem.objective(p) for p in points])
+        states, layers_computed, recomputed = cache.states, cache.layers_computed, cache.recomputed
+        seconds = time.perf_counter() - start
+        del problem, cache  # the search's states: freed before the held-out images get their own
+        held: dict[str, Any] = {}
+        if holdout is not None:
+            held_start = time.perf_counter()
+            static, *points = with_holdout(rt, [static, *points], *holdout, pool_mb=settings.pool_mb)
+            held = {"holdout": {"images": len(holdout[1]), "seconds": time.perf_counter() - held_start}}
+        meta = {"model": m.model_name, "images": len(labels), "evaluations": evaluations,
+                "seconds": seconds, "states": states,
+                "layers_computed": layers_computed, "recomputed": recomputed, **held,
                 "settings": {**settings.to_dict(), "grid": list(genome.grid),
                              "exit_grids": [list(g) for g in genome.exit_grids]},
                 "backend": rt.backend_info.get("backend"), "profile_created_utc": profile.created_utc,
@@ -69,21 +82,42 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
         return ParetoFront(
             searched=Searched(kind="bundle", model=m.model_name, fingerprint=m.fingerprint,
                               weights_sha256=m.weights.checkpoint_sha256),
-            cost="profile", objectives=problem.objectives, device=profile.device, batch=settings.batch,
-            energy_source=cost.costs.energy_source, static=problem.static, points=tuple(points),
-            hypervolume=hypervolume([problem.objective(p) for p in points]), meta=meta)
+            cost="profile", objectives=objectives, device=profile.device, batch=settings.batch,
+            energy_source=cost.costs.energy_source, static=static, points=tuple(points),
+            hypervolume=hv, meta=meta)
     finally:
         rt.close()
 
 
+def with_holdout(rt: Runtime, points: Sequence[ParetoPoint], images: npt.NDArray[np.uint8],
+                 labels: npt.NDArray[np.int64], *, pool_mb: float) -> list[ParetoPoint]:
+    """``points`` (the static model first) with their accuracy on held-out images and the paired standard error
+    of each one's loss against the static model there, from the bundle's own stages (exact, as the Runtime)."""
+    if len(images) == 0 or len(images) != len(labels):
+        raise ConfigError(f"need held-out images with one label each, got {len(images)} images, {len(labels)} labels")
+    cache = PathCache(rt, prepare(images, rt.input_spec), labels, pool_mb=pool_mb)
+    correct = [cache.evaluate(p.policy).logits.argmax(axis=1) == cache.labels for p in points]  # type: ignore[union-attr]
+    out = []
+    for p, ok in zip(points, correct, strict=True):
+        _, se = paired_loss(ok, correct[0])
+        out.append(dataclasses.replace(p, holdout_accuracy=float(ok.mean()), holdout_loss_se=se if len(ok) > 1 else 0.0))
+    return out
+
+
 def search_and_save(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
                     profile: Profile, settings: BundleSearchSettings, *, calibration: str,
+                    holdout: tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], str] | None = None,
                     out: str | Path | None = None,
                     progress: Callable[[int, int], None] | None = None) -> tuple[ParetoFront, Path, Path]:
     """:func:`search_bundle`, then the front (with where its images came from) saved to ``out`` (default
-    ``pareto/<device>.json`` beside the bundle's files) and its picture beside it; (front, json, png)."""
-    front = search_bundle(bundle_dir, images, labels, profile, settings, progress=progress)
-    front = dataclasses.replace(front, meta={**front.meta, "calibration": calibration})
+    ``pareto/<device>.json`` beside the bundle's files) and its picture beside it; (front, json, png).
+    ``holdout``: (images, labels, where they come from)."""
+    front = search_bundle(bundle_dir, images, labels, profile, settings, progress=progress,
+                          holdout=None if holdout is None else holdout[:2])
+    meta = {**front.meta, "calibration": calibration}
+    if holdout is not None:
+        meta["holdout"] = {**meta["holdout"], "source": holdout[2]}
+    front = dataclasses.replace(front, meta=meta)
     path = Path(out) if out else pareto_path(bundle_dir, str(front.device))
     front.save(path)
     png = plot_front(front, path.with_suffix(".png"), f"{front.searched.model} on {front.device}: Pareto front")

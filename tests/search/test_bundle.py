@@ -240,8 +240,13 @@ def test_cli_search_and_select(profiled: tuple[Path, Profile], tmp_path: Path,
                  "--pop-size", "6", "--generations", "2"]) == 0
     out = capsys.readouterr().out
     assert "Pareto configurations" in out and "static" in out and "ESTIMATE" in out
+    # every point also on the held-out second half of the test classes (all 189 digits: fewer than asked)
+    assert "also run on 189 digits images from the test-second-half split" in out and "+0.00±0.00" in out
     assert (bundle / "pareto" / "cpu.json").is_file() and (bundle / "pareto" / "cpu.png").stat().st_size > 5000
-    cheapest = load_front(bundle / "pareto" / "cpu.json").points[0]
+    saved = load_front(bundle / "pareto" / "cpu.json")
+    assert saved.meta["holdout"]["images"] == 189 and "test-second-half" in saved.meta["holdout"]["source"]
+    assert all(p.holdout_accuracy is not None for p in (saved.static, *saved.points))
+    cheapest = saved.points[0]
     assert main(["-q", "select", "--bundle", str(bundle), "--device", "cpu", "--budget-ms",
                  str(cheapest.cost("latency_ms") / 2)]) == 2
     assert "nothing fits" in capsys.readouterr().err
@@ -344,3 +349,24 @@ def test_paired_loss_counts_only_the_images_that_differ() -> None:
     assert loss == pytest.approx(0.02) and se == pytest.approx(d.std(ddof=1) / 10)
     with pytest.raises(ConfigError, match="equal, non-empty"):
         paired_loss(ref[:5], ref)
+
+
+def test_held_out_accuracy_is_the_runtimes_and_chooses_nothing(front: ParetoFront, profiled: tuple[Path, Profile],
+                                                             images: tuple[Any, Any]) -> None:
+    from edgeskip.front import paired_loss
+    from edgeskip.search.bundle import with_holdout
+
+    bundle, _ = profiled
+    held = load_digits().test.halves()[1]  # disjoint from the search's images (the first half)
+    with Runtime(bundle, policy="static", whole_static=False) as rt:
+        static, *points = with_holdout(rt, [front.static, *front.points[-3:]], held.images, held.labels, pool_mb=64)
+    reference = Runtime(bundle, policy=front.static.policy)(held.images).labels == held.labels
+    assert static.holdout_accuracy == pytest.approx(reference.mean()) and static.holdout_loss_se == 0.0
+    for p in points:
+        ok = Runtime(bundle, policy=p.policy)(held.images).labels == held.labels
+        assert p.holdout_accuracy == pytest.approx(ok.mean())
+        assert p.holdout_loss_se == pytest.approx(paired_loss(ok, reference)[1])
+        assert p.accuracy == next(q for q in front.points if q.genes == p.genes).accuracy  # the choosing figure stays
+    chosen = choose(dataclasses.replace(front, static=static, points=tuple(points),
+                                        meta={**front.meta, "holdout": {"images": len(held)}}), budget_ms=1e6)
+    assert f"on {len(held)} held-out images" in chosen.describe() and "points against static" in chosen.describe()
