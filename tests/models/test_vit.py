@@ -18,6 +18,7 @@ EXPECTED_PARAMS = {
     "vit16": 14_265_994,
     "vit-tiny": 142_026,
     "vit-digits": 203_082,
+    "vit-digits-wide": 1_788_874,
 }
 
 
