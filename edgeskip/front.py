@@ -227,13 +227,12 @@ class Selection:
     energy_source: str
     images: int | None  # search images the accuracy was measured on
     static: bool = False  # the static model itself was the best choice (every layer, no decision, one call)
+    holdout_static: float | None = None  # the static model's accuracy on the front's held-out images
+    holdout_images: int | None = None
 
     @property
     def policy(self) -> Policy:
         return self.point.policy
-
-    holdout_static: float | None = None  # the static model's accuracy on the front's held-out images
-    holdout_images: int | None = None
 
     def describe(self) -> str:
         p = self.point
