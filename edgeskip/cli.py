@@ -581,9 +581,11 @@ def cmd_select(args: argparse.Namespace) -> int:
     from edgeskip.search.select import record_selection, select
 
     bundle = bundle_from_args(args)
-    chosen = select(bundle, args.device, budget_ms=args.budget_ms, budget_mj=args.budget_mj, pareto=args.pareto,
-                    allow_degenerate=args.allow_degenerate)
-    print(f"selected for {chosen.budget:g} {chosen.unit} on {chosen.device}: {chosen.describe()}")
+    chosen = select(bundle, args.device, budget_ms=args.budget_ms, budget_mj=args.budget_mj,
+                    max_loss_points=args.max_loss_points, pareto=args.pareto, allow_degenerate=args.allow_degenerate)
+    why = (f"{chosen.budget:g} {chosen.unit}" if args.max_loss_points is None else
+           f"at most {args.max_loss_points:g} point(s) of accuracy loss")
+    print(f"selected for {why} on {chosen.device}: {chosen.describe()}")
     print("layer thresholds (- removed): " + " ".join("-" if t is None else f"{t:.2f}" for t in chosen.point.thresholds))
     if chosen.point.exit_thresholds is not None:
         print("exit thresholds (1 = off): " + " ".join(f"{t:.2f}" for t in chosen.point.exit_thresholds))
@@ -790,6 +792,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget = sl.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-ms", type=float, default=None, help="latency budget per call (ms)")
     budget.add_argument("--budget-mj", type=float, default=None, help="energy budget per call (mJ)")
+    budget.add_argument("--max-loss-points", type=float, default=None,
+                        help="instead of a budget: the fastest configuration whose accuracy loss against static on the "
+                             "search images, plus one standard error, is within this many points (else static)")
     sl.add_argument("--pareto", default=None, help="front file (default: BUNDLE/pareto/DEVICE.json)")
     sl.add_argument("--dry-run", action="store_true", help="show the choice without writing it into the manifest")
     sl.add_argument("--allow-degenerate", action="store_true",

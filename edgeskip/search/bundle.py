@@ -64,6 +64,7 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
         points = pareto_points(list(problem.archive.values()), problem.objective, "latency_ms")
         static, evaluations, objectives = problem.static, len(problem.archive), problem.objectives
         hv = hypervolume([problem.objective(p) for p in points])
+        static, *points = _with_accuracies(cache, [static, *points], held_out=False)
         states, layers_computed, recomputed = cache.states, cache.layers_computed, cache.recomputed
         seconds = time.perf_counter() - start
         del problem, cache  # the search's states: freed before the held-out images get their own
@@ -95,12 +96,19 @@ def with_holdout(rt: Runtime, points: Sequence[ParetoPoint], images: npt.NDArray
     of each one's loss against the static model there, from the bundle's own stages (exact, as the Runtime)."""
     if len(images) == 0 or len(images) != len(labels):
         raise ConfigError(f"need held-out images with one label each, got {len(images)} images, {len(labels)} labels")
-    cache = PathCache(rt, prepare(images, rt.input_spec), labels, pool_mb=pool_mb)
+    return _with_accuracies(PathCache(rt, prepare(images, rt.input_spec), labels, pool_mb=pool_mb), points,
+                            held_out=True)
+
+
+def _with_accuracies(cache: PathCache, points: Sequence[ParetoPoint], *, held_out: bool) -> list[ParetoPoint]:
+    """``points`` (the static model first) run on the cache's images: the paired standard error of each one's
+    loss against the static model there and, on ``held_out`` images, the accuracy too."""
     correct = [cache.evaluate(p.policy).logits.argmax(axis=1) == cache.labels for p in points]  # type: ignore[union-attr]
     out = []
     for p, ok in zip(points, correct, strict=True):
-        _, se = paired_loss(ok, correct[0])
-        out.append(dataclasses.replace(p, holdout_accuracy=float(ok.mean()), holdout_loss_se=se if len(ok) > 1 else 0.0))
+        se = paired_loss(ok, correct[0])[1] if len(ok) > 1 else 0.0
+        out.append(dataclasses.replace(p, holdout_accuracy=float(ok.mean()), holdout_loss_se=se) if held_out
+                   else dataclasses.replace(p, loss_se=se))
     return out
 
 

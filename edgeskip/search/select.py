@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from edgeskip.bundle import Bundle, update_manifest
-from edgeskip.front import Selection, check_degenerate, choose, front_of, load_front
+from edgeskip.errors import ConfigError
+from edgeskip.front import Selection, cheapest_within, check_degenerate, choose, front_of, load_front
 
 __all__ = ["record_selection", "select"]
 
@@ -22,15 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def select(bundle: str | Path | Bundle, device: str = "cpu", *, budget_ms: float | None = None,
-           budget_mj: float | None = None, pareto: str | Path | None = None,
+           budget_mj: float | None = None, max_loss_points: float | None = None, pareto: str | Path | None = None,
            allow_degenerate: bool = False) -> Selection:
-    """The most accurate configuration of the device's front for this bundle within the budget (nothing written).
+    """The most accurate configuration of the device's front for this bundle within the budget or, with
+    ``max_loss_points``, the cheapest within that many points of static (:func:`~edgeskip.front.cheapest_within`,
+    one standard error included); nothing written.
 
     A degenerate choice (no layer run, or accuracy within 2 points of chance) raises
     :class:`~edgeskip.front.Degenerate` unless ``allow_degenerate``; allowed, it is logged as a warning."""
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=False)
     front = load_front(front_of(b, device, pareto), fingerprint=b.manifest.fingerprint, device=device)
-    chosen = choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
+    if max_loss_points is not None:
+        if budget_ms is not None or budget_mj is not None:
+            raise ConfigError("give a budget or a largest accuracy loss, not both")
+        chosen = cheapest_within(front, max_loss_points / 100)
+    else:
+        chosen = choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
     reason = check_degenerate(chosen, b.manifest.config.num_classes, allow=allow_degenerate)
     if reason is not None:
         log.warning("selected a degenerate configuration (allowed): %s", reason)

@@ -370,3 +370,31 @@ def test_held_out_accuracy_is_the_runtimes_and_chooses_nothing(front: ParetoFron
     chosen = choose(dataclasses.replace(front, static=static, points=tuple(points),
                                         meta={**front.meta, "holdout": {"images": len(held)}}), budget_ms=1e6)
     assert f"on {len(held)} held-out images" in chosen.describe() and "points against static" in chosen.describe()
+
+
+def test_cheapest_within_a_loss_counts_its_standard_error(front: ParetoFront, profiled: tuple[Path, Profile],
+                                                          images: tuple[Any, Any], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeskip.front import cheapest_within, paired_loss
+
+    bundle, _ = profiled
+    # every point knows the paired standard error of its loss on the search images, as a Runtime run shows it
+    reference = Runtime(bundle, policy=front.static.policy)(images[0]).labels == images[1]
+    for p in front.points[-3:]:
+        ok = Runtime(bundle, policy=p.policy)(images[0]).labels == images[1]
+        assert p.accuracy == pytest.approx(ok.mean()) and p.loss_se == pytest.approx(paired_loss(ok, reference)[1])
+    chosen = cheapest_within(front, 0.02)
+    p = chosen.point
+    assert chosen.static or front.static.accuracy - p.accuracy + p.loss_se <= 0.02  # type: ignore[operator]
+    cheaper = [q for q in front.points if q.cost("latency_ms") < p.cost("latency_ms")]
+    assert all(front.static.accuracy - q.accuracy + q.loss_se > 0.02 for q in cheaper)  # type: ignore[operator]
+    assert "the cheapest of" in chosen.describe() and "one standard error included" in chosen.describe()
+    assert cheapest_within(front, 0.02, margin=0.999).static  # nothing predicted 99.9% faster: static
+    with pytest.raises(ConfigError, match="at least 0 points"):
+        cheapest_within(front, -1.0)
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    assert main(["-q", "select", str(copy), "--max-loss-points", "2", "--dry-run"]) == 0
+    assert "at most 2 point(s) of accuracy loss" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # one or the other
+        main(["-q", "select", str(copy), "--max-loss-points", "2", "--budget-ms", "3"])
+    assert "not allowed with argument" in capsys.readouterr().err
