@@ -31,7 +31,7 @@ from edgeskip.schema import Record, SchemaError, field, read_json_record
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "FrontError", "NothingFits", "ParetoFront", "ParetoPoint", "Searched",
            "Selection", "CHANCE_MARGIN", "Degenerate", "check_degenerate", "choose", "degenerate", "front_of", "load_front",
-           "cheapest_within", "paired_loss", "pareto_path"]
+           "cheapest_within", "paired_loss", "pareto_path", "pick"]
 
 FORMAT = "edgeskip.pareto"
 SCHEMA_VERSION = 2
@@ -313,6 +313,17 @@ def cheapest_within(front: ParetoFront, max_loss: float, *, margin: float = 0.0)
             and static.accuracy - p.accuracy + float(p.loss_se or 0.0) <= max_loss]
     best = min(fits, key=lambda p: (p.cost("latency_ms"), -p.accuracy), default=static)
     return _selection(front, best, best.cost("latency_ms"), "ms", len(fits) + 1, max_loss)
+
+
+def pick(front: ParetoFront, *, budget_ms: float | None = None, budget_mj: float | None = None,
+         max_loss_points: float | None = None) -> Selection:
+    """By a budget (:func:`choose`) or, with ``max_loss_points``, the fastest within that loss
+    (:func:`cheapest_within`); one of the two."""
+    if max_loss_points is None:
+        return choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
+    if budget_ms is not None or budget_mj is not None:
+        raise ConfigError("give a budget or a largest accuracy loss, not both")
+    return cheapest_within(front, max_loss_points / 100)
 
 
 def paired_loss(correct: Any, reference: Any) -> tuple[float, float]:

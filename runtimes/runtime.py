@@ -44,7 +44,7 @@ import numpy.typing as npt
 from edgeskip.bundle import Bundle, BundleError, check_signature, stage_name
 from edgeskip.e2cm.means import E2CM, JSON as E2CM_JSON, NPZ as E2CM_NPZ
 from edgeskip.errors import BackendError, ConfigError, DataError, EdgeskipError
-from edgeskip.front import Selection, check_degenerate, choose, front_of, load_front
+from edgeskip.front import Selection, check_degenerate, front_of, load_front, pick
 from edgeskip.policy import Plan, Policy, SkipConfig, resolve
 from edgeskip.rule import exit_logits, exit_top, route
 from edgeskip.runtimes.backend import BACKENDS, Backend
@@ -233,15 +233,18 @@ class Runtime:
         self._prepare_static(plan)
         self._routing = (plan, self._fusions(plan))  # one assignment: a call reads the plan and its fusions together
 
-    def select(self, *, budget_ms: float | None = None, budget_mj: float | None = None, device: str = "cpu",
-               pareto: str | Path | None = None, allow_degenerate: bool = False) -> Selection:
+    def select(self, *, budget_ms: float | None = None, budget_mj: float | None = None,
+               max_loss_points: float | None = None, device: str = "cpu", pareto: str | Path | None = None,
+               allow_degenerate: bool = False) -> Selection:
         """Switch to the most accurate configuration of ``edgeskip search``'s front for ``device`` within the
-        budget (no reload) and return the :class:`~edgeskip.front.Selection`. Nothing is written: make it the
+        budget, or to the fastest within ``max_loss_points`` of static (one standard error included; see
+        :func:`edgeskip.front.cheapest_within`), with no reload, and return the
+        :class:`~edgeskip.front.Selection`. Nothing is written: make it the
         bundle's default with ``edgeskip select`` or :func:`edgeskip.search.select.record_selection`. A
         degenerate choice (no layer run, or within 2 points of chance) raises
         :class:`~edgeskip.front.Degenerate` unless ``allow_degenerate``."""
         front = load_front(front_of(self.bundle, device, pareto), fingerprint=self.manifest.fingerprint, device=device)
-        chosen = choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
+        chosen = pick(front, budget_ms=budget_ms, budget_mj=budget_mj, max_loss_points=max_loss_points)
         check_degenerate(chosen, self.num_classes, allow=allow_degenerate)
         self.set_policy(chosen.policy)
         return chosen

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from edgeskip.bundle import Bundle, update_manifest
-from edgeskip.errors import ConfigError
-from edgeskip.front import Selection, cheapest_within, check_degenerate, choose, front_of, load_front
+from edgeskip.front import Selection, check_degenerate, front_of, load_front, pick
 
 __all__ = ["record_selection", "select"]
 
@@ -33,12 +32,7 @@ def select(bundle: str | Path | Bundle, device: str = "cpu", *, budget_ms: float
     :class:`~edgeskip.front.Degenerate` unless ``allow_degenerate``; allowed, it is logged as a warning."""
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=False)
     front = load_front(front_of(b, device, pareto), fingerprint=b.manifest.fingerprint, device=device)
-    if max_loss_points is not None:
-        if budget_ms is not None or budget_mj is not None:
-            raise ConfigError("give a budget or a largest accuracy loss, not both")
-        chosen = cheapest_within(front, max_loss_points / 100)
-    else:
-        chosen = choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
+    chosen = pick(front, budget_ms=budget_ms, budget_mj=budget_mj, max_loss_points=max_loss_points)
     reason = check_degenerate(chosen, b.manifest.config.num_classes, allow=allow_degenerate)
     if reason is not None:
         log.warning("selected a degenerate configuration (allowed): %s", reason)

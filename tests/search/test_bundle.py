@@ -290,8 +290,9 @@ def test_select_never_picks_a_point_the_static_model_beats(front: ParetoFront, p
     gets the static model unless a point is more accurate on the search images."""
     bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
     s = front.static
-    worse = dataclasses.replace(front.points[-1], accuracy=s.accuracy - 0.05, latency_ms=s.cost("latency_ms") * 1.2)
-    cheap = dataclasses.replace(front.points[0], accuracy=s.accuracy - 0.10, latency_ms=s.cost("latency_ms") * 0.5)
+    dynamic = [p for p in front.points if p.genes != s.genes]  # the front's most accurate point may be static's
+    worse = dataclasses.replace(dynamic[-1], accuracy=s.accuracy - 0.05, latency_ms=s.cost("latency_ms") * 1.2)
+    cheap = dataclasses.replace(dynamic[0], accuracy=s.accuracy - 0.10, latency_ms=s.cost("latency_ms") * 0.5)
     made = dataclasses.replace(front, points=(cheap, worse))
     chosen = choose(made, budget_ms=s.cost("latency_ms") * 2)
     assert chosen.static and chosen.point == s and chosen.describe().startswith("the static model")
@@ -390,6 +391,8 @@ def test_cheapest_within_a_loss_counts_its_standard_error(front: ParetoFront, pr
     assert all(front.static.accuracy - q.accuracy + q.loss_se > 0.02 for q in cheaper)  # type: ignore[operator]
     assert "the cheapest of" in chosen.describe() and "one standard error included" in chosen.describe()
     assert cheapest_within(front, 0.02, margin=0.999).static  # nothing predicted 99.9% faster: static
+    with Runtime(bundle) as rt:  # an application switches the same way, without reload
+        assert rt.select(max_loss_points=2).point == p and rt.policy.layers == p.thresholds
     with pytest.raises(ConfigError, match="at least 0 points"):
         cheapest_within(front, -1.0)
     copy = Path(shutil.copytree(bundle, tmp_path / "b"))
