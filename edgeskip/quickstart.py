@@ -363,7 +363,7 @@ def format_report(r: dict[str, Any]) -> str:
             for b in sel["budgets"]),
 
         "",
-        (f"Held-out {r['dataset']} images the search never saw ({run['images']}, batch 1, edgeskip.Runtime, "
+        (f"Held-out {r['dataset']} images that chose nothing ({run['images']}, batch 1, edgeskip.Runtime, "
          "static and selected alternating on this machine):"),
         f"  {'':<22}{'accuracy':>9}{'p50 ms':>9}{'mean ms':>9}{'layers/img':>12}{'exits':>8}",
         (f"  {'static (all layers)':<22}{st['accuracy']:>9.4f}{st['p50_ms']:>9.3f}{st['mean_ms']:>9.3f}"

@@ -161,7 +161,7 @@ def test_quickstart_on_cifar10(cifar10_tarball: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
     assert r["dataset"] == "cifar10" and r["model"] == "vit-tiny" and r["train_images"] == 600
-    assert r["held_out_images"] == 300 and "cifar10 images the search never saw" in proc.stdout
+    assert r["held_out_images"] == 300 and "cifar10 images that chose nothing" in proc.stdout
 
 
 def test_pretrained_needs_a_zoo_entry(tmp_path: Path) -> None:
