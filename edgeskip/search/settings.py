@@ -50,9 +50,10 @@ class BundleSearchSettings(SearchSettings):
     batch: int = field(default=1, ge=1, help="batch size latency and energy are predicted at")
     exit_rates: tuple[float, ...] = field(default=DEFAULT_EXIT_RATES, gt=0.0, le=1.0,
                                           help="each exit's grid: the thresholds where these shares of images leave")
-    pool_mb: float = field(default=4096.0, gt=0.0, help=(
+    pool_mb: float = field(default=1024.0, gt=0.0, help=(
         "memory kept for cached token tensors (MiB); less recomputes more, the front stays the same (zoo vit9, "
-        "25 x 30 on 2,000 images: 4096 -> 80 s, 5.8 GB peak; 1024 -> 110 s, 2.8 GB)"))
+        "25 x 30 on 2,000 images, in one phase of this VM: 1024 -> 74 s, 2.0 GB peak; 1536 -> 63 s, 2.5 GB; "
+        "4096 -> 66 s, 5.1 GB)"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
