@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 THREAD_POOLS = ("global", "per-session")
 _pool_lock = threading.Lock()
 _global_pool_threads: int | None = None
+_shared_arena: bool | None = None  # whether the process-wide CPU arena is registered (None: not tried yet)
 
 
 def default_threads() -> int:
@@ -65,6 +66,30 @@ def _ort() -> Any:
     return onnxruntime
 
 
+def _cpu_arena(ort: Any) -> bool:
+    """Register onnxruntime's process-wide CPU arena once (call under ``_pool_lock``); whether it exists.
+
+    Every session made with :func:`session_options` allocates from it (``session.use_env_allocators``) instead of
+    keeping an arena of its own: with one session per stage, each holding a batch's activations, the zoo
+    vit9's agent+e2cm policy at batch 64 held 521 MiB resident against 162 MiB with the shared arena, at the
+    same speed (the monolithic model alone: 281 MiB, unchanged)."""
+    global _shared_arena
+    if _shared_arena is None:
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            _shared_arena = True
+        except Exception as exc:  # an onnxruntime without the API, or an application that registered its own
+            log.debug("no process-wide onnxruntime CPU arena (%s): each session keeps its own", exc)
+            _shared_arena = False
+    return _shared_arena
+
+
+def shared_arena() -> bool:
+    """Whether edgeskip's onnxruntime sessions share one process-wide CPU arena (see :func:`session_options`)."""
+    return bool(_shared_arena)
+
+
 def session_options(threads: int | None = None, thread_pool: str = "auto") -> tuple[Any, str]:
     """onnxruntime SessionOptions for a CPU session, and a description of its thread pool.
 
@@ -80,6 +105,8 @@ def session_options(threads: int | None = None, thread_pool: str = "auto") -> tu
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     with _pool_lock:
+        if _cpu_arena(ort):
+            opts.add_session_config_entry("session.use_env_allocators", "1")
         if thread_pool == "auto":
             thread_pool = "per-session" if _global_pool_threads is None else "global"
         if thread_pool == "global":
@@ -292,7 +319,8 @@ class OnnxRuntimeBackend(Backend):
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "onnxruntime": self.version, "providers": list(self.active_providers),
                 "format": self.format, "precision": "fp16" if self.format == "onnx-fp16" else "fp32",
-                "thread_pool": self.pool, "threads": self.threads, "fuses": True}
+                "thread_pool": self.pool, "threads": self.threads, "fuses": True,
+                "memory_arena": "process-wide" if shared_arena() else "per-session"}
 
     def close(self) -> None:
         self._stages.clear()

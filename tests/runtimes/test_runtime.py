@@ -537,7 +537,7 @@ x = edgeskip.preprocess(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)
                         rt.manifest.normalization)
 name = before.get_inputs()[0].name
 mine = [s.run(None, {name: x})[0] for s in (before, after)]
-print(json.dumps({"plain": plain, "pool": rt.info()["thread_pool"],
+print(json.dumps({"plain": plain, "pool": rt.info()["thread_pool"], "arena": rt.info().get("memory_arena"),
                   "error": max(float(np.abs(m - rt(x).logits).max()) for m in mine)}))
 """
 
@@ -552,6 +552,8 @@ def test_an_application_s_own_sessions_work_beside_the_runtime(tiny_bundle: Path
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["plain"] == "refused" and result["pool"].startswith("global") and result["error"] < 1e-4
+    # every edgeskip session, and the application's made with session_options(), allocate from one CPU arena
+    assert result["arena"] == "process-wide"
 
 
 def test_decision_free_segments() -> None:
