@@ -52,7 +52,7 @@ def main() -> int:
     if m.agents is None:
         sys.exit("the bundle's model has no agents: nothing to configure")
     model = ProfileCosts.from_profile(profile, m.config.depth)
-    reused = ProfileCosts.from_profile(profile, m.config.depth, reuse=True)  # the variant priced by reuse distance
+    reused = ProfileCosts.from_profile(profile, m.config.depth, reuse=not model.reuse)  # the other variant
     if args.data:
         from edgeskip.data import load_dataset
 
@@ -138,7 +138,8 @@ def main() -> int:
           f"max {100 * summary['max_abs_error']:.2f}%, mean error {100 * summary['mean_error']:+.2f}%; relative to static in "
           f"the same round: {100 * summary['ratio_within_5pct']:.0f}% within +/-5%, median |error| "
           f"{100 * summary['ratio_median_abs_error']:.2f}%, p90 {100 * summary['ratio_p90_abs_error']:.2f}%")
-    print(f"the same model pricing layers by reuse distance (reuse=True), relative to static: "
+    print(f"the same model with reuse={reused.reuse} (layers priced {'by reuse distance' if reused.reuse else 'at static-pass times'}), "
+          "relative to static: "
           f"{100 * summary['reuse_ratio_within_5pct']:.0f}% within +/-5%, median |error| "
           f"{100 * summary['reuse_ratio_median_abs_error']:.2f}%")
     if args.json:

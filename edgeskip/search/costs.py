@@ -19,10 +19,10 @@ For a configuration and a set of images (what matters is how often each piece ru
 previous run (inputs one at a time, in order; a first run counts as every other layer), and
 ``layer_j(d)`` its time at that reuse distance, interpolated between the profile's ``layer_NN@d``
 entries and ``layer_NN`` (a static pass: every other layer in between): with few distinct layers
-in use their weights stay in the caches. Those reuse terms are used only with ``reuse=True``: measured
-end to end they made dynamic configurations look 10-16% faster than they ran, so by default every
-layer run costs its static-pass time (:meth:`ProfileCosts.from_profile`). ``asked_*_j`` is the share whose agent j is asked (every
-input still in the network at a layer with an agent threshold above 0) right after a layer ran,
+in use their weights stay in the caches. With ``reuse=False`` every layer run costs its static-pass
+time instead; that was the default until the profile timed static in blocks and every session shared one
+memory arena, after which the reuse terms predicted better (:meth:`ProfileCosts.from_profile`).
+``asked_*_j`` is the share whose agent j is asked (every input still in the network at a layer with an agent threshold above 0) right after a layer ran,
 or after a skip (``agent_NN@0``: no layer has just flushed the caches), ``checked_i`` the share
 checked at exit i, ``reach_head`` the share that reaches the head. The last two terms
 are the runtime's own cost around the stages, measured by the profiler in context
@@ -158,7 +158,7 @@ class ProfileCosts:
     """Latency and energy entries of one bundle on one device, from ``edgeskip profile``."""
 
     def __init__(self, entries: Mapping[CostKey, tuple[float, float]], overhead: Mapping[int, tuple[float, float]],
-                 depth: int, device: str, energy_source: str, fuses: bool = False, reuse: bool = False) -> None:
+                 depth: int, device: str, energy_source: str, fuses: bool = False, reuse: bool = True) -> None:
         self.entries = dict(entries)
         self.overhead = dict(overhead)  # batch -> (ms per backend call, ms per runtime call)
         self.depth = depth
@@ -168,15 +168,15 @@ class ProfileCosts:
         self.reuse = reuse  # price layers by reuse distance (the profile's layer_NN@d entries); see from_profile
 
     @classmethod
-    def from_profile(cls, profile: Profile, depth: int, *, reuse: bool = False) -> ProfileCosts:
+    def from_profile(cls, profile: Profile, depth: int, *, reuse: bool = True) -> ProfileCosts:
         """The entries of ``edgeskip profile``: trimmed means (expected times add up, medians do not).
 
         ``reuse``: price each layer run by its reuse distance (``layer_NN@d``, timed in a tight cycle of
-        ``d + 1`` layers). Off by default, by measurement on the zoo's vit9 here, both variants against the
-        same interleaved run, as ratios to static: 15 configurations, the reuse terms made every dynamic one
-        10-16% too fast (median |error| 12.8%, none within 5%) where static-pass times gave 1.6% (11 of 15
-        within 5%); ``python benchmarks/predictor_bench.py`` (24 configurations), 6.3% (30% within 5%)
-        against 3.8% (65%)."""
+        ``d + 1`` layers), else at its static-pass time. Chosen by ``python benchmarks/predictor_bench.py``
+        (24 configurations, ratios to static in one interleaved run; it prints both), median |error|:
+        zoo vit9 2.3-7.0% with reuse terms against 5.7-26% without, in six runs; the quickstart's digits
+        model 1.7-10.9% against 9.7-23%, in two. (With static timed once per pass and an arena per session,
+        the reuse terms had been the worse: 6.3% against 3.8% on vit9.)"""
         entries = {CostKey.parse(name, int(b)): (t.mean_ms, t.energy_mj)
                    for b, pieces in profile.batches.items() for name, t in pieces.items()}
         overhead = {int(b): (o.per_call_ms, o.fixed_ms) for b, o in profile.overhead.items()}

@@ -78,8 +78,9 @@ def test_reuse_distances_and_warm_agents_in_the_model() -> None:
     saved = 0.5 * 2.0 - (0.25 * 1.0 + 0.25 * 1.5) + 0.5 * (0.02 - 0.005)
     assert model.predict(reused).latency_ms == pytest.approx(model.predict(static).latency_ms - saved)
     assert model.predict(reused).energy_mj == pytest.approx(model.predict(static).energy_mj - 10 * saved)
-    # by default (reuse=False, set by measurement) every layer run is priced at its static-pass time
-    plain = ProfileCosts.from_profile(_profile(extra={"layer_01@0": 1.0, "agent_01@0": 0.005}), depth=3)
+    assert ProfileCosts.from_profile(_profile(), depth=3).reuse  # the default, set by measurement
+    # reuse=False: every layer run is priced at its static-pass time
+    plain = ProfileCosts.from_profile(_profile(extra={"layer_01@0": 1.0, "agent_01@0": 0.005}), depth=3, reuse=False)
     assert plain.predict(reused).latency_ms == pytest.approx(plain.predict(static).latency_ms - 0.5 * (0.02 - 0.005))
     with pytest.raises(ConfigError, match="unknown profile entry"):
         CostKey.parse("exit_01@0", 1)
