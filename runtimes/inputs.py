@@ -78,7 +78,8 @@ def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
         raise InputError(f"float images hold values up to {float(np.abs(rows).max()):.3g} ({_rows(bad)}): float input "
                          f"must be normalised (a normalised image lies within about ±3; the limit is ±{MAX_ABS:g}); "
                          "pass uint8 images, or normalise with edgeskip.preprocess")
-    if x.shape[-1] != spec.image_size or x.shape[-2] != spec.image_size:
+    spatial = x.shape[1:3] if x.dtype == np.uint8 else x.shape[2:4]  # NHWC uint8, NCHW float
+    if spatial != (spec.image_size, spec.image_size):  # (comparing the channel axis had resized every uint8 call)
         x = resize_bilinear(x, spec.image_size)
     if x.dtype == np.uint8:  # (B, S, S, C) uint8 -> normalised NCHW
         return preprocess(x, spec.normalization)

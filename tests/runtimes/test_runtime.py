@@ -242,6 +242,18 @@ def test_images_of_another_size_are_resized_bilinearly(tiny: Runtime) -> None:
     assert np.abs(ours.astype(int) - pil.astype(int)).max() <= 1  # same sampling, rounding apart
     assert np.array_equal(tiny(small).logits, tiny(ours).logits)
     assert len(tiny(_images(1, size=48))) == 1
+    # images already of the model's size are not resized (an identity resize once ran on every uint8 call)
+    import edgeskip.runtimes.inputs as inputs
+
+    calls: list[tuple[int, ...]] = []
+    original = inputs.resize_bilinear
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inputs, "resize_bilinear", lambda x, size: calls.append(x.shape) or original(x, size))
+        tiny(_images(2))
+        tiny(inputs.prepare(_images(2), tiny.input_spec).astype(np.float64))  # float NCHW of the right size
+        assert calls == []
+        tiny(small)
+        assert calls == [small.shape]
     images = _images(2)  # PIL images, one or a list of them, are uint8 channels-last images
     assert np.array_equal(tiny(Image.fromarray(images[0])).logits, tiny(images[:1]).logits)
     assert np.array_equal(tiny([Image.fromarray(im) for im in images]).logits, tiny(images).logits)
