@@ -14,7 +14,9 @@
    between fast and slow phases between the profile and the validation cannot disturb.
 
     python benchmarks/predictor_bench.py --bundle DIR --data ../shared/data/cifar10-images.tar.gz \
-        [--configs 24] [--images 100] [--rounds 40] [--block 25] [--json out.json] [--plot out.png]
+        [--configs 24] [--images 100] [--rounds 40] [--block 25] [--batch 1] [--json out.json] [--plot out.png]
+
+At batch 64: ``--batch 64 --images 256 --block 2 --rounds 20`` (a block is that many calls).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=40, help="rounds over the configurations")
     parser.add_argument("--block", type=int, default=25, help="images per configuration per round")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (profiled at this batch size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
@@ -46,7 +49,9 @@ def main() -> int:
     from edgeskip.runtimes import Policy, Runtime
     from edgeskip.runtimes.inputs import prepare
 
-    profile = profile_bundle(args.bundle, "cpu", settings=ProfileSettings(batch_sizes=(1,)))
+    if args.batch < 1 or args.images < 2 * args.batch:
+        sys.exit(f"need --batch >= 1 and at least two batches of images (--images >= {2 * args.batch})")
+    profile = profile_bundle(args.bundle, "cpu", settings=ProfileSettings(batch_sizes=(args.batch,)))
     rt = Runtime(args.bundle, policy="static")
     m = rt.manifest
     if m.agents is None:
@@ -62,7 +67,7 @@ def main() -> int:
         images = np.random.default_rng(args.seed).integers(0, 256, (args.images, spec.image_size, spec.image_size,
                                                                      spec.channels), dtype=np.uint8)
     x = prepare(images, rt.input_spec)
-    rows = [x[i:i + 1] for i in range(len(x))]
+    rows = [x[i:i + args.batch] for i in range(0, len(x) - args.batch + 1, args.batch)]  # the calls
     genome = Genome(m.config.depth, None, DEFAULT_GRID)
     rng = np.random.default_rng(args.seed)
     policies = {"static": Policy.config([0.0] * m.config.depth), "all-0.5": Policy.config([0.5] * m.config.depth)}
@@ -98,8 +103,8 @@ def main() -> int:
         plan = runtime.plan
         usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.steps, exits, list(plan.exits),
                          static=plan.static)
-        predicted = model.predict(usage, 1).latency_ms
-        predicted_reuse = reused.predict(usage, 1).latency_ms
+        predicted = model.predict(usage, args.batch).latency_ms
+        predicted_reuse = reused.predict(usage, args.batch).latency_ms
         if name == "static":
             predicted_static, predicted_static_reuse = predicted, predicted_reuse
         measured = float(np.mean(times[name]))  # the model predicts a mean over inputs
@@ -116,7 +121,7 @@ def main() -> int:
     reuse_errors = np.array([r["ratio_error_reuse"] for r in results if r["config"] != "static"])
     errors = np.array([r["error"] for r in results])
     ratio_errors = np.array([r["ratio_error"] for r in results if r["config"] != "static"])
-    summary = {"configs": len(results), "images": len(rows), "rounds": args.rounds,
+    summary = {"configs": len(results), "images": len(rows) * args.batch, "batch": args.batch, "rounds": args.rounds,
                "within_5pct": float(np.mean(np.abs(errors) <= 0.05)), "median_abs_error": float(np.median(np.abs(errors))),
                "p90_abs_error": float(np.percentile(np.abs(errors), 90)), "max_abs_error": float(np.abs(errors).max()),
                "mean_error": float(errors.mean()),
@@ -132,7 +137,7 @@ def main() -> int:
         print(f"{r['config']:<22} {100 * r['executed_fraction']:6.1f}% {r['measured_ms']:8.3f} ms "
               f"{r['predicted_ms']:8.3f} ms {100 * r['error']:+7.2f}%  {r['measured_ratio']:19.3f} "
               f"{r['predicted_ratio']:9.3f} {100 * r['ratio_error']:+7.2f}%")
-    print(f"\n{summary['configs']} configurations, {summary['images']} images at batch 1, {summary['rounds']} interleaved "
+    print(f"\n{summary['configs']} configurations, {summary['images']} images at batch {args.batch}, {summary['rounds']} interleaved "
           f"rounds: {100 * summary['within_5pct']:.0f}% within +/-5% (target 90%), median |error| "
           f"{100 * summary['median_abs_error']:.2f}%, p90 {100 * summary['p90_abs_error']:.2f}%, "
           f"max {100 * summary['max_abs_error']:.2f}%, mean error {100 * summary['mean_error']:+.2f}%; relative to static in "
@@ -160,8 +165,8 @@ def main() -> int:
         ax.fill_between(lim, [v * 0.95 for v in lim], [v * 1.05 for v in lim], color="grey", alpha=0.15,
                         label="+/-5%")
         ax.scatter(meas, pred, s=18)
-        ax.set(xlim=lim, ylim=lim, xlabel="measured latency per image (ms)", ylabel="predicted (ms)",
-               title=f"{m.model_name}: latency model vs measured, batch 1")
+        ax.set(xlim=lim, ylim=lim, xlabel="measured latency per call (ms)", ylabel="predicted (ms)",
+               title=f"{m.model_name}: latency model vs measured, batch {args.batch}")
         ax.legend(loc="upper left")
         save_figure(fig, args.plot)
     return 0
