@@ -544,8 +544,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         ex = "" if p.exit_thresholds is None else "  exits " + " ".join(f"{t:.2f}" for t in p.exit_thresholds)
         h = ""
         if p.holdout_accuracy is not None and front.static.holdout_accuracy is not None:
-            loss = 100 * (p.holdout_accuracy - front.static.holdout_accuracy)
-            h = f"{100 * p.holdout_accuracy:6.2f}% {loss:+5.2f}±{100 * (p.holdout_loss_se or 0):4.2f}  "
+            diff = 100 * (p.holdout_accuracy - front.static.holdout_accuracy)
+            h = f"{100 * p.holdout_accuracy:6.2f}% {diff:+5.2f}±{100 * (p.holdout_loss_se or 0):4.2f}  "
         print(f"{name:>6} {100 * p.accuracy:8.2f}% {p.cost('latency_ms'):7.3f} ms {p.cost('energy_mj'):7.3f} mJ "
               f"{p.executed_layers:7.2f} {100 * p.exit_rate:5.1f}%  {h}{genes}{ex}")
     energy = " (energy is an ESTIMATE, not a measurement)" if front.energy_source == "estimate" else ""

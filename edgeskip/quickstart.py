@@ -6,8 +6,9 @@ run (``edgeskip.Runtime`` on held-out images, static and selected side by side) 
 
 The default runs on scikit-learn's 8x8 digits with ``vit-digits-wide`` (width 192, so that a layer
 costs more than the decision to skip it) in under a minute on two quiet CPU cores;
-``dataset="cifar10"`` runs the same journey on a CIFAR-10 copy. Everything is written under one folder, the report last (as ``quickstart.json`` and
-``report.md``), so a folder without it is an interrupted run.
+``dataset="cifar10"`` runs the same journey on a CIFAR-10 copy. Everything is written under one
+folder, the report last (as ``quickstart.json`` and ``report.md``), so a folder without it is an
+interrupted run.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ class Preset:
     pop_size: int
     generations: int
     why: str = ""  # why the model is sized so, for the report
-
 
 
 PRESETS: dict[str, Preset] = {
@@ -165,7 +165,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     report["search_images"] = len(calib)
     with stage("search", f"NSGA-II over layer and exit thresholds on {len(calib)} images, latency predicted"):
         front, report["search"] = _search(cfg, bundle, calib, held_out, profile)
-    with stage("select", "the most accurate configuration within the latency budget"):
+    with stage("select", "the fastest configuration within 1 point of static (or the most accurate within "
+                         "--budget-ms)"):
         report["select"] = _select(cfg, bundle, front)
     with stage("run", f"edgeskip.Runtime on {len(held_out)} held-out images, static and selected interleaved"):
         report["run"] = _run(bundle, held_out, cfg.progress)
