@@ -323,6 +323,9 @@ def pick(front: ParetoFront, *, budget_ms: float | None = None, budget_mj: float
         return choose(front, budget_ms=budget_ms, budget_mj=budget_mj)
     if budget_ms is not None or budget_mj is not None:
         raise ConfigError("give a budget or a largest accuracy loss, not both")
+    if isinstance(max_loss_points, bool) or not isinstance(max_loss_points, (int, float)) \
+            or not math.isfinite(max_loss_points) or max_loss_points < 0:
+        raise ConfigError(f"the largest accuracy loss must be a number of points >= 0, got {max_loss_points!r}")
     return cheapest_within(front, max_loss_points / 100)
 
 

@@ -398,6 +398,8 @@ def test_cheapest_within_a_loss_counts_its_standard_error(front: ParetoFront, pr
     copy = Path(shutil.copytree(bundle, tmp_path / "b"))
     assert main(["-q", "select", str(copy), "--max-loss-points", "2", "--dry-run"]) == 0
     assert "at most 2 point(s) of accuracy loss" in capsys.readouterr().out
+    assert main(["-q", "select", str(copy), "--max-loss-points", "-1"]) == 2
+    assert "a number of points >= 0, got -1.0" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one or the other
         main(["-q", "select", str(copy), "--max-loss-points", "2", "--budget-ms", "3"])
     assert "not allowed with argument" in capsys.readouterr().err
