@@ -44,7 +44,7 @@ from edgeskip.runtimes.inputs import prepare
 from edgeskip.runtimes.runtime import Runtime
 from edgeskip.devices.table import Device, get_device
 from edgeskip.errors import ConfigError
-from edgeskip.profile import Memory, Overhead, Profile, ProfiledBundle, ProfileError, Stability, Timing
+from edgeskip.profile import GateCost, Memory, Overhead, Profile, ProfiledBundle, ProfileError, Stability, Timing
 from edgeskip.schema import to_json
 from edgeskip.rule import agent_runs, exit_top
 
@@ -231,6 +231,57 @@ def _overhead(samples: dict[str, list[float]], pieces: dict[str, Timing], layers
                     half_sum_of_stages_ms=sum_half, passes=len(samples["runtime_all"]))
 
 
+# An exit threshold every exit check passes through without firing (1.0 would disable the check; float32 in the graph)
+NEVER_FIRES = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+
+
+def _gate_runtimes(rt: Runtime, layers: Sequence[int], x: npt.NDArray[np.float32],
+                   options: dict[str, Any]) -> dict[str, Runtime]:
+    """The gate graph as whole Runtime calls on one input: every layer (``gate_all``), every other layer skipped
+    (``gate_half``, where every layer has an agent to skip it by) and every exit checked without firing
+    (``gate_exits``, where the profile's input does not leave at any); none where the bundle has no gate graph or
+    the backend is not fp32 onnxruntime (the graph's own backend and precision)."""
+    m = rt.manifest
+    if m.gate is None or rt.backend_info.get("backend") != "onnxruntime" or rt.backend_info.get("format") != "onnx":
+        return {}
+    from edgeskip.runtimes.gate import GateGraph  # parses ONNX protobufs: loaded only for the gate graph
+
+    opts = {k: v for k, v in options.items() if k in GateGraph.OPTIONS}
+    out = {"gate_all": Runtime(rt.bundle, graph="gate", policy="static", **opts)}
+    if m.agents is not None and len(layers) > 1:
+        out["gate_half"] = Runtime(rt.bundle, graph="gate", **opts, policy=Policy.config(
+            [0.0 if j in layers[::2] else None for j in range(m.config.depth)]))
+    if m.e2cm is not None:
+        checked = Runtime(rt.bundle, graph="gate", **opts, policy=Policy.config(
+            None, [NEVER_FIRES] * len(m.e2cm.exits)))
+        if (checked(x[:1]).exit_layer < 0).all():
+            out["gate_exits"] = checked
+        else:
+            log.info("the profile's input leaves at an exit even at threshold %r: gate exit checks are priced as "
+                     "the stage loop's", NEVER_FIRES)
+    return out
+
+
+def _gate_cost(samples: dict[str, list[float]], pieces: dict[str, Timing], layers: Sequence[int],
+               exits: int) -> GateCost:
+    """The gate graph's terms: the line through its every-layer and every-other-layer calls against the sums of
+    their stages' in-context times (as :func:`_overhead` does for the stage loop), and its every-exit call."""
+    stage = {k: v.mean_ms for k, v in pieces.items()}
+    half = layers[::2]
+    sum_all = stage["embed"] + stage["head"] + sum(stage[stage_name(j)] for j in layers)
+    sum_half = stage["embed"] + stage["head"] + sum(stage[stage_name(j)] for j in half)
+    t_all = trimmed_mean(samples["gate_all"]) * 1e3
+    t_half = trimmed_mean(samples["gate_half"]) * 1e3 if "gate_half" in samples else None
+    per_layer = 0.0 if t_half is None else ((t_all - sum_all) - (t_half - sum_half)) / (len(layers) - len(half))
+    t_exits = trimmed_mean(samples["gate_exits"]) * 1e3 if "gate_exits" in samples else None
+    if t_exits is not None:
+        per_exit = max(t_exits - t_all, 0.0) / exits
+    else:  # not measured: as the stage loop's host-side check
+        per_exit = float(np.mean([v for k, v in stage.items() if k.startswith("exit_")] or [0.0]))
+    return GateCost(per_layer_ms=per_layer, per_exit_ms=per_exit, fixed_ms=(t_all - sum_all) - per_layer * len(layers),
+                    all_ms=t_all, half_ms=t_half, exits_ms=t_exits)
+
+
 def _agent_decision(tokens: npt.NDArray[np.float32], w: npt.NDArray[np.float32], bias: np.float32,
                     runs: Callable[..., Any]) -> int:
     """What the runtime does for one agent: the logit of the CLS token against a cut."""
@@ -272,19 +323,27 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     out: dict[str, dict[str, Timing]] = {}
     overhead: dict[str, Overhead] = {}
     stability: dict[str, Stability] = {}
+    gate: dict[str, GateCost] = {}
     for b in settings.batch_sizes:
         images = rng.integers(0, 256, (b, spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
         x: npt.NDArray[np.float32] = prepare(images, spec)
         say(f"batch {b}: every piece in context")
         calls = _pass_calls(be, rt, x, layers, exits, agent_runs, exit_top)
-        half_rt = Runtime(rt.bundle, backend=type(be), whole_static=False, fuse=False, policy=Policy.config(
-            [0.0 if j in layers[::2] else None for j in range(m.config.depth)]), **backend_options)
+        # every other layer, on the same sessions as the pieces (a Runtime of its own would run its own copy of the
+        # weights, cold in every pass: it measured 0.14 ms over its stages where the whole loop on shared ones had none)
+        half = Policy.config([0.0 if j in layers[::2] else None for j in range(m.config.depth)])
         windows = _window_calls(calls, layers)
         extra: list[tuple[str | None, Callable[[], Any]]] = [
-            ("runtime_all", functools.partial(rt, x)), ("runtime_half", functools.partial(half_rt, x)), *windows]
+            ("runtime_all", functools.partial(rt, x)), (None, functools.partial(rt.set_policy, half)),
+            ("runtime_half", functools.partial(rt, x)), (None, functools.partial(rt.set_policy, "static")), *windows]
         if static_rt is not None:  # the static policy as the Runtime runs it: the monolithic model in one call
             whole_call = functools.partial(static_rt, x)
             extra += [(None, whole_call)] * STATIC_WARM + [(STATIC, whole_call)] * STATIC_BLOCK
+            extra += [(None, fn) for _, fn in calls]
+        gates = _gate_runtimes(rt, layers, x, backend_options) if b == 1 else {}  # one input a call: batch 1 only
+        for name, g in gates.items():  # like the monolithic model: its own weights, timed in a warm block
+            gate_call = functools.partial(g, x)
+            extra += [(None, gate_call)] * STATIC_WARM + [(name, gate_call)] * STATIC_BLOCK
             extra += [(None, fn) for _, fn in calls]
         samples, stability[str(b)] = _timed_steadily(calls, settings, extra)
         if not stability[str(b)].steady:
@@ -309,6 +368,8 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         out[str(b)] = pieces
         say(f"batch {b}: runtime overhead")
         overhead[str(b)] = _overhead(samples, pieces, layers)
+        if gates:
+            gate[str(b)] = _gate_cost(samples, pieces, layers, len(exits))
     return Profile(
         device=dev.name,
         bundle=ProfiledBundle(model=m.model_name, fingerprint=m.fingerprint, target=m.target, removed=m.removed,
@@ -318,4 +379,5 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         memory=Memory(peak_rss_mb=_peak_rss_mb(), peak_rss_before_mb=rss_before),
         settings=to_json(settings), overhead=overhead,
         created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), batches=out, stability=stability,
+        gate=gate,
     )

@@ -74,6 +74,9 @@ class ParetoPoint(Record):
     holdout_accuracy: float | None = field(default=None, ge=0.0, le=1.0)
     holdout_loss_se: float | None = field(default=None, ge=0.0)
     loss_se: float | None = field(default=None, ge=0.0)  # paired standard error of its loss on the search images
+    # the execution path its latency is predicted on, at the front's batch (edgeskip.search.costs.PATHS): the
+    # Runtime runs it there (Runtime.set_policy(..., path=)); None: costed in MACs, or searched before paths
+    path: Literal["monolithic", "gate", "stages"] | None = None
 
     @property
     def policy(self) -> Policy:

@@ -299,6 +299,7 @@ class DefaultConfig(Record):
     accuracy: float = field(ge=0.0, le=1.0)
     calibration_images: int | None = None
     selected_utc: str
+    path: Literal["monolithic", "gate", "stages"] | None = None  # the execution path it was predicted on
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

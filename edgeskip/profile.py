@@ -18,7 +18,7 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.fsutil import atomic_write_json
 from edgeskip.schema import Record, SchemaError, field, read_json_record
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "STATIC", "Overhead", "Profile", "ProfileError", "ProfiledBundle", "Stability",
+__all__ = ["FORMAT", "SCHEMA_VERSION", "STATIC", "GateCost", "Overhead", "Profile", "ProfileError", "ProfiledBundle", "Stability",
            "Timing", "load_profile", "profile_path"]
 
 FORMAT = "edgeskip.profile"
@@ -56,6 +56,23 @@ class Overhead(Record):
     half_loop_ms: float
     half_sum_of_stages_ms: float
     passes: int = field(ge=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GateCost(Record):
+    """The gate graph (``onnx/gate.onnx``, one backend call per input) at one batch size, as the profiler fits it:
+    whole Runtime calls with every layer run (``all_ms``), every other layer skipped (``half_ms``) and every exit
+    checked without firing (``exits_ms``), timed in the same passes as the stages, give what a layer run costs
+    inside the graph beyond its time as a stage call (``per_layer_ms``; negative where the graph saves the stage
+    call's dispatch), what an exit check costs there (``per_exit_ms``) and the call's fixed cost (``fixed_ms``:
+    input preparation, every layer's agent and ``If``)."""
+
+    per_layer_ms: float
+    per_exit_ms: float
+    fixed_ms: float
+    all_ms: float = field(ge=0.0)
+    half_ms: float | None = field(default=None, ge=0.0)  # None: no agents, every configuration runs every layer
+    exits_ms: float | None = field(default=None, ge=0.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,6 +123,7 @@ class Profile(Record):
     settings: dict[str, Any]
     created_utc: str
     stability: dict[str, Stability] = field(default_factory=dict, max_items=64)  # batch -> (profiles before: {})
+    gate: dict[str, GateCost] = field(default_factory=dict, max_items=64)  # batch -> (no gate graph measured: {})
 
     def __post_init__(self) -> None:
         if not self.batches or any(not pieces for pieces in self.batches.values()):

@@ -18,6 +18,13 @@ give the same decisions (logits equal up to float rounding of batched matrix pro
 
 ``graph="gate"`` runs ``onnx/gate.onnx`` (onnxruntime only) one input at a time instead.
 
+Each configuration runs on one execution path (``rt.path``): ``monolithic`` (a static plan: the
+bundle's whole model in one backend call), ``gate`` (the gate graph for one input, the stage loop for
+a batch) or ``stages``. A Pareto point carries the path its search predicted fastest from the device's
+profile (:meth:`edgeskip.search.costs.ProfileCosts.paths`); :meth:`Runtime.select`, policy ``default``
+and ``set_policy(point.policy, path=point.path)`` follow it. Without one, a static plan runs the
+monolithic model and any other the stage loop.
+
 Errors (all :class:`~edgeskip.errors.EdgeskipError`): a bad input raises
 :class:`~edgeskip.errors.InputError`, a bad bundle :class:`~edgeskip.bundle.BundleError`, a
 bad policy or option :class:`~edgeskip.errors.ConfigError`, an unknown backend
@@ -32,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import logging
 import time
 import zipfile
 from collections.abc import Iterable
@@ -52,9 +60,12 @@ from edgeskip.runtimes.inputs import InputSpec, prepare
 from edgeskip.runtimes.telemetry import RuntimeStats, Telemetry, path_string
 from edgeskip.signing import KeyLike
 
-__all__ = ["Runtime", "RuntimeOutput", "GRAPHS"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Runtime", "RuntimeOutput", "GRAPHS", "PATHS"]
 
 GRAPHS = ("stages", "gate")
+PATHS = ("monolithic", "gate", "stages")  # how a configuration runs (Runtime.path; edgeskip.search.costs.PATHS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +141,13 @@ class Runtime:
         self._whole_static = whole_static
         self._fuse = fuse
         self._static_runner: Any = None
+        self._gate_options = backend_options
         if graph == "gate":
             if backend not in ("onnxruntime",):
                 raise ConfigError("graph='gate' runs the ONNX gate graph, which needs backend='onnxruntime'")
             from edgeskip.runtimes.gate import GateGraph  # parses ONNX protobufs: loaded only for the gate graph
 
             self._gate = GateGraph(self.bundle, **backend_options)
-            self._configure_gate(plan)
             self.backend_info = {"backend": "onnxruntime", "graph": "gate", "thread_pool": self._gate.pool,
                                  "threads": self._gate.threads, "providers": list(self._gate.providers)}
         else:
@@ -144,8 +155,8 @@ class Runtime:
             stages = ["embed", *(self._layer_names[j] for j in range(self.depth) if j not in m.removed), "head"]
             self._backend = cls(self.bundle, stages, **backend_options)
             self.backend_info = {**self._backend.info(), "graph": "stages"}
-            self._prepare_static(plan)
-        self._routing = (plan, self._fusions(plan))  # the plan and its fused segments, read together by a call
+        # the plan, its fused segments and its path, read together by a call
+        self._routing: tuple[Plan, dict[int, tuple[str, frozenset[int]]], str] = self._route(plan, None)
         self._telemetry = Telemetry(self.depth)
         self._closed = False
 
@@ -222,16 +233,68 @@ class Runtime:
         """The bundle's E²CM exits, or None."""
         return self._e2cm
 
-    def set_policy(self, policy: str | Policy | SkipConfig) -> None:
+    def set_policy(self, policy: str | Policy | SkipConfig, *, path: str | None = None) -> None:
         """Switch to another policy or configuration (e.g. a cheaper Pareto point); no reload.
 
-        Calls already running finish under the policy they started with.
+        ``path``: the execution path to run it on (:data:`PATHS`; a Pareto point's ``path``); None: the bundle's
+        default configuration's recorded path for policy ``default``, else the monolithic model for a static plan
+        and the stage loop for any other. Calls already running finish under the policy they started with.
         """
         plan = resolve(policy, self.manifest)
-        if self._gate is not None:
+        self._routing = self._route(plan, path)  # one assignment: a call reads plan, fusions and path together
+
+    def _route(self, plan: Plan, path: str | None) -> tuple[Plan, dict[int, tuple[str, frozenset[int]]], str]:
+        chosen = self._path_of(plan, path)
+        if chosen == "gate":
             self._configure_gate(plan)
-        self._prepare_static(plan)
-        self._routing = (plan, self._fusions(plan))  # one assignment: a call reads the plan and its fusions together
+        return plan, ({} if chosen == "monolithic" else self._fusions(plan)), chosen
+
+    def _path_of(self, plan: Plan, path: str | None) -> str:
+        """The path ``plan`` runs on: ``path`` checked, else the default (see :meth:`set_policy`)."""
+        if self.graph == "gate":
+            if path not in (None, "gate"):
+                raise ConfigError(f"a Runtime made with graph='gate' runs the gate graph only, not path {path!r}")
+            return "gate"
+        recorded = self.manifest.default_config.path if self.manifest.default_config is not None else None
+        if path is None and plan.policy.name == "default" and recorded is not None:
+            why = self._path_refused(plan, recorded)
+            if why is None:
+                return recorded
+            log.info("the bundle's default configuration was chosen for path %r, which %s: it runs on the %s",
+                     recorded, why, "monolithic model" if self._monolithic_ok(plan) else "stage loop")
+        if path is None:
+            return "monolithic" if self._whole_static and self._monolithic_ok(plan) else "stages"
+        if path not in PATHS:
+            raise ConfigError(f"unknown execution path {path!r}; choose one of {', '.join(PATHS)}")
+        why = self._path_refused(plan, path)
+        if why is not None:
+            raise ConfigError(f"this Runtime cannot run path {path!r}: {why}")
+        return path
+
+    def _monolithic_ok(self, plan: Plan) -> bool:
+        """Whether ``plan`` can run as the backend's monolithic model (loaded here on first need)."""
+        if not plan.static or self._backend is None:
+            return False
+        if self._static_runner is None:
+            self._static_runner = self._backend.static_runner()
+        return self._static_runner is not None
+
+    def _path_refused(self, plan: Plan, path: str) -> str | None:
+        """Why this Runtime cannot run ``plan`` on ``path``, or None."""
+        if path == "monolithic" and not self._monolithic_ok(plan):
+            return ("only a static plan runs as the monolithic model" if not plan.static else
+                    f"backend {self.backend_info.get('backend')!r} has no monolithic model of this bundle")
+        if path == "gate":
+            info = self.backend_info
+            if self.manifest.gate is None:
+                return "the bundle has no gate graph"
+            if info.get("backend") != "onnxruntime" or info.get("format") != "onnx":
+                return "the gate graph runs on the fp32 onnxruntime backend only"
+            removed = set(self.manifest.removed)
+            if self.manifest.agents is None and any(
+                    t != 0.0 for j, t in enumerate(plan.layer_thresholds) if j not in removed):
+                return "the gate graph has no agents to skip a layer by"
+        return None
 
     def select(self, *, budget_ms: float | None = None, budget_mj: float | None = None,
                max_loss_points: float | None = None, device: str = "cpu", pareto: str | Path | None = None,
@@ -246,14 +309,15 @@ class Runtime:
         front = load_front(front_of(self.bundle, device, pareto), fingerprint=self.manifest.fingerprint, device=device)
         chosen = pick(front, budget_ms=budget_ms, budget_mj=budget_mj, max_loss_points=max_loss_points)
         check_degenerate(chosen, self.num_classes, allow=allow_degenerate)
-        self.set_policy(chosen.policy)
+        self.set_policy(chosen.policy, path=chosen.point.path if chosen.batch == 1 or chosen.point.path != "gate"
+                        else None)
         return chosen
 
     def _fusions(self, plan: Plan) -> dict[int, tuple[str, frozenset[int]]]:
         """First layer -> (the backend's fused stage, the later layers it covers) for each decision-free segment
         of ``plan`` the backend can fuse (``fuse=True``; a static plan on the monolithic model needs none)."""
         backend = self._backend
-        if not self._fuse or backend is None or (plan.static and self._static_runner is not None):
+        if not self._fuse or backend is None:
             return {}
         out = {}
         for segment in plan.segments:
@@ -268,12 +332,12 @@ class Runtime:
         fused = self._routing[1]
         return tuple((first, *sorted(rest)) for first, (_, rest) in sorted(fused.items()))
 
-    def _prepare_static(self, plan: Plan) -> None:
-        if plan.static and self._whole_static and self._static_runner is None and self._backend is not None:
-            self._static_runner = self._backend.static_runner()
-
     def _configure_gate(self, plan: Plan) -> None:
-        assert self._gate is not None
+        if self._gate is None:  # the stage backend's Runtime runs the gate graph for single inputs of this plan
+            from edgeskip.runtimes.gate import GateGraph  # parses ONNX protobufs: loaded only for the gate graph
+
+            self._gate = GateGraph(self.bundle, **{k: v for k, v in self._gate_options.items()
+                                                   if k in GateGraph.OPTIONS})
         self._gate.configure(dict(enumerate(plan.layer_thresholds)), plan.exit_thresholds)
 
     # -- running ---------------------------------------------------------------------------------
@@ -284,23 +348,23 @@ class Runtime:
             raise EdgeskipError("this Runtime is closed")
         start = time.perf_counter()
         x = prepare(images, self.input_spec)
-        plan, fused = self._routing  # one read: a concurrent set_policy does not change this call midway
-        if self._gate is not None:
+        plan, fused, path = self._routing  # one read: a concurrent set_policy does not change this call midway
+        if path == "gate" and (self._backend is None or x.shape[0] == 1):
             logits, executed, exit_layer = self._run_gate(x)
         else:
-            logits, executed, exit_layer = self._run_stages(x, plan, fused)
+            logits, executed, exit_layer = self._run_stages(x, plan, fused, path)
         executed.flags.writeable = False  # read-only: the telemetry keeps them until it counts them
         exit_layer.flags.writeable = False  # (a no-op on the shared, already read-only arrays)
         latency_ms = (time.perf_counter() - start) * 1e3
         self._telemetry.record(executed, exit_layer, latency_ms)
         return RuntimeOutput(logits, logits.argmax(axis=1), executed, exit_layer, latency_ms, self.classes)
 
-    def _run_stages(self, x: npt.NDArray[np.float32], plan: Plan, fused: dict[int, tuple[str, frozenset[int]]]) -> tuple[
-            npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    def _run_stages(self, x: npt.NDArray[np.float32], plan: Plan, fused: dict[int, tuple[str, frozenset[int]]],
+                    path: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
         backend = self._backend
         assert backend is not None
         b = x.shape[0]
-        if plan.static and self._static_runner is not None:  # made only when whole_static
+        if path == "monolithic":
             return self._static_runner(x), np.broadcast_to(plan.static_row, (b, self.depth)), _no_exits(b)
         net = _Stages(backend, backend.run("embed", x), self._layer_names, self._agents, self._e2cm, fused)
         path = route(plan.cuts, plan.exits, b, self.depth, net)
@@ -330,12 +394,10 @@ class Runtime:
 
     @property
     def path(self) -> str:
-        """How the next call runs: ``monolithic`` (a static plan in one call), ``stages`` (the per-stage loop,
-        its decision-free segments fused: :attr:`fused`) or ``gate`` (the ONNX gate graph)."""
-        if self._gate is not None:
-            return "gate"
-        plan = self._routing[0]
-        return "monolithic" if plan.static and self._static_runner is not None else "stages"
+        """How the next call runs (:data:`PATHS`): ``monolithic`` (a static plan in one call), ``stages`` (the
+        per-stage loop, its decision-free segments fused: :attr:`fused`) or ``gate`` (the ONNX gate graph; with
+        ``graph="stages"`` for one input, a batch runs the stage loop)."""
+        return self._routing[2]
 
     def info(self) -> dict[str, Any]:
         """Bundle, model, backend, policy and execution path in use (what a measurement should record)."""

@@ -30,8 +30,12 @@ are the runtime's own cost around the stages, measured by the profiler in contex
 in a tight loop runs with warm caches and leaves that cost out. ``calls`` counts backend calls: a
 decision-free segment (:func:`edgeskip.rule.decision_free_segments`) is one call where the profiled
 backend fuses (``"fuses"`` in its info), so it saves ``len - 1`` calls for each input that reaches it.
-A static plan is predicted from the profile's ``static`` piece instead: the monolithic model, timed
-as one whole Runtime call. Energy uses the same sum with each entry's energy per call. Entries are keyed by :class:`CostKey`, written once and used by
+That is the per-stage loop's latency; the same stage terms price the other execution paths
+(:meth:`ProfileCosts.paths`): the gate graph (batch 1, one backend call per input, its decisions
+inside the graph) adds its own profiled terms per layer run, per exit check and per call instead of
+the host's agents, checks and dispatch; a static plan runs the monolithic model, timed as one whole
+Runtime call (the profile's ``static`` piece). A configuration is predicted on its fastest path,
+which the front records and the Runtime follows. Energy uses the same sum with each entry's energy per call. Entries are keyed by :class:`CostKey`, written once and used by
 the search and by ``select``.
 """
 
@@ -49,7 +53,7 @@ from edgeskip.errors import ConfigError
 from edgeskip.profile import STATIC, Profile
 from edgeskip.rule import decision_free_segments
 
-__all__ = ["Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
+__all__ = ["PATHS", "Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,19 +152,27 @@ def reuse_shares(executed: npt.NDArray[np.bool_]) -> tuple[tuple[float, ...], ..
     return tuple(tuple(float(v) / n for v in row) for row in out)
 
 
+# The execution paths the Runtime can run a configuration on (see Runtime.path): the monolithic model (a static
+# plan only), the gate graph (one input per backend call) and the per-stage loop (its decision-free segments fused).
+PATHS = ("monolithic", "gate", "stages")
+
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     latency_ms: float
     energy_mj: float
+    path: str = "stages"  # the execution path it is predicted for (PATHS)
 
 
 class ProfileCosts:
     """Latency and energy entries of one bundle on one device, from ``edgeskip profile``."""
 
     def __init__(self, entries: Mapping[CostKey, tuple[float, float]], overhead: Mapping[int, tuple[float, float]],
-                 depth: int, device: str, energy_source: str, fuses: bool = False, reuse: bool = True) -> None:
+                 depth: int, device: str, energy_source: str, fuses: bool = False, reuse: bool = True,
+                 gate: Mapping[int, tuple[float, float, float]] | None = None) -> None:
         self.entries = dict(entries)
         self.overhead = dict(overhead)  # batch -> (ms per backend call, ms per runtime call)
+        self.gate = dict(gate or {})  # batch -> the gate graph's (ms per layer run, per exit check, per call)
         self.depth = depth
         self.device = device
         self.energy_source = energy_source
@@ -180,8 +192,9 @@ class ProfileCosts:
         entries = {CostKey.parse(name, int(b)): (t.mean_ms, t.energy_mj)
                    for b, pieces in profile.batches.items() for name, t in pieces.items()}
         overhead = {int(b): (o.per_call_ms, o.fixed_ms) for b, o in profile.overhead.items()}
+        gate = {int(b): (g.per_layer_ms, g.per_exit_ms, g.fixed_ms) for b, g in profile.gate.items()}
         return cls(entries, overhead, depth, profile.device, profile.energy_source,
-                   fuses=profile.backend.get("fuses") is True, reuse=reuse)
+                   fuses=profile.backend.get("fuses") is True, reuse=reuse, gate=gate)
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -210,17 +223,32 @@ class ProfileCosts:
         w = np.asarray(reuse)
         return [((float(np.interp(d, ds, ms) @ w) / rate, float(np.interp(d, ds, mj) @ w) / rate), rate)]
 
-    def predict(self, usage: Usage, batch: int = 1) -> Prediction:
-        """Expected latency and energy per call of ``batch`` inputs (latency of the call, energy per call)."""
+    def predict(self, usage: Usage, batch: int = 1, path: str | None = None) -> Prediction:
+        """Expected latency and energy per call of ``batch`` inputs (latency of the call, energy per call) on
+        ``path``, or on the fastest path the profile measured for this usage (:meth:`paths`)."""
+        paths = self.paths(usage, batch)
+        if path is None:  # a static plan on the monolithic model where profiled: timed whole, not a sum of terms
+            return paths.get("monolithic") or min(paths.values(), key=lambda p: p.latency_ms)
+        if path not in paths:
+            raise ConfigError(f"the profile cannot predict path {path!r} for this configuration at batch {batch} "
+                              f"(it can: {', '.join(paths)})")
+        return paths[path]
+
+    def paths(self, usage: Usage, batch: int = 1) -> dict[str, Prediction]:
+        """The prediction on every execution path the profile measured that can run this usage at ``batch``: the
+        monolithic model for a static plan (timed as one whole Runtime call), the gate graph (its own terms, see
+        :class:`edgeskip.profile.GateCost`) and always the per-stage loop."""
         if len(usage.layers) != self.depth:
             raise ConfigError(f"usage covers {len(usage.layers)} layers; the model has {self.depth}")
+        out = {}
         whole = self.entries.get(CostKey(STATIC, None, batch))
         if usage.static and whole is not None:  # measured as one whole Runtime call: overheads included
-            return Prediction(*whole)
+            out["monolithic"] = Prediction(*whole, path="monolithic")
         terms = [(self._entry("embed", None, batch), 1.0), (self._entry("head", None, batch), usage.reach_head)]
         for j, rate in enumerate(usage.layers):
             if rate:
                 terms += self._layer_terms(j, rate, usage.reuse[j] if batch == 1 and usage.reuse else None, batch)
+        for j, rate in enumerate(usage.layers):
             if usage.asked[j]:
                 skip = usage.asked_after_skip[j] if usage.asked_after_skip else 0.0
                 warm = CostKey("agent", j, batch, 0)
@@ -234,7 +262,15 @@ class ProfileCosts:
         latency = sum(ms * w for (ms, _), w in terms)
         energy = sum(mj * w for (_, mj), w in terms)
         per_call, fixed = self.overhead.get(batch, (0.0, 0.0))
-        return Prediction(latency + usage.backend_calls(self.fuses) * per_call + fixed, energy)
+        out["stages"] = Prediction(latency + usage.backend_calls(self.fuses) * per_call + fixed, energy)
+        if batch in self.gate:  # the graph decides inside: its agents and Ifs are in its fixed cost
+            per_layer, per_exit, gate_fixed = self.gate[batch]
+            # its terms were fitted against the stages' static-pass times, so they price its layers
+            stages_ms = self._entry("embed", None, batch)[0] + self._entry("head", None, batch)[0] * usage.reach_head \
+                + sum(self._entry("layer", j, batch)[0] * rate for j, rate in enumerate(usage.layers) if rate)
+            out["gate"] = Prediction(max(stages_ms + per_layer * sum(usage.layers) + per_exit * sum(usage.checked)
+                                         + gate_fixed, 0.0), energy, path="gate")
+        return out
 
 
 class Cost(Protocol):
@@ -244,8 +280,8 @@ class Cost(Protocol):
     kind: str  # "macs" or "profile": what the front records as its cost
     figures: tuple[str, ...]  # the ParetoPoint fields it fills, e.g. ("latency_ms", "energy_mj")
 
-    def __call__(self, usage: Usage) -> dict[str, float]:
-        """The figures of one configuration's usage."""
+    def __call__(self, usage: Usage) -> dict[str, Any]:
+        """The figures of one configuration's usage (and, for a device's costs, the ``path`` they are for)."""
 
 
 class MacsCost:
@@ -280,6 +316,6 @@ class ProfileCost:
                               f"profile with --batch-sizes {batch}")
         self.costs, self.batch = costs, batch
 
-    def __call__(self, usage: Usage) -> dict[str, float]:
+    def __call__(self, usage: Usage) -> dict[str, Any]:
         p = self.costs.predict(usage, self.batch)
-        return {"latency_ms": p.latency_ms, "energy_mj": p.energy_mj}
+        return {"latency_ms": p.latency_ms, "energy_mj": p.energy_mj, "path": p.path}
