@@ -12,6 +12,12 @@
    absolute (predicted ms against measured ms) and relative to the static configuration timed
    in the same round (predicted ratio against measured ratio), which a machine that switches
    between fast and slow phases between the profile and the validation cannot disturb.
+   Each configuration runs on the path the model predicts fastest for it, as a front point does.
+4. Path choice (batch 1, where the bundle has a gate graph): each configuration also runs on
+   its other path, interleaved with the rest; the script reports how often the predicted-fastest
+   path was the measured-fastest, and what the predicted choice cost against the measured best.
+5. The machine's own repeat noise: the static model's median time in the odd rounds against the
+   even ones.
 
     python benchmarks/predictor_bench.py --bundle DIR --data ../shared/data/cifar10-images.tar.gz \
         [--configs 24] [--images 100] [--rounds 40] [--block 25] [--batch 1] [--json out.json] [--plot out.png]
@@ -26,6 +32,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +83,25 @@ def main() -> int:
         if (genes == 0).all():
             continue
         policies["genes " + "".join(map(str, genes))] = genome.policy(genes)
-    runtimes = {name: Runtime(args.bundle, policy=p) for name, p in policies.items()}  # static as users run it
+    exits = list(m.e2cm.exits) if m.e2cm else []
+
+    def usage(runtime: Runtime) -> Any:  # the usage of a configuration on these images (decisions are per input)
+        out = runtime(x)
+        plan = runtime.plan
+        return out, usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.steps, exits,
+                             list(plan.exits), static=plan.static)
+
+    runtimes: dict[str, Runtime] = {}
+    other: dict[str, str] = {}  # configuration -> its other path's runtime, for the path-choice check
+    for name, p in policies.items():
+        probe = Runtime(args.bundle, policy=p, path="stages")
+        paths = model.paths(usage(probe)[1], args.batch)
+        chosen = model.predict(usage(probe)[1], args.batch).path
+        probe.close()
+        runtimes[name] = Runtime(args.bundle, policy=p, path=chosen)  # as a front point runs it
+        for alt in (k for k in paths if k != chosen and k != "monolithic" and name != "static"):
+            other[name] = f"{name} [{alt}]"
+            runtimes[other[name]] = Runtime(args.bundle, policy=p, path=alt)
     # Fine interleaving: every round runs each configuration on the next block of images (a new random order
     # of configurations per round), so a machine that switches between fast and slow phases every few seconds
     # (this one does: the same static loop took 3.5-6.7 ms within a minute) loads every configuration alike.
@@ -94,33 +119,36 @@ def main() -> int:
             for row in block:
                 runtime(row)
             times[name].append((time.perf_counter() - t0) * 1e3 / len(block))
-    results = []
-    exits = list(m.e2cm.exits) if m.e2cm else []
+    results, alternatives = [], {}
     static_times = np.array(times["static"])
     predicted_static = predicted_static_reuse = None
     for name, runtime in runtimes.items():
-        out = runtime(x)  # the usage of this configuration on these images (decisions are per input)
-        plan = runtime.plan
-        usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), plan.steps, exits, list(plan.exits),
-                         static=plan.static)
-        predicted = model.predict(usage, args.batch).latency_ms
-        predicted_reuse = reused.predict(usage, args.batch).latency_ms
+        out, use = usage(runtime)
+        predicted = model.predict(use, args.batch, runtime.path).latency_ms
+        predicted_reuse = reused.predict(use, args.batch, runtime.path).latency_ms
         if name == "static":
             predicted_static, predicted_static_reuse = predicted, predicted_reuse
         measured = float(np.mean(times[name]))  # the model predicts a mean over inputs
         ratio = measured / float(np.mean(static_times))
-        results.append({"config": name, "executed_fraction": float(np.mean(out.executed)), "measured_ms": measured,
-                        "predicted_ms": predicted, "error": predicted / measured - 1.0, "measured_ratio": ratio,
-                        "predicted_ms_reuse": predicted_reuse})
-    assert predicted_static is not None
-    for r in results:
+        row = {"config": name, "path": runtime.path, "executed_fraction": float(np.mean(out.executed)),
+               "measured_ms": measured, "predicted_ms": predicted, "error": predicted / measured - 1.0,
+               "measured_ratio": ratio, "predicted_ms_reuse": predicted_reuse}
+        (alternatives.__setitem__(name, row) if name in other.values() else results.append(row))
+    assert predicted_static is not None and predicted_static_reuse is not None
+    for r in (*results, *alternatives.values()):
         r["predicted_ratio"] = r["predicted_ms"] / predicted_static
         r["ratio_error"] = r["predicted_ratio"] / r["measured_ratio"] - 1.0
-        assert predicted_static_reuse is not None
         r["ratio_error_reuse"] = r["predicted_ms_reuse"] / predicted_static_reuse / r["measured_ratio"] - 1.0
     reuse_errors = np.array([r["ratio_error_reuse"] for r in results if r["config"] != "static"])
     errors = np.array([r["error"] for r in results])
     ratio_errors = np.array([r["ratio_error"] for r in results if r["config"] != "static"])
+    choice = []  # per configuration with two paths: (predicted choice measured faster, its cost against the best)
+    for r in results:
+        alt = alternatives.get(other.get(r["config"], ""))
+        if alt is not None:
+            choice.append((r["measured_ms"] <= alt["measured_ms"], r["measured_ms"] / min(r["measured_ms"],
+                                                                                         alt["measured_ms"]) - 1.0))
+    noise = float(np.median(static_times[1::2]) / np.median(static_times[::2]))
     summary = {"configs": len(results), "images": len(rows) * args.batch, "batch": args.batch, "rounds": args.rounds,
                "within_5pct": float(np.mean(np.abs(errors) <= 0.05)), "median_abs_error": float(np.median(np.abs(errors))),
                "p90_abs_error": float(np.percentile(np.abs(errors), 90)), "max_abs_error": float(np.abs(errors).max()),
@@ -130,11 +158,17 @@ def main() -> int:
                "ratio_p90_abs_error": float(np.percentile(np.abs(ratio_errors), 90)),
                "reuse_ratio_within_5pct": float(np.mean(np.abs(reuse_errors) <= 0.05)),
                "reuse_ratio_median_abs_error": float(np.median(np.abs(reuse_errors))),
-               "overhead": {b: o.to_dict() for b, o in profile.overhead.items()}, "energy": profile.energy_source}
-    print(f"{'configuration':<22} {'layers':>7} {'measured':>10} {'predicted':>10} {'error':>8}  "
+               "overhead": {b: o.to_dict() for b, o in profile.overhead.items()}, "energy": profile.energy_source,
+               "gate": {b: g.to_dict() for b, g in profile.gate.items()}, "static_repeat_noise": noise,
+               "paths": {p: sum(r["path"] == p for r in results) for p in {r["path"] for r in results}},
+               "path_choice": None if not choice else {
+                   "configs": len(choice), "predicted_was_fastest": float(np.mean([c[0] for c in choice])),
+                   "median_cost": float(np.median([c[1] for c in choice])),
+                   "max_cost": float(max(c[1] for c in choice))}}
+    print(f"{'configuration':<30} {'path':<10} {'layers':>7} {'measured':>10} {'predicted':>10} {'error':>8}  "
           f"{'vs static: measured':>19} {'predicted':>9} {'error':>8}")
-    for r in sorted(results, key=lambda r: r["measured_ms"]):
-        print(f"{r['config']:<22} {100 * r['executed_fraction']:6.1f}% {r['measured_ms']:8.3f} ms "
+    for r in sorted((*results, *alternatives.values()), key=lambda r: (r["config"].split(" [")[0], r["config"])):
+        print(f"{r['config']:<30} {r['path']:<10} {100 * r['executed_fraction']:6.1f}% {r['measured_ms']:8.3f} ms "
               f"{r['predicted_ms']:8.3f} ms {100 * r['error']:+7.2f}%  {r['measured_ratio']:19.3f} "
               f"{r['predicted_ratio']:9.3f} {100 * r['ratio_error']:+7.2f}%")
     print(f"\n{summary['configs']} configurations, {summary['images']} images at batch {args.batch}, {summary['rounds']} interleaved "
@@ -147,6 +181,13 @@ def main() -> int:
           "relative to static: "
           f"{100 * summary['reuse_ratio_within_5pct']:.0f}% within +/-5%, median |error| "
           f"{100 * summary['reuse_ratio_median_abs_error']:.2f}%")
+    print(f"machine repeat noise: static's median in odd rounds / even rounds {noise:.3f}; "
+          f"paths run: {summary['paths']}")
+    pc = summary["path_choice"]
+    if pc:
+        print(f"path choice: the predicted-fastest path was measured fastest for {100 * pc['predicted_was_fastest']:.0f}% "
+              f"of {pc['configs']} configurations; against the measured-fastest path it cost "
+              f"{100 * pc['median_cost']:.1f}% (median), {100 * pc['max_cost']:.1f}% (max)")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "results": results}, indent=2))
     if args.plot:

@@ -89,7 +89,8 @@ def run_front_bench(cfg: FrontBenchConfig, images: npt.NDArray[Any], labels: npt
                        device=cfg.device)
     opts: dict[str, Any] = {} if cfg.threads is None else {"threads": cfg.threads}
     points: dict[str, ParetoPoint] = {"static": front.static, **{f"#{i}": p for i, p in enumerate(front.points)}}
-    runtimes = {name: Runtime(bundle, policy=p.policy, **opts) for name, p in points.items()}
+    # each on the path its search predicted fastest (the gate graph for one input, a batch on the stage loop)
+    runtimes = {name: Runtime(bundle, policy=p.policy, path=p.path, **opts) for name, p in points.items()}
     x = prepare(images, runtimes["static"].input_spec)
     rows: dict[str, dict[str, Any]] = {}
     n = len(labels)
@@ -101,6 +102,7 @@ def run_front_bench(cfg: FrontBenchConfig, images: npt.NDArray[Any], labels: npt
                       "loss_se_points": 100 * se if n > 1 else 0.0,
                       "layers_per_image": layers, "calibration_accuracy": points[name].accuracy,
                       "predicted_ms": points[name].latency_ms, "fused": [list(s) for s in runtimes[name].fused],
+                      "path": runtimes[name].path,
                       "predicted_ratio": points[name].cost("latency_ms") / front.static.cost("latency_ms")}
     measured: dict[str, Any] = {}
     batches = {1: [x[i:i + 1] for i in range(cfg.block)], cfg.batch: [x[:cfg.batch]]}
@@ -140,12 +142,12 @@ def format_front_table(report: dict[str, Any]) -> str:
     lines = [f"edgeskip bench {report['bundle']} --front ({report['model']} on {report['device']}): "
              f"{h['images']} held-out images ({h['source']}); the search used {report['search']['calibration']}",
              f"{'config':>7} {'calib acc':>9} {'held-out':>9} {'loss pts':>12} {'layers':>6} "
-             f"{'b1 ms':>7} {'b1/static':>9} {'predicted':>9} {f'b{b2}/static':>10}  fused"]
+             f"{'b1 ms':>7} {'b1/static':>9} {'predicted':>9} {f'b{b2}/static':>10}  path (fused)"]
     for name, r in sorted(pts.items(), key=lambda kv: kv[1]["b1_ratio"]):
         lines.append(f"{name:>7} {100 * r['calibration_accuracy']:8.2f}% {100 * r['accuracy']:8.2f}% "
                      f"{r['loss_points']:+6.2f}±{r['loss_se_points']:.2f} {r['layers_per_image']:6.2f} "
                      f"{r['b1_ms']:7.3f} {r['b1_ratio']:9.3f} {r['predicted_ratio']:9.3f} {r[f'b{b2}_ratio']:10.3f}  "
-                     f"{r['fused'] or ''}")
+                     f"{r.get('path', '')} {r['fused'] or ''}")
     for b, m in report["measured"].items():
         best = ", ".join(f"<= {loss} pt: " + ("none" if v is None else f"{v['speedup']:.2f}x ({v['point']}, "
                                                                      f"{v['loss_points']:+.2f} pt)")

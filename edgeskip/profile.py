@@ -11,15 +11,19 @@ the run (backend, host, energy meter, settings) is kept as recorded.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.fsutil import atomic_write_json
 from edgeskip.schema import Record, SchemaError, field, read_json_record
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "STATIC", "GateCost", "Overhead", "Profile", "ProfileError", "ProfiledBundle", "Stability",
-           "Timing", "load_profile", "profile_path"]
+           "Timing", "at_distance", "load_profile", "profile_path"]
 
 FORMAT = "edgeskip.profile"
 SCHEMA_VERSION = 2
@@ -147,6 +151,15 @@ class Profile(Record):
         path = profile_path(bundle_dir, self.device)
         atomic_write_json(path, self.to_file())
         return path
+
+
+def at_distance(measured: Sequence[tuple[int, float]], static: float, depth: int, distance: Any) -> npt.NDArray[np.float64]:
+    """A layer's cost at reuse ``distance`` (other layers run since its own previous run; scalar or array): linear
+    between its measured ``layer_NN@d`` entries ``measured`` ((d, value) pairs) and its static-pass entry
+    ``static``, which is the cost after every other layer (d = depth - 1)."""
+    pts = sorted(measured)
+    return np.interp(np.asarray(distance, np.float64), [float(d) for d, _ in pts] + [float(depth - 1)],
+                     [v for _, v in pts] + [static])
 
 
 def profile_path(bundle: Any, device: str) -> Path:

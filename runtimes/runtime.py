@@ -109,6 +109,7 @@ class Runtime:
     exit checked before the last; :attr:`edgeskip.policy.Plan.segments`) as one backend call where the backend
     can (onnxruntime: one session per segment, made when the policy is set and cached; it holds its own copy of
     the segment's weights); ``rt.fused`` lists them. Same decisions, same logits up to float rounding.
+    ``path``: the execution path of the policy (see :meth:`set_policy`; a Pareto point's ``path``).
     ``trusted_keys``: ed25519 public keys (paths, PEM, or ``ed25519:...`` text; see :mod:`edgeskip.signing`): the
     bundle must then be signed by one of them (``edgeskip sign``), checked over the manifest's exact bytes before
     anything in it is parsed; an unsigned bundle or another signer is a :class:`~edgeskip.signing.SignatureError`.
@@ -118,7 +119,7 @@ class Runtime:
     def __init__(self, bundle: str | Path | Bundle, backend: str | type[Backend] = "onnxruntime",
                  policy: str | Policy | SkipConfig = "auto", *, graph: str = "stages", verify: bool = True,
                  whole_static: bool = True, fuse: bool = True, trusted_keys: Iterable[KeyLike] | None = None,
-                 **backend_options: Any) -> None:
+                 path: str | None = None, **backend_options: Any) -> None:
         if isinstance(bundle, Bundle):
             if trusted_keys is not None:
                 check_signature(bundle.path, bundle.manifest_bytes, trusted_keys)
@@ -156,7 +157,7 @@ class Runtime:
             self._backend = cls(self.bundle, stages, **backend_options)
             self.backend_info = {**self._backend.info(), "graph": "stages"}
         # the plan, its fused segments and its path, read together by a call
-        self._routing: tuple[Plan, dict[int, tuple[str, frozenset[int]]], str] = self._route(plan, None)
+        self._routing: tuple[Plan, dict[int, tuple[str, frozenset[int]]], str] = self._route(plan, path)
         self._telemetry = Telemetry(self.depth)
         self._closed = False
 

@@ -50,7 +50,7 @@ import numpy.typing as npt
 
 from edgeskip.e2cm.costs import MacCosts
 from edgeskip.errors import ConfigError
-from edgeskip.profile import STATIC, Profile
+from edgeskip.profile import STATIC, Profile, at_distance
 from edgeskip.rule import decision_free_segments
 
 __all__ = ["PATHS", "Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
@@ -212,16 +212,14 @@ class ProfileCosts:
         """Layer j's (latency, energy) terms: by reuse distance where the profile and the usage have it (at
         batch 1), linear between the measured distances; else its static-pass entry for every run."""
         static = self._entry("layer", j, batch)
-        measured = sorted((k.distance, v) for k, v in self.entries.items()
-                          if k.piece == "layer" and k.index == j and k.batch == batch and k.distance is not None)
+        measured = [(k.distance, v) for k, v in self.entries.items()
+                    if k.piece == "layer" and k.index == j and k.batch == batch and k.distance is not None]
         if not self.reuse or reuse is None or not measured:
             return [(static, rate)]
-        ds = [float(d) for d, _ in measured] + [float(self.depth - 1)]
-        ms = [v[0] for _, v in measured] + [static[0]]
-        mj = [v[1] for _, v in measured] + [static[1]]
-        d = np.arange(len(reuse), dtype=np.float64)
-        w = np.asarray(reuse)
-        return [((float(np.interp(d, ds, ms) @ w) / rate, float(np.interp(d, ds, mj) @ w) / rate), rate)]
+        d, w = np.arange(len(reuse)), np.asarray(reuse)
+        ms = at_distance([(dist, v[0]) for dist, v in measured], static[0], self.depth, d) @ w
+        mj = at_distance([(dist, v[1]) for dist, v in measured], static[1], self.depth, d) @ w
+        return [((float(ms) / rate, float(mj) / rate), rate)]
 
     def predict(self, usage: Usage, batch: int = 1, path: str | None = None) -> Prediction:
         """Expected latency and energy per call of ``batch`` inputs (latency of the call, energy per call) on

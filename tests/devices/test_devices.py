@@ -364,6 +364,11 @@ def test_profile_measures_every_piece(profiled: tuple[Path, Profile]) -> None:
 
     assert pieces["static"].samples == STATIC_BLOCK * profile.overhead["1"].passes
     assert set(profile.stability) == {"1", "4"}  # how steady the machine was, per batch size
+    # the gate graph (one input per call): every layer, every other layer skipped; no exits in this bundle
+    gate = profile.gate["1"]
+    assert set(profile.gate) == {"1"} and gate.all_ms > 0 and gate.half_ms is not None and gate.exits_ms is None
+    sums = profile.overhead["1"]
+    assert gate.fixed_ms + 4 * gate.per_layer_ms == pytest.approx(gate.all_ms - sums.sum_of_stages_ms)
     assert profile.stability["1"].passes == profile.overhead["1"].passes and profile.stability["1"].spread >= 0
     for timing in pieces.values():
         assert timing.median_ms > 0 and timing.samples >= 5 and timing.energy_mj >= 0

@@ -619,3 +619,39 @@ def test_chain_models_refuses_control_flow(tiny_bundle: Path) -> None:
     bundle = Bundle.open(tiny_bundle)
     with pytest.raises(BackendError, match="subgraphs"):
         chain_models([bundle.read("onnx/gate.onnx"), bundle.read_stage("layer_00", "onnx")])
+
+
+def test_a_configuration_runs_on_its_path(digits_agents: dict[str, Path], digits_test_uint8: np.ndarray,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Path 'gate' runs the gate graph for one input and the stage loop for a batch, with the same decisions; a
+    path the Runtime cannot take is refused and the previous one kept."""
+    from edgeskip.runtimes.gate import GateGraph
+
+    bundle, images = digits_agents["bundle"], digits_test_uint8[:12]
+    stages = Runtime(bundle, policy="agent+e2cm")
+    rt = Runtime(bundle, policy="agent+e2cm", path="gate")
+    assert stages.path == "stages" and rt.path == "gate" and rt.info()["path"] == "gate"
+    calls: list[int] = []
+    real = GateGraph.run
+    monkeypatch.setattr(GateGraph, "run", lambda self, image: calls.append(1) or real(self, image))
+    for i in range(4):
+        a, b = stages(images[i]), rt(images[i])
+        assert np.array_equal(a.executed, b.executed) and np.array_equal(a.exit_layer, b.exit_layer)
+        assert np.abs(a.logits - b.logits).max() <= 1e-4
+    assert len(calls) == 4
+    a, b = stages(images), rt(images)  # a batch: the stage loop, per-input decisions inside it
+    assert len(calls) == 4 and np.array_equal(a.executed, b.executed) and np.array_equal(a.exit_layer, b.exit_layer)
+    assert (a.exit_layer >= 0).any() and not a.executed.all()  # the inputs do take different paths
+    rt.set_policy("static")
+    assert rt.path == "monolithic"  # no path given: a static plan runs the monolithic model
+    rt.set_policy("static", path="gate")
+    assert rt.path == "gate" and rt(images[0]).executed.all() and len(calls) == 5
+    for path, message in (("monolithic", "only a static plan"), ("fastest", "unknown execution path")):
+        with pytest.raises(ConfigError, match=message):
+            rt.set_policy("agent", path=path)
+        assert rt.path == "gate" and rt.plan.static
+    torch_rt = Runtime(bundle, backend="torch", checkpoint=str(digits_agents["checkpoint"]))
+    with pytest.raises(ConfigError, match="fp32 onnxruntime backend only"):
+        torch_rt.set_policy("agent", path="gate")
+    with pytest.raises(ConfigError, match="graph='gate' runs the gate graph only"):
+        Runtime(bundle, graph="gate", path="stages")

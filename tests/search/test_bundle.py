@@ -124,14 +124,20 @@ def test_search_front(front: ParetoFront, profiled: tuple[Path, Profile], images
     # each point is what the Runtime does and what the cost model predicts for that run
     model = ProfileCosts.from_profile(profile, DEPTH)
     exits = list(Runtime(bundle).manifest.e2cm.exits)  # type: ignore[union-attr]
-    for p in (pts[0], pts[-1]):
+    assert front.static.path == "monolithic" and set(profile.gate) == {"1"}  # the gate graph was profiled too
+    for p in pts:
         rt = Runtime(bundle, policy=p.policy, whole_static=False)
         out = rt(images[0])
         assert p.accuracy == float(np.mean(out.labels == images[1]))
         usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), rt.plan.steps, exits, list(rt.plan.exits),
                          static=rt.plan.static)
-        assert p.latency_ms == pytest.approx(model.predict(usage).latency_ms, rel=1e-9)
+        # each point's latency is that of the path the profile predicts fastest for it, and it records that path
+        paths = model.paths(usage)
+        assert paths.keys() >= {"stages", "gate"} and p.path == model.predict(usage).path
+        assert p.path == "monolithic" or paths[p.path].latency_ms == min(q.latency_ms for q in paths.values())
+        assert p.latency_ms == pytest.approx(paths[p.path].latency_ms, rel=1e-9)
         assert p.executed_layers == pytest.approx(float(np.asarray(out.executed).sum(1).mean()))
+        assert Runtime(bundle, policy=p.policy, path=p.path).path == p.path  # and the Runtime runs it there
     loaded = load_front(pareto_path(bundle, "cpu"), fingerprint=Bundle.open(bundle).manifest.fingerprint, device="cpu")
     assert loaded == front
 
@@ -304,7 +310,23 @@ def test_select_never_picks_a_point_the_static_model_beats(front: ParetoFront, p
     assert main(["select", str(bundle), "--pareto", str(path), "--budget-ms", repr(s.cost("latency_ms") * 2)]) == 0
     assert "the static model (every layer, no decision)" in capsys.readouterr().out
     rt = Runtime(bundle)  # the recorded choice runs as the static model does: one monolithic call
-    assert rt.policy.name == "default" and rt.plan.static and rt.static_in_one_call
+    assert rt.policy.name == "default" and rt.plan.static and rt.static_in_one_call and rt.path == "monolithic"
+
+
+def test_the_recorded_path_is_followed(front: ParetoFront, profiled: tuple[Path, Profile], tmp_path: Path) -> None:
+    """A selection records its point's path; policy auto (and Runtime.select) run it there, a batch on the loop."""
+    bundle = Path(shutil.copytree(profiled[0], tmp_path / "b"))
+    dynamic = next(p for p in front.points if p.genes != front.static.genes)
+    for path in ("gate", "stages"):
+        made = dataclasses.replace(front, points=(dataclasses.replace(dynamic, path=path),))
+        record_selection(bundle, choose(made, budget_ms=dynamic.cost("latency_ms") * 1.01))
+        assert Bundle.open(bundle).manifest.default_config.path == path  # type: ignore[union-attr]
+        rt = Runtime(bundle)
+        assert rt.policy.name == "default" and rt.path == path and rt.info()["path"] == path
+        made.save(tmp_path / "front.json")
+        other = Runtime(bundle, policy="static")
+        other.select(budget_ms=dynamic.cost("latency_ms") * 1.01, pareto=tmp_path / "front.json")
+        assert other.path == path
 
 
 def test_bench_front_measures_every_point_on_held_out_images(front: ParetoFront, profiled: tuple[Path, Profile],

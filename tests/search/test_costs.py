@@ -120,3 +120,30 @@ def test_fused_segments_and_the_static_piece_in_the_model() -> None:
     whole = ProfileCosts.from_profile(_profile(extra={"static": 4.5}), depth=3)
     assert whole.predict(static).latency_ms == pytest.approx(4.5) and whole.predict(static).energy_mj == 45.0
     assert plain.predict(static).latency_ms > 6.0  # a profile without the piece: the sum of the stages
+
+
+def test_every_path_is_priced_and_the_fastest_is_chosen() -> None:
+    """The gate graph's terms replace the host's agents, checks and dispatch; the fastest path is the prediction; a
+    static plan runs the monolithic model the profile timed whole."""
+    gate = {"1": {"per_layer_ms": -0.1, "per_exit_ms": 0.2, "fixed_ms": 0.3, "all_ms": 6.0, "half_ms": 3.0}}
+    model = ProfileCosts.from_profile(Profile.from_dict({**_profile().to_dict(), "gate": gate}), depth=3)
+    assert model.gate == {1: (-0.1, 0.2, 0.3)}
+    usage = Usage(layers=(1.0, 0.5, 0.25), asked=(1.0, 1.0, 0.8), checked=(0.5,), reach_head=0.9)
+    paths = model.paths(usage)
+    stages = 0.2 + 0.05 * 0.9 + 1.0 + 2.0 * 0.5 + 3.0 * 0.25
+    assert paths["gate"].latency_ms == pytest.approx(stages - 0.1 * 1.75 + 0.2 * 0.5 + 0.3)
+    assert paths["stages"].latency_ms == pytest.approx(ProfileCosts.from_profile(_profile(), depth=3).predict(usage).latency_ms)
+    assert set(paths) == {"stages", "gate"} and model.predict(usage).path == "gate"  # 5.22 ms against 5.67
+    assert model.predict(usage, path="stages") == paths["stages"]
+    assert ProfileCost(model)(usage)["path"] == "gate"
+    slow = ProfileCosts.from_profile(Profile.from_dict({**_profile().to_dict(), "gate": {
+        "1": {**gate["1"], "fixed_ms": 1.0}}}), depth=3)
+    assert slow.predict(usage).path == "stages"  # the graph's fixed cost now outweighs the host's
+    with pytest.raises(ConfigError, match="cannot predict path 'monolithic'"):
+        model.predict(usage, path="monolithic")
+    static = Usage(layers=(1.0,) * 3, asked=(0.0,) * 3, checked=(0.0,), reach_head=1.0, static=True)
+    whole = ProfileCosts.from_profile(Profile.from_dict({**_profile(extra={"static": 9.0}).to_dict(), "gate": gate}),
+                                      depth=3)
+    assert set(whole.paths(static)) == {"monolithic", "stages", "gate"}
+    assert whole.predict(static).path == "monolithic"  # timed whole, though the sums here say less
+    assert ProfileCosts.from_profile(_profile(), depth=3).paths(usage).keys() == {"stages"}  # no gate measured
