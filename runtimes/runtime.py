@@ -368,9 +368,9 @@ class Runtime:
         if path == "monolithic":
             return self._static_runner(x), np.broadcast_to(plan.static_row, (b, self.depth)), _no_exits(b)
         net = _Stages(backend, backend.run("embed", x), self._layer_names, self._agents, self._e2cm, fused)
-        path = route(plan.cuts, plan.exits, b, self.depth, net)
-        logits = path.logits(lambda: backend.run("head", net.tokens), self.num_classes)
-        return logits, path.executed, path.exit_layer if path.left else _no_exits(b)
+        taken = route(plan.cuts, plan.exits, b, self.depth, net)
+        logits = taken.logits(lambda: backend.run("head", net.tokens), self.num_classes)
+        return logits, taken.executed, taken.exit_layer if taken.left else _no_exits(b)
 
     def _run_gate(self, x: npt.NDArray[np.float32]) -> tuple[
             npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
