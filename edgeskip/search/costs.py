@@ -53,7 +53,7 @@ from edgeskip.errors import ConfigError
 from edgeskip.profile import STATIC, Profile, at_distance
 from edgeskip.rule import decision_free_segments
 
-__all__ = ["PATHS", "Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
+__all__ = ["PATHS", "PATH_MARGIN", "Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +155,12 @@ def reuse_shares(executed: npt.NDArray[np.bool_]) -> tuple[tuple[float, ...], ..
 # The execution paths the Runtime can run a configuration on (see Runtime.path): the monolithic model (a static
 # plan only), the gate graph (one input per backend call) and the per-stage loop (its decision-free segments fused).
 PATHS = ("monolithic", "gate", "stages")
+# Another path is chosen over the per-stage loop only when predicted at least this much faster: the model's own
+# error. On the zoo vit9 (2-core VM, predictor_bench, 23 configurations on both paths) the gate graph and the loop
+# measured within 2-5% of each other, the predicted ratios to static missed by a median 2.2% (p90 6.4%), and
+# choosing the faster prediction outright picked the slower path for 48% of them (1.7% slower on average than
+# always taking the loop, 11.6% at worst).
+PATH_MARGIN = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,10 +229,15 @@ class ProfileCosts:
 
     def predict(self, usage: Usage, batch: int = 1, path: str | None = None) -> Prediction:
         """Expected latency and energy per call of ``batch`` inputs (latency of the call, energy per call) on
-        ``path``, or on the fastest path the profile measured for this usage (:meth:`paths`)."""
+        ``path``, or else on the path the Runtime should take (:meth:`paths`): the monolithic model for a static
+        plan, else the fastest path where it is predicted at least :data:`PATH_MARGIN` faster than the per-stage
+        loop, else the loop."""
         paths = self.paths(usage, batch)
         if path is None:  # a static plan on the monolithic model where profiled: timed whole, not a sum of terms
-            return paths.get("monolithic") or min(paths.values(), key=lambda p: p.latency_ms)
+            if "monolithic" in paths:
+                return paths["monolithic"]
+            best = min(paths.values(), key=lambda p: p.latency_ms)
+            return best if best.latency_ms < (1.0 - PATH_MARGIN) * paths["stages"].latency_ms else paths["stages"]
         if path not in paths:
             raise ConfigError(f"the profile cannot predict path {path!r} for this configuration at batch {batch} "
                               f"(it can: {', '.join(paths)})")

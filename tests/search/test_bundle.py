@@ -25,7 +25,7 @@ from edgeskip.runtimes import Runtime
 from edgeskip.runtimes.inputs import prepare
 from edgeskip.search.bundle import search_bundle
 from edgeskip.search.settings import BundleSearchSettings
-from edgeskip.search.costs import ProfileCosts, usage_of
+from edgeskip.search.costs import PATH_MARGIN, ProfileCosts, usage_of
 from edgeskip.search.genome import Genome
 from edgeskip.search.pathcache import PathCache, exit_grid
 from edgeskip.search.problem import non_dominated
@@ -131,10 +131,13 @@ def test_search_front(front: ParetoFront, profiled: tuple[Path, Profile], images
         assert p.accuracy == float(np.mean(out.labels == images[1]))
         usage = usage_of(np.asarray(out.executed), np.asarray(out.exit_layer), rt.plan.steps, exits, list(rt.plan.exits),
                          static=rt.plan.static)
-        # each point's latency is that of the path the profile predicts fastest for it, and it records that path
+        # each point's latency is that of the path the profile predicts fastest for it (beyond the model's error,
+        # else the stage loop), and it records that path
         paths = model.paths(usage)
         assert paths.keys() >= {"stages", "gate"} and p.path == model.predict(usage).path
-        assert p.path == "monolithic" or paths[p.path].latency_ms == min(q.latency_ms for q in paths.values())
+        fastest = min(paths.values(), key=lambda q: q.latency_ms)
+        assert p.path == ("monolithic" if "monolithic" in paths else fastest.path if fastest.latency_ms
+                          < (1 - PATH_MARGIN) * paths["stages"].latency_ms else "stages")
         assert p.latency_ms == pytest.approx(paths[p.path].latency_ms, rel=1e-9)
         assert p.executed_layers == pytest.approx(float(np.asarray(out.executed).sum(1).mean()))
         assert Runtime(bundle, policy=p.policy, path=p.path).path == p.path  # and the Runtime runs it there

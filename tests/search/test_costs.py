@@ -133,12 +133,16 @@ def test_every_path_is_priced_and_the_fastest_is_chosen() -> None:
     stages = 0.2 + 0.05 * 0.9 + 1.0 + 2.0 * 0.5 + 3.0 * 0.25
     assert paths["gate"].latency_ms == pytest.approx(stages - 0.1 * 1.75 + 0.2 * 0.5 + 0.3)
     assert paths["stages"].latency_ms == pytest.approx(ProfileCosts.from_profile(_profile(), depth=3).predict(usage).latency_ms)
-    assert set(paths) == {"stages", "gate"} and model.predict(usage).path == "gate"  # 5.22 ms against 5.67
+    assert set(paths) == {"stages", "gate"} and model.predict(usage).path == "gate"  # 3.22 ms against 3.44
     assert model.predict(usage, path="stages") == paths["stages"]
     assert ProfileCost(model)(usage)["path"] == "gate"
     slow = ProfileCosts.from_profile(Profile.from_dict({**_profile().to_dict(), "gate": {
         "1": {**gate["1"], "fixed_ms": 1.0}}}), depth=3)
     assert slow.predict(usage).path == "stages"  # the graph's fixed cost now outweighs the host's
+    near = ProfileCosts.from_profile(Profile.from_dict({**_profile().to_dict(), "gate": {
+        "1": {**gate["1"], "fixed_ms": 0.4}}}), depth=3)
+    assert near.paths(usage)["gate"].latency_ms < near.paths(usage)["stages"].latency_ms  # 3.32 ms against 3.44:
+    assert near.predict(usage).path == "stages"  # faster by less than the model's error (PATH_MARGIN) is no reason
     with pytest.raises(ConfigError, match="cannot predict path 'monolithic'"):
         model.predict(usage, path="monolithic")
     static = Usage(layers=(1.0,) * 3, asked=(0.0,) * 3, checked=(0.0,), reach_head=1.0, static=True)
