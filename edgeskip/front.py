@@ -251,7 +251,8 @@ class Selection:
                  f"the cheapest of {self.candidates} configuration(s) within {100 * self.max_loss:g} point(s) of static "
                  "on the search images, one standard error included")
         return (f"{what}accuracy {100 * p.accuracy:.2f}%{held} at {p.latency_ms:.3f} ms and {p.energy_mj:.3f} mJ per "
-                f"call (batch {self.batch}, predicted on {self.device}), {p.executed_layers:.2f} layers per input"
+                f"call (batch {self.batch}, predicted on {self.device}{'' if p.path is None else f', {p.path} path'}), "
+                f"{p.executed_layers:.2f} layers per input"
                 f"{exits}; {among}")
 
 

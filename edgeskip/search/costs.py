@@ -34,8 +34,8 @@ That is the per-stage loop's latency; the same stage terms price the other execu
 (:meth:`ProfileCosts.paths`): the gate graph (batch 1, one backend call per input, its decisions
 inside the graph) adds its own profiled terms per layer run, per exit check and per call instead of
 the host's agents, checks and dispatch; a static plan runs the monolithic model, timed as one whole
-Runtime call (the profile's ``static`` piece). A configuration is predicted on its fastest path,
-which the front records and the Runtime follows. Energy uses the same sum with each entry's energy per call. Entries are keyed by :class:`CostKey`, written once and used by
+Runtime call (the profile's ``static`` piece). A configuration is predicted on its fastest path
+(another than the loop only beyond :data:`PATH_MARGIN`), which the front records and the Runtime follows. Energy uses the same sum with each entry's energy per call. Entries are keyed by :class:`CostKey`, written once and used by
 the search and by ``select``.
 """
 
