@@ -211,7 +211,8 @@ def _energy_mj(fn: Callable[[], Any], seconds: float, settings: ProfileSettings,
     return joules * 1e3 / calls
 
 
-def _overhead(samples: dict[str, list[float]], pieces: dict[str, Timing], layers: Sequence[int], depth: int) -> Overhead:
+def _overhead(samples: dict[str, list[float]], pieces: dict[str, Timing], layers: Sequence[int],
+              depth: int) -> Overhead:
     """The runtime's own cost around the stages: two whole runtime calls timed in the same passes (every
     layer; every other layer removed) against the sums of their stages' in-context times give a cost per
     backend call and a fixed cost per runtime call (the line through the two points). The half loop's layers

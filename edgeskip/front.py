@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from edgeskip.errors import ConfigError, EdgeskipError
 from edgeskip.fsutil import atomic_write_json
+from edgeskip.manifest import ExecutionPath
 from edgeskip.policy import Policy, SkipConfig
 from edgeskip.schema import Record, SchemaError, field, read_json_record
 
@@ -74,9 +75,9 @@ class ParetoPoint(Record):
     holdout_accuracy: float | None = field(default=None, ge=0.0, le=1.0)
     holdout_loss_se: float | None = field(default=None, ge=0.0)
     loss_se: float | None = field(default=None, ge=0.0)  # paired standard error of its loss on the search images
-    # the execution path its latency is predicted on, at the front's batch (edgeskip.search.costs.PATHS): the
+    # the execution path its latency is predicted on, at the front's batch (edgeskip.manifest.PATHS): the
     # Runtime runs it there (Runtime.set_policy(..., path=)); None: costed in MACs, or searched before paths
-    path: Literal["monolithic", "gate", "stages"] | None = None
+    path: ExecutionPath | None = None
 
     @property
     def policy(self) -> Policy:

@@ -18,7 +18,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from edgeskip.config import ViTConfig
 from edgeskip.errors import EdgeskipError
@@ -286,6 +286,12 @@ class Predicted(Record):
     energy_source: str | None = None
 
 
+# How the Runtime runs a configuration (Runtime.path): the monolithic model (a static plan), the gate graph (one
+# input per backend call) or the per-stage loop; what a Pareto point and a default configuration record.
+ExecutionPath = Literal["monolithic", "gate", "stages"]
+PATHS: tuple[str, ...] = get_args(ExecutionPath)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DefaultConfig(Record):
     """The configuration ``edgeskip select`` chose for a budget, which policy ``auto`` runs."""
@@ -299,7 +305,7 @@ class DefaultConfig(Record):
     accuracy: float = field(ge=0.0, le=1.0)
     calibration_images: int | None = None
     selected_utc: str
-    path: Literal["monolithic", "gate", "stages"] | None = None  # the execution path it was predicted on
+    path: ExecutionPath | None = None  # the execution path it was predicted on
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

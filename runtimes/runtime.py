@@ -52,6 +52,7 @@ import numpy.typing as npt
 from edgeskip.bundle import Bundle, BundleError, check_signature, stage_name
 from edgeskip.e2cm.means import E2CM, JSON as E2CM_JSON, NPZ as E2CM_NPZ
 from edgeskip.errors import BackendError, ConfigError, DataError, EdgeskipError
+from edgeskip.manifest import PATHS
 from edgeskip.front import Selection, check_degenerate, front_of, load_front, pick
 from edgeskip.policy import Plan, Policy, SkipConfig, resolve
 from edgeskip.rule import exit_logits, exit_top, route
@@ -62,10 +63,9 @@ from edgeskip.signing import KeyLike
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Runtime", "RuntimeOutput", "GRAPHS", "PATHS"]
+__all__ = ["Runtime", "RuntimeOutput", "GRAPHS"]
 
 GRAPHS = ("stages", "gate")
-PATHS = ("monolithic", "gate", "stages")  # how a configuration runs (Runtime.path; edgeskip.search.costs.PATHS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,9 +237,9 @@ class Runtime:
     def set_policy(self, policy: str | Policy | SkipConfig, *, path: str | None = None) -> None:
         """Switch to another policy or configuration (e.g. a cheaper Pareto point); no reload.
 
-        ``path``: the execution path to run it on (:data:`PATHS`; a Pareto point's ``path``); None: the bundle's
-        default configuration's recorded path for policy ``default``, else the monolithic model for a static plan
-        and the stage loop for any other. Calls already running finish under the policy they started with.
+        ``path``: the execution path to run it on (:data:`edgeskip.manifest.PATHS`; a Pareto point's ``path``);
+        None: the bundle's default configuration's recorded path for policy ``default``, else the monolithic model
+        for a static plan and the stage loop for any other. Calls already running finish under the policy they started with.
         """
         plan = resolve(policy, self.manifest)
         self._routing = self._route(plan, path)  # one assignment: a call reads plan, fusions and path together
@@ -310,8 +310,7 @@ class Runtime:
         front = load_front(front_of(self.bundle, device, pareto), fingerprint=self.manifest.fingerprint, device=device)
         chosen = pick(front, budget_ms=budget_ms, budget_mj=budget_mj, max_loss_points=max_loss_points)
         check_degenerate(chosen, self.num_classes, allow=allow_degenerate)
-        self.set_policy(chosen.policy, path=chosen.point.path if chosen.batch == 1 or chosen.point.path != "gate"
-                        else None)
+        self.set_policy(chosen.policy, path=chosen.point.path)
         return chosen
 
     def _fusions(self, plan: Plan) -> dict[int, tuple[str, frozenset[int]]]:
@@ -395,9 +394,9 @@ class Runtime:
 
     @property
     def path(self) -> str:
-        """How the next call runs (:data:`PATHS`): ``monolithic`` (a static plan in one call), ``stages`` (the
-        per-stage loop, its decision-free segments fused: :attr:`fused`) or ``gate`` (the ONNX gate graph; with
-        ``graph="stages"`` for one input, a batch runs the stage loop)."""
+        """How the next call runs (:data:`edgeskip.manifest.PATHS`): ``monolithic`` (a static plan in one call),
+        ``stages`` (the per-stage loop, its decision-free segments fused: :attr:`fused`) or ``gate`` (the ONNX gate
+        graph; with ``graph="stages"`` for one input, a batch runs the stage loop)."""
         return self._routing[2]
 
     def info(self) -> dict[str, Any]:

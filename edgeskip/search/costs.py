@@ -35,8 +35,9 @@ That is the per-stage loop's latency; the same stage terms price the other execu
 inside the graph) adds its own profiled terms per layer run, per exit check and per call instead of
 the host's agents, checks and dispatch; a static plan runs the monolithic model, timed as one whole
 Runtime call (the profile's ``static`` piece). A configuration is predicted on its fastest path
-(another than the loop only beyond :data:`PATH_MARGIN`), which the front records and the Runtime follows. Energy uses the same sum with each entry's energy per call. Entries are keyed by :class:`CostKey`, written once and used by
-the search and by ``select``.
+(another than the loop only beyond :data:`PATH_MARGIN`), which the front records and the Runtime
+follows. Energy uses the same sum with each entry's energy per call. Entries are keyed by
+:class:`CostKey`, written once and used by the search and by ``select``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from edgeskip.errors import ConfigError
 from edgeskip.profile import STATIC, Profile, at_distance
 from edgeskip.rule import decision_free_segments
 
-__all__ = ["PATHS", "PATH_MARGIN", "Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
+__all__ = ["PATH_MARGIN", "Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +153,6 @@ def reuse_shares(executed: npt.NDArray[np.bool_]) -> tuple[tuple[float, ...], ..
     return tuple(tuple(float(v) / n for v in row) for row in out)
 
 
-# The execution paths the Runtime can run a configuration on (see Runtime.path): the monolithic model (a static
-# plan only), the gate graph (one input per backend call) and the per-stage loop (its decision-free segments fused).
-PATHS = ("monolithic", "gate", "stages")
 # Another path is chosen over the per-stage loop only when predicted at least this much faster: the model's own
 # error. On the zoo vit9 (2-core VM, predictor_bench, 23 configurations on both paths) the gate graph and the loop
 # measured within 2-5% of each other, the predicted ratios to static missed by a median 2.2% (p90 6.4%), and
@@ -167,7 +165,7 @@ PATH_MARGIN = 0.05
 class Prediction:
     latency_ms: float
     energy_mj: float
-    path: str = "stages"  # the execution path it is predicted for (PATHS)
+    path: str = "stages"  # the execution path it is predicted for (edgeskip.manifest.PATHS)
 
 
 class ProfileCosts:
