@@ -497,6 +497,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
                   f"({before.created_utc}, {old[STATIC].median_ms:.3f} ms)"  # type: ignore[union-attr]
                   + ("" if abs(change) <= 0.05 else ": the machine runs at another speed than then; compare "
                      "configurations as ratios to static, or profile on fixed clocks (jetson_clocks)"))
+        gate, loop = profile.gate.get(b), profile.overhead.get(b)
+        if gate is not None and loop is not None:
+            print(f"    gate graph, every layer {gate.all_ms:.3f} ms against the stage loop's {loop.static_loop_ms:.3f} ms; "
+                  f"{1e3 * gate.per_layer_ms:+.1f} us per layer run, {1e3 * gate.per_exit_ms:.1f} us per exit check")
     print(f"  peak resident memory {profile.memory.peak_rss_mb:.0f} MiB")
     return 0
 

@@ -406,7 +406,7 @@ def test_cli_profile(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFi
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
     assert main(["-q", "profile", "--device", "cpu", "--bundle", str(bundle), "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "profiles/cpu.json" in out and "batch 1: embed" in out
+    assert "profiles/cpu.json" in out and "batch 1: embed" in out and "gate graph, every layer" in out
     assert (bundle / "profiles" / "cpu.json").is_file()
     assert main(["-q", "profile", "--device", "cpu"]) == 2
     assert "no bundle named and none found here" in capsys.readouterr().err
