@@ -125,15 +125,15 @@ def test_fused_segments_and_the_static_piece_in_the_model() -> None:
 def test_every_path_is_priced_and_the_fastest_is_chosen() -> None:
     """The gate graph's terms replace the host's agents, checks and dispatch; the fastest path is the prediction; a
     static plan runs the monolithic model the profile timed whole."""
-    gate = {"1": {"per_layer_ms": -0.1, "per_exit_ms": 0.2, "fixed_ms": 0.3, "all_ms": 6.0, "half_ms": 3.0}}
+    gate = {"1": {"per_layer_ms": -0.1, "per_exit_ms": 0.2, "fixed_ms": -0.3, "all_ms": 6.0, "half_ms": 3.0}}
     model = ProfileCosts.from_profile(Profile.from_dict({**_profile().to_dict(), "gate": gate}), depth=3)
-    assert model.gate == {1: (-0.1, 0.2, 0.3)}
+    assert model.gate == {1: (-0.1, 0.2, -0.3)}
     usage = Usage(layers=(1.0, 0.5, 0.25), asked=(1.0, 1.0, 0.8), checked=(0.5,), reach_head=0.9)
     paths = model.paths(usage)
     stages = 0.2 + 0.05 * 0.9 + 1.0 + 2.0 * 0.5 + 3.0 * 0.25
-    assert paths["gate"].latency_ms == pytest.approx(stages - 0.1 * 1.75 + 0.2 * 0.5 + 0.3)
+    assert paths["gate"].latency_ms == pytest.approx(stages - 0.1 * 1.75 + 0.2 * 0.5 - 0.3)
     assert paths["stages"].latency_ms == pytest.approx(ProfileCosts.from_profile(_profile(), depth=3).predict(usage).latency_ms)
-    assert set(paths) == {"stages", "gate"} and model.predict(usage).path == "gate"  # 3.22 ms against 3.44
+    assert set(paths) == {"stages", "gate"} and model.predict(usage).path == "gate"  # 2.62 ms against 3.44
     assert model.predict(usage, path="stages") == paths["stages"]
     assert ProfileCost(model)(usage)["path"] == "gate"
     slow = ProfileCosts.from_profile(Profile.from_dict({**_profile().to_dict(), "gate": {
