@@ -1,9 +1,10 @@
 """Steady resident memory of each execution path of a bundle, one fresh process per path and batch size.
 
-Each child process opens the bundle with one path, runs five calls on a batch of random images and
-reports its resident set (psutil) and peak (getrusage); the parent prints the table. The paths:
-``static`` (the monolithic model), ``loop`` (a static plan on the stage loop, decision-free layers
-fused), ``unfused`` (the same, one call per stage) and ``agent+e2cm`` (the per-input decisions).
+Each child process (:mod:`edgeskip.devices.memory`, what ``edgeskip profile`` records per path) opens the
+bundle on one path, runs five calls on a batch of random images and reports its resident set (psutil); the
+parent prints the table. The rows: ``static`` (the monolithic model), ``loop`` (a static plan on the stage
+loop, decision-free layers fused), ``unfused`` (the same, one call per stage), ``agent+e2cm`` (the
+per-input decisions on the loop) and ``gate`` (the same policy on the gate graph, batch 1 only).
 
     python benchmarks/memory_bench.py --bundle DIR [--batches 1,64] [--json out.json]
 """
@@ -12,30 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-PATHS = {
-    "static": {"policy": "static"},
-    "loop": {"policy": "static", "whole_static": False},
-    "unfused": {"policy": "static", "whole_static": False, "fuse": False},
-    "agent+e2cm": {"policy": "agent+e2cm"},
-}
+from edgeskip.devices.memory import path_memory_mib
 
-CHILD = """
-import json, resource, sys
-import numpy as np, psutil, edgeskip
-bundle, batch, kwargs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-rt = edgeskip.Runtime(bundle, **kwargs)
-spec = rt.input_spec
-x = np.random.default_rng(0).integers(0, 256, (batch, spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
-for _ in range(5):
-    rt(x)
-print(json.dumps({"rss_mib": psutil.Process().memory_info().rss / 2**20,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "arena": rt.info().get("memory_arena")}))
-"""
+VARIANTS = {  # name -> (path, policy, Runtime options)
+    "static": ("monolithic", "static", {}),
+    "loop": ("stages", "static", {"whole_static": False}),
+    "unfused": ("stages", "static", {"whole_static": False, "fuse": False}),
+    "agent+e2cm": ("stages", "agent+e2cm", {}),
+    "gate": ("gate", "agent+e2cm", {}),
+}
 
 
 def main() -> int:
@@ -45,23 +34,20 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    rows: dict[str, dict[int, dict[str, float]]] = {}
-    for name, kwargs in PATHS.items():
+    rows: dict[str, dict[int, float]] = {}
+    for name, (path, policy, options) in VARIANTS.items():
         for b in batches:
-            proc = subprocess.run([sys.executable, "-c", CHILD, args.bundle, str(b), json.dumps(kwargs)],
-                                  capture_output=True, text=True, check=False, timeout=600)
-            if proc.returncode != 0:
-                sys.exit(f"{name} at batch {b} failed:\n{proc.stderr[-2000:]}")
-            rows.setdefault(name, {})[b] = json.loads(proc.stdout.strip().splitlines()[-1])
-    arena = next(iter(next(iter(rows.values())).values()))["arena"]
-    print(f"steady resident memory after five calls, one fresh process each (onnxruntime arena: {arena})")
+            if path == "gate" and b != 1:
+                continue  # a batch runs the stage loop
+            rows.setdefault(name, {})[b] = path_memory_mib(args.bundle, path, b, policy=policy, backend="onnxruntime",
+                                                           options=options)
+    print("steady resident memory after five calls, one fresh process each (onnxruntime, one process-wide arena)")
     print(f"{'path':<12}" + "".join(f"{f'batch {b}':>16}" for b in batches))
     for name, by_batch in rows.items():
-        print(f"{name:<12}" + "".join(f"{by_batch[b]['rss_mib']:12.0f} MiB" for b in batches))
+        print(f"{name:<12}" + "".join(f"{by_batch[b]:12.0f} MiB" if b in by_batch else f"{'-':>16}" for b in batches))
     static = rows["static"]
     for name in ("unfused", "agent+e2cm"):
-        print(f"{name} / static: " + ", ".join(f"batch {b} {rows[name][b]['rss_mib'] / static[b]['rss_mib']:.2f}"
-                                               for b in batches))
+        print(f"{name} / static: " + ", ".join(f"batch {b} {rows[name][b] / static[b]:.2f}" for b in batches))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

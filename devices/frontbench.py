@@ -102,7 +102,7 @@ def run_front_bench(cfg: FrontBenchConfig, images: npt.NDArray[Any], labels: npt
                       "loss_se_points": 100 * se if n > 1 else 0.0,
                       "layers_per_image": layers, "calibration_accuracy": points[name].accuracy,
                       "predicted_ms": points[name].latency_ms, "fused": [list(s) for s in runtimes[name].fused],
-                      "path": runtimes[name].path,
+                      "path": runtimes[name].path, "memory_mib": points[name].memory_mib,
                       "predicted_ratio": points[name].cost("latency_ms") / front.static.cost("latency_ms")}
     measured: dict[str, Any] = {}
     batches = {1: [x[i:i + 1] for i in range(cfg.block)], cfg.batch: [x[:cfg.batch]]}

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from edgeskip.bundle import stage_name
 from edgeskip.devices.energy import EnergyMeter, select_meter
+from edgeskip.devices.memory import path_memory_mib, path_policy
 from edgeskip.host import describe_host
 from edgeskip.policy import Policy
 from edgeskip.profile import STATIC
@@ -79,6 +80,7 @@ class ProfileSettings:
     seed: int = 0
     max_drift: float = 0.05  # the whole loop's median may change this much between the halves of the passes,
     extensions: int = 2  # or the passes are timed again this many times (then a warning says so)
+    memory: bool = True  # each path's resident memory, one fresh process per path and batch (edgeskip.devices.memory)
 
     @classmethod
     def quick(cls, batch_sizes: tuple[int, ...] = (1,)) -> ProfileSettings:
@@ -335,6 +337,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
     overhead: dict[str, Overhead] = {}
     stability: dict[str, Stability] = {}
     gate: dict[str, GateCost] = {}
+    memory: dict[str, dict[str, float]] = {}
     for b in settings.batch_sizes:
         images = rng.integers(0, 256, (b, spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
         x: npt.NDArray[np.float32] = prepare(images, spec)
@@ -383,13 +386,20 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         overhead[str(b)] = _overhead(samples, pieces, layers, m.config.depth)
         if gates:
             gate[str(b)] = _gate_cost(samples, pieces, layers, len(exits))
+        if settings.memory:
+            paths = [*(["monolithic"] if static_rt is not None else []), "stages", *(["gate"] if gates else [])]
+            for path in paths:
+                say(f"batch {b}: resident memory of the {path} path")
+                memory.setdefault(str(b), {})[path] = path_memory_mib(
+                    rt.bundle.path, path, b, policy=path_policy(path, m), backend=str(rt.backend_info["backend"]),
+                    options=backend_options)
     return Profile(
         device=dev.name,
         bundle=ProfiledBundle(model=m.model_name, fingerprint=m.fingerprint, target=m.target, removed=m.removed,
                               exits=tuple(exits)),
         backend=to_json(rt.backend_info), host=describe_host().to_dict(),
         energy=to_json({**meter.describe(), "unavailable": unavailable}),
-        memory=Memory(peak_rss_mb=_peak_rss_mb(), peak_rss_before_mb=rss_before),
+        memory=Memory(peak_rss_mb=_peak_rss_mb(), peak_rss_before_mb=rss_before, paths=memory),
         settings=to_json(settings), overhead=overhead,
         created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), batches=out, stability=stability,
         gate=gate,

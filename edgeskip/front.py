@@ -78,6 +78,7 @@ class ParetoPoint(Record):
     # the execution path its latency is predicted on, at the front's batch (edgeskip.manifest.PATHS): the
     # Runtime runs it there (Runtime.set_policy(..., path=)); None: costed in MACs, or searched before paths
     path: ExecutionPath | None = None
+    memory_mib: float | None = field(default=None, ge=0.0)  # that path's resident memory at the front's batch (profiled)
 
     @property
     def policy(self) -> Policy:
@@ -252,7 +253,8 @@ class Selection:
                  f"the cheapest of {self.candidates} configuration(s) within {100 * self.max_loss:g} point(s) of static "
                  "on the search images, one standard error included")
         return (f"{what}accuracy {100 * p.accuracy:.2f}%{held} at {p.latency_ms:.3f} ms and {p.energy_mj:.3f} mJ per "
-                f"call (batch {self.batch}, predicted on {self.device}{'' if p.path is None else f', {p.path} path'}), "
+                f"call (batch {self.batch}, predicted on {self.device}{'' if p.path is None else f', {p.path} path'}"
+                f"{'' if p.memory_mib is None else f', {p.memory_mib:.0f} MiB resident'}), "
                 f"{p.executed_layers:.2f} layers per input"
                 f"{exits}; {among}")
 

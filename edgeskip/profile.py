@@ -108,8 +108,10 @@ class ProfiledBundle(Record):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Memory(Record):
-    peak_rss_mb: float = field(ge=0.0)
+    peak_rss_mb: float = field(ge=0.0)  # of the profiling process
     peak_rss_before_mb: float = field(ge=0.0)
+    # batch -> execution path -> steady resident MiB of a fresh process running it (edgeskip.devices.memory)
+    paths: dict[str, dict[str, float]] = field(default_factory=dict, max_items=64)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -167,6 +167,7 @@ class Prediction:
     latency_ms: float
     energy_mj: float
     path: str = "stages"  # the execution path it is predicted for (edgeskip.manifest.PATHS)
+    memory_mib: float | None = None  # that path's resident memory at this batch, where the profile measured it
 
 
 class ProfileCosts:
@@ -174,10 +175,12 @@ class ProfileCosts:
 
     def __init__(self, entries: Mapping[CostKey, tuple[float, float]], overhead: Mapping[int, tuple[float, float]],
                  depth: int, device: str, energy_source: str, fuses: bool = False, reuse: bool = True,
-                 gate: Mapping[int, tuple[float, float, float]] | None = None) -> None:
+                 gate: Mapping[int, tuple[float, float, float]] | None = None,
+                 memory: Mapping[int, Mapping[str, float]] | None = None) -> None:
         self.entries = dict(entries)
         self.overhead = dict(overhead)  # batch -> (ms per backend call, ms per runtime call)
         self.gate = dict(gate or {})  # batch -> the gate graph's (ms per layer run, per exit check, per call)
+        self.memory = dict(memory or {})  # batch -> path -> resident MiB
         self.depth = depth
         self.device = device
         self.energy_source = energy_source
@@ -198,8 +201,9 @@ class ProfileCosts:
                    for b, pieces in profile.batches.items() for name, t in pieces.items()}
         overhead = {int(b): (o.per_call_ms, o.fixed_ms) for b, o in profile.overhead.items()}
         gate = {int(b): (g.per_layer_ms, g.per_exit_ms, g.fixed_ms) for b, g in profile.gate.items()}
+        memory = {int(b): dict(paths) for b, paths in profile.memory.paths.items()}
         return cls(entries, overhead, depth, profile.device, profile.energy_source,
-                   fuses=profile.backend.get("fuses") is True, reuse=reuse, gate=gate)
+                   fuses=profile.backend.get("fuses") is True, reuse=reuse, gate=gate, memory=memory)
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -249,9 +253,10 @@ class ProfileCosts:
         if len(usage.layers) != self.depth:
             raise ConfigError(f"usage covers {len(usage.layers)} layers; the model has {self.depth}")
         out = {}
+        mib = self.memory.get(batch, {})
         whole = self.entries.get(CostKey(STATIC, None, batch))
         if usage.static and whole is not None:  # measured as one whole Runtime call: overheads included
-            out["monolithic"] = Prediction(*whole, path="monolithic")
+            out["monolithic"] = Prediction(*whole, path="monolithic", memory_mib=mib.get("monolithic"))
         terms = [(self._entry("embed", None, batch), 1.0), (self._entry("head", None, batch), usage.reach_head)]
         for j, rate in enumerate(usage.layers):
             if rate:
@@ -270,14 +275,15 @@ class ProfileCosts:
         latency = sum(ms * w for (ms, _), w in terms)
         energy = sum(mj * w for (_, mj), w in terms)
         per_call, fixed = self.overhead.get(batch, (0.0, 0.0))
-        out["stages"] = Prediction(latency + usage.backend_calls(self.fuses) * per_call + fixed, energy)
+        out["stages"] = Prediction(latency + usage.backend_calls(self.fuses) * per_call + fixed, energy,
+                                   memory_mib=mib.get("stages"))
         if batch in self.gate:  # the graph decides inside: its agents and Ifs are in its fixed cost
             per_layer, per_exit, gate_fixed = self.gate[batch]
             # its terms were fitted against the stages' static-pass times, so they price its layers
             stages_ms = self._entry("embed", None, batch)[0] + self._entry("head", None, batch)[0] * usage.reach_head \
                 + sum(self._entry("layer", j, batch)[0] * rate for j, rate in enumerate(usage.layers) if rate)
             out["gate"] = Prediction(max(stages_ms + per_layer * sum(usage.layers) + per_exit * sum(usage.checked)
-                                         + gate_fixed, 0.0), energy, path="gate")
+                                         + gate_fixed, 0.0), energy, path="gate", memory_mib=mib.get("gate"))
         return out
 
 
@@ -326,4 +332,4 @@ class ProfileCost:
 
     def __call__(self, usage: Usage) -> dict[str, Any]:
         p = self.costs.predict(usage, self.batch)
-        return {"latency_ms": p.latency_ms, "energy_mj": p.energy_mj, "path": p.path}
+        return {"latency_ms": p.latency_ms, "energy_mj": p.energy_mj, "path": p.path, "memory_mib": p.memory_mib}

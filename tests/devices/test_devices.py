@@ -369,6 +369,10 @@ def test_profile_measures_every_piece(profiled: tuple[Path, Profile]) -> None:
     assert set(profile.gate) == {"1"} and gate.all_ms > 0 and gate.half_ms is not None and gate.exits_ms is None
     sums = profile.overhead["1"]
     assert gate.fixed_ms + 4 * gate.per_layer_ms == pytest.approx(gate.all_ms - sums.sum_of_stages_ms)
+    # each path's resident memory, a fresh process each; the gate path also holds the loop's sessions
+    assert profile.memory.paths.keys() == {"1", "4"} and profile.memory.paths["4"].keys() == {"monolithic", "stages"}
+    mib = profile.memory.paths["1"]
+    assert mib.keys() == {"monolithic", "stages", "gate"} and 0 < mib["stages"] < mib["gate"]
     assert profile.stability["1"].passes == profile.overhead["1"].passes and profile.stability["1"].spread >= 0
     for timing in pieces.values():
         assert timing.median_ms > 0 and timing.samples >= 5 and timing.energy_mj >= 0

@@ -139,6 +139,7 @@ def test_search_front(front: ParetoFront, profiled: tuple[Path, Profile], images
         assert p.path == ("monolithic" if "monolithic" in paths else fastest.path if fastest.latency_ms
                           < (1 - PATH_MARGIN) * paths["stages"].latency_ms else "stages")
         assert p.latency_ms == pytest.approx(paths[p.path].latency_ms, rel=1e-9)
+        assert p.memory_mib == profile.memory.paths["1"][p.path] > 0  # and that path's resident memory
         assert p.executed_layers == pytest.approx(float(np.asarray(out.executed).sum(1).mean()))
         assert Runtime(bundle, policy=p.policy, path=p.path).path == p.path  # and the Runtime runs it there
     loaded = load_front(pareto_path(bundle, "cpu"), fingerprint=Bundle.open(bundle).manifest.fingerprint, device="cpu")
