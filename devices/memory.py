@@ -38,7 +38,7 @@ def path_memory_mib(bundle: str | Path, path: str, batch: int, *, policy: str, b
                     options: dict[str, Any] | None = None, timeout: float = 600.0) -> float:
     """Steady resident memory (MiB) of a fresh process running ``bundle`` on ``path`` at ``batch``."""
     cmd = [sys.executable, "-m", "edgeskip.devices.memory", str(bundle), "--path", path, "--batch", str(batch),
-           "--policy", policy, "--backend", backend, "--options", json.dumps(options or {})]
+           "--policy", policy, "--backend", backend, "--options", json.dumps(options or {}, default=str)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
