@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     rt = Runtime(args.bundle)  # policy "auto": the configuration edgeskip select wrote
     front = load_front(pareto_path(rt.bundle, args.device), fingerprint=rt.manifest.fingerprint, device=args.device)
     current = starting_point(rt, front)
-    rt.set_policy(current.policy)
+    rt.set_policy(current.policy, path=current.path)  # on the execution path its search predicted
     per_call = max(current.cost('energy_mj'), 1e-9)
     capacity = args.battery_calls * per_call
     battery, saving = capacity, False
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
               f"battery {level:5.1f}%")
         if not saving and level < args.low_battery:
             cheap = cheaper(front, current.cost('latency_ms'), args.saving)
-            rt.set_policy(cheap.policy)  # no reload: the same sessions, another configuration
+            rt.set_policy(cheap.policy, path=cheap.path)  # no reload: the same sessions, another configuration
             print(f"-- battery below {args.low_battery:g}%: switched to {100 * cheap.accuracy:.1f}% accuracy at "
                   f"{cheap.cost('latency_ms'):.3f} ms predicted ({cheap.executed_layers:.2f} layers) from "
                   f"{current.cost('latency_ms'):.3f} ms")
