@@ -37,7 +37,9 @@ def path_policy(path: str, manifest: Any) -> str:
 def path_memory_mib(bundle: str | Path, path: str, batch: int, *, policy: str, backend: str,
                     options: dict[str, Any] | None = None, timeout: float = 600.0) -> float:
     """Steady resident memory (MiB) of a fresh process running ``bundle`` on ``path`` at ``batch``."""
-    cmd = [sys.executable, "-m", "edgeskip.devices.memory", str(bundle), "--path", path, "--batch", str(batch),
+    # -P: the installed edgeskip, never a source folder of that name in the current directory
+    cmd = [sys.executable, "-P", "-m", "edgeskip.devices.memory", str(Path(bundle).resolve()), "--path", path,
+           "--batch", str(batch),
            "--policy", policy, "--backend", backend, "--options", json.dumps(options or {}, default=str)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
