@@ -52,6 +52,7 @@ from edgeskip.manifest import (
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization, get_normalization, preprocess
 from edgeskip.progress import progress_bar
+from edgeskip.runtimes.inputs import RESIZE
 from edgeskip.runtimes.gate import GATE_INPUT, GATE_OUTPUTS, exit_threshold_name, layer_threshold_name
 from edgeskip.train.checkpoint import load_checkpoint, state_sha256
 from edgeskip.variants import model_config
@@ -228,7 +229,7 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
                      **{k: v for r in results for k, v in r.formats.items()}},
             preprocessing=Preprocessing(input="uint8 HWC/NHWC or float NCHW", layout="NCHW", scale=1 / 255,
                                         image_size=model_cfg.image_size, channels=model_cfg.in_channels,
-                                        resize="bilinear", normalization=src.normalization),
+                                        resize=RESIZE, normalization=src.normalization),
             provenance=Provenance(edgeskip_version=__version__, torch_version=torch.__version__,
                                   onnx_version=onnx.__version__, opset=OPSET,
                                   created_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")),

@@ -3,9 +3,10 @@
 Accepted, as an application has them:
 
 * ``uint8`` images, channels last: one image ``(H, W, C)`` or a batch ``(B, H, W, C)``
-  (``(H, W)`` / ``(B, H, W)`` for a one-channel model). They are resized (bilinear) when
-  ``H, W`` differ from the model's size, then scaled and normalised exactly as training did
-  (:func:`edgeskip.normalization.preprocess`).
+  (``(H, W)`` / ``(B, H, W)`` for a one-channel model). When ``H, W`` differ from the model's
+  size they are fitted to it (:func:`fit_image`: the shorter side resized to the model's size,
+  bilinear with PIL's antialiasing when shrinking, then the centre cropped square), then scaled and
+  normalised exactly as training did (:func:`edgeskip.normalization.preprocess`).
 * floating-point tensors already normalised as the model expects, channels first: ``(C, H, W)``
   or ``(B, C, H, W)`` (what :func:`edgeskip.preprocess` returns); resized when needed.
 
@@ -26,9 +27,12 @@ from edgeskip.errors import InputError
 from edgeskip.manifest import Preprocessing
 from edgeskip.normalization import Normalization, preprocess
 
-__all__ = ["InputSpec", "prepare", "resize_bilinear"]
+__all__ = ["RESIZE", "InputSpec", "fit_image", "prepare", "resize_bilinear"]
 
 _FLOATS = (np.float16, np.float32, np.float64)
+# What the manifest's preprocessing records of fit_image (bundles before it record "bilinear": the same for square
+# images grown or kept, which is all they were trained on)
+RESIZE = "shorter side to the model's size, bilinear (PIL, antialiased when shrinking), centre crop"
 MAX_ABS = 1e4  # a normalised uint8 image lies within about ±3; far beyond, float32 overflows in the model
 
 
@@ -80,7 +84,7 @@ def prepare(images: Any, spec: InputSpec) -> npt.NDArray[np.float32]:
                          "pass uint8 images, or normalise with edgeskip.preprocess")
     spatial = x.shape[1:3] if x.dtype == np.uint8 else x.shape[2:4]  # NHWC uint8, NCHW float
     if spatial != (spec.image_size, spec.image_size):  # (comparing the channel axis had resized every uint8 call)
-        x = resize_bilinear(x, spec.image_size)
+        x = fit_image(x, spec.image_size)
     if x.dtype == np.uint8:  # (B, S, S, C) uint8 -> normalised NCHW
         return preprocess(x, spec.normalization)
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -132,29 +136,44 @@ def _float_batch(images: npt.NDArray[Any], spec: InputSpec) -> npt.NDArray[Any]:
     return x
 
 
-def _axis_weights(n_in: int, n_out: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float32]]:
-    """Half-pixel-centre bilinear sampling positions (the convention of OpenCV and PIL without antialias)."""
-    pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    pos = np.clip(pos, 0.0, n_in - 1)
-    lo = np.floor(pos).astype(np.intp)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, (pos - lo).astype(np.float32)
+def _axis_weights(n_in: int, n_out: int) -> npt.NDArray[np.float32]:
+    """(n_out, n_in) bilinear resampling weights as PIL computes them: a triangle filter on half-pixel centres,
+    widened by the scale when shrinking (antialiasing), each row normalised."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centre = (np.arange(n_out, dtype=np.float64) + 0.5) * scale
+    src = np.arange(n_in, dtype=np.float64) + 0.5
+    w = np.clip(1.0 - np.abs(src[None, :] - centre[:, None]) / support, 0.0, None)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def resize_bilinear(x: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
-    """Resize the two spatial axes to ``size`` x ``size``: NHWC for uint8 (rounded back to uint8), NCHW otherwise."""
+def resize_bilinear(x: npt.NDArray[Any], size: int | tuple[int, int]) -> npt.NDArray[Any]:
+    """Resize the two spatial axes to ``size`` (square) or ``(height, width)``: NHWC for uint8 (rounded back to
+    uint8), NCHW otherwise. Bilinear as PIL's ``Image.resize(..., BILINEAR)``, antialiased when shrinking (within
+    one uint8 level of PIL, which rounds in fixed point)."""
+    h_out, w_out = (size, size) if isinstance(size, int) else size
     channels_last = x.dtype == np.uint8
     h_axis, w_axis = (1, 2) if channels_last else (2, 3)
-    y0, y1, wy = _axis_weights(x.shape[h_axis], size)
-    x0, x1, wx = _axis_weights(x.shape[w_axis], size)
     f = x.astype(np.float32)
-    shape_y = [1, 1, 1, 1]
-    shape_y[h_axis] = size
-    shape_x = [1, 1, 1, 1]
-    shape_x[w_axis] = size
-    wy_b, wx_b = wy.reshape(shape_y), wx.reshape(shape_x)
-    rows = np.take(f, y0, axis=h_axis) * (1 - wy_b) + np.take(f, y1, axis=h_axis) * wy_b
-    out = np.take(rows, x0, axis=w_axis) * (1 - wx_b) + np.take(rows, x1, axis=w_axis) * wx_b
+    if f.shape[h_axis] != h_out:
+        f = np.moveaxis(np.tensordot(f, _axis_weights(f.shape[h_axis], h_out), axes=([h_axis], [1])), -1, h_axis)
+    if f.shape[w_axis] != w_out:
+        f = np.moveaxis(np.tensordot(f, _axis_weights(f.shape[w_axis], w_out), axes=([w_axis], [1])), -1, w_axis)
     if channels_last:
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return out.astype(x.dtype if x.dtype != np.float16 else np.float32)
+        return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    return f.astype(x.dtype if x.dtype != np.float16 else np.float32)
+
+
+def fit_image(x: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
+    """Fit images to ``size`` x ``size`` keeping their aspect: the shorter side resized to ``size``
+    (:func:`resize_bilinear`), then the centre cropped (NHWC uint8 or NCHW float). A square image is only resized.
+    The one rule for the runtime's inputs and for image-folder datasets (:mod:`edgeskip.data.folder`)."""
+    h_axis, w_axis = (1, 2) if x.dtype == np.uint8 else (2, 3)
+    h, w = x.shape[h_axis], x.shape[w_axis]
+    short = min(h, w)
+    h_out, w_out = max(size, round(h * size / short)), max(size, round(w * size / short))
+    y = resize_bilinear(x, (h_out, w_out)) if (h_out, w_out) != (h, w) else x
+    top, left = (h_out - size) // 2, (w_out - size) // 2
+    index: list[Any] = [slice(None)] * 4
+    index[h_axis], index[w_axis] = slice(top, top + size), slice(left, left + size)
+    return y[tuple(index)]

@@ -233,7 +233,7 @@ def test_huge_finite_values_are_not_mistaken_for_infinite(tiny: Runtime) -> None
     assert np.isfinite(tiny(near).logits).all()
 
 
-def test_images_of_another_size_are_resized_bilinearly(tiny: Runtime) -> None:
+def test_images_of_another_size_are_fitted_as_pil_resizes(tiny: Runtime) -> None:
     from PIL import Image
 
     small = _images(2, size=16)
@@ -254,6 +254,19 @@ def test_images_of_another_size_are_resized_bilinearly(tiny: Runtime) -> None:
         assert calls == []
         tiny(small)
         assert calls == [small.shape]
+    # shrinking is antialiased as PIL's bilinear is; another aspect is resized by its shorter side, then cropped
+    rng = np.random.default_rng(3)
+    for shape, size in (((2, 96, 96, 3), 32), ((1, 50, 80, 3), (20, 33)), ((1, 7, 9, 3), (13, 5))):
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+        h, w = (size, size) if isinstance(size, int) else size
+        want = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in x])
+        assert np.abs(resize_bilinear(x, size).astype(int) - want.astype(int)).max() <= 1
+    wide = rng.integers(0, 256, (1, 40, 60, 3), dtype=np.uint8)
+    from edgeskip.runtimes.inputs import fit_image
+
+    fitted = fit_image(wide, 32)  # 40x60 -> 32x48, then the middle 32 columns
+    assert fitted.shape == (1, 32, 32, 3) and np.array_equal(fitted, resize_bilinear(wide, (32, 48))[:, :, 8:40])
+    assert np.array_equal(tiny(wide).logits, tiny(fitted).logits)
     images = _images(2)  # PIL images, one or a list of them, are uint8 channels-last images
     assert np.array_equal(tiny(Image.fromarray(images[0])).logits, tiny(images[:1]).logits)
     assert np.array_equal(tiny([Image.fromarray(im) for im in images]).logits, tiny(images).logits)
