@@ -52,7 +52,7 @@ from edgeskip.manifest import (
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization, get_normalization, preprocess
 from edgeskip.progress import progress_bar
-from edgeskip.runtimes.inputs import RESIZE
+from edgeskip.imaging import RESIZE
 from edgeskip.runtimes.gate import GATE_INPUT, GATE_OUTPUTS, exit_threshold_name, layer_threshold_name
 from edgeskip.train.checkpoint import load_checkpoint, state_sha256
 from edgeskip.variants import model_config

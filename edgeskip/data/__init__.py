@@ -1,4 +1,4 @@
-"""Datasets as uint8 arrays (torch-free): CIFAR-10 from a user's copy, and the digits."""
+"""Datasets as uint8 arrays (torch-free): CIFAR-10 from a user's copy, the digits, and any image folder."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 from edgeskip.data.cifar import CIFAR10_CLASSES, load_cifar10
 from edgeskip.data.dataset import DatasetSplits, ImageDataset
 from edgeskip.data.digits import load_digits
+from edgeskip.data.folder import load_image_folder
 from edgeskip.errors import DataError, UnknownNameError
 
 __all__ = [
     "CIFAR10_CLASSES", "DATASETS", "DatasetSplits", "ImageDataset", "load_cifar10", "load_dataset", "load_digits",
+    "load_image_folder",
 ]
 
 DATASETS = ("cifar10", "digits")

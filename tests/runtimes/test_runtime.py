@@ -243,12 +243,13 @@ def test_images_of_another_size_are_fitted_as_pil_resizes(tiny: Runtime) -> None
     assert np.array_equal(tiny(small).logits, tiny(ours).logits)
     assert len(tiny(_images(1, size=48))) == 1
     # images already of the model's size are not resized (an identity resize once ran on every uint8 call)
+    import edgeskip.imaging as imaging
     import edgeskip.runtimes.inputs as inputs
 
     calls: list[tuple[int, ...]] = []
-    original = inputs.resize_bilinear
+    original = imaging.resize_bilinear
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inputs, "resize_bilinear", lambda x, size: calls.append(x.shape) or original(x, size))
+        mp.setattr(imaging, "resize_bilinear", lambda x, size: calls.append(x.shape) or original(x, size))
         tiny(_images(2))
         tiny(inputs.prepare(_images(2), tiny.input_spec).astype(np.float64))  # float NCHW of the right size
         assert calls == []
@@ -262,7 +263,7 @@ def test_images_of_another_size_are_fitted_as_pil_resizes(tiny: Runtime) -> None
         want = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in x])
         assert np.abs(resize_bilinear(x, size).astype(int) - want.astype(int)).max() <= 1
     wide = rng.integers(0, 256, (1, 40, 60, 3), dtype=np.uint8)
-    from edgeskip.runtimes.inputs import fit_image
+    from edgeskip.imaging import fit_image
 
     fitted = fit_image(wide, 32)  # 40x60 -> 32x48, then the middle 32 columns
     assert fitted.shape == (1, 32, 32, 3) and np.array_equal(fitted, resize_bilinear(wide, (32, 48))[:, :, 8:40])
