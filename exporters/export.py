@@ -85,8 +85,7 @@ class _Source:
 
 
 def _load_source(cfg: ExportConfig) -> _Source:
-    expected = model_config(cfg.model)  # unknown model -> UnknownNameError
-    if cfg.checkpoint is not None:
+    if cfg.checkpoint is not None:  # it carries its own architecture (an adapted model's is not registered)
         ckpt = load_checkpoint(cfg.checkpoint)
         if ckpt.model_name != cfg.model:
             raise CheckpointError(f"--checkpoint {cfg.checkpoint} holds a {ckpt.model_name} model, not {cfg.model}: "
@@ -98,6 +97,7 @@ def _load_source(cfg: ExportConfig) -> _Source:
                        Weights(source="checkpoint", untrained=False, state_sha256=state_sha256(model),
                                checkpoint_name=ckpt.path.name, checkpoint_sha256=ckpt.meta["weights"]["sha256"],
                                metrics=ckpt.metrics))
+    expected = model_config(cfg.model)  # unknown model -> UnknownNameError
     log.warning(UNTRAINED_WARNING)
     torch.manual_seed(cfg.seed)
     model = SkipViT(expected).eval()
