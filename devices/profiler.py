@@ -11,7 +11,10 @@ until there are at least ``min_repeats`` passes and ``min_seconds`` of running (
 ``max_repeats``); the profile keeps median, p90, standard deviation, the sample count and a
 trimmed mean (5% cut at each end), which the cost model adds up: expected latencies add, medians
 do not, and on a machine that switches between fast and slow phases they differ. The
-runtime's own cost around the stages is measured end to end (see ``_overhead``). Energy per call comes from the device's energy source (a real counter, or an
+runtime's own cost around the stages is measured end to end (see ``_overhead``). Where the bundle has a gate
+graph and the backend is fp32 onnxruntime, the gate graph is timed too, at batch 1 in warm blocks
+(``Profile.gate``, see ``_gate_cost``), and each execution path's resident memory is measured in a fresh
+process per path and batch (``Profile.memory.paths``, :mod:`edgeskip.devices.memory`). Energy per call comes from the device's energy source (a real counter, or an
 estimate labelled ``"source": "estimate"``), measured over a block of repeated calls. Peak
 resident memory, the backend, thread pool, library versions and the host are recorded.
 
@@ -45,7 +48,8 @@ from edgeskip.runtimes.inputs import prepare
 from edgeskip.runtimes.runtime import Runtime
 from edgeskip.devices.table import Device, get_device
 from edgeskip.errors import ConfigError
-from edgeskip.profile import GateCost, Memory, at_distance, Overhead, Profile, ProfiledBundle, ProfileError, Stability, Timing
+from edgeskip.profile import (GateCost, Memory, Overhead, Profile, ProfiledBundle, ProfileError, Stability, Timing,
+                               at_distance)
 from edgeskip.schema import to_json
 from edgeskip.rule import agent_runs, exit_top
 
