@@ -54,7 +54,8 @@ from edgeskip.errors import ConfigError
 from edgeskip.profile import STATIC, Profile, at_distance
 from edgeskip.rule import decision_free_segments
 
-__all__ = ["PATH_MARGIN", "Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage", "reuse_shares", "usage_of"]
+__all__ = ["PATH_MARGIN", "Cost", "CostKey", "MacsCost", "Prediction", "ProfileCost", "ProfileCosts", "Usage",
+           "reuse_shares", "usage_of"]
 
 
 @dataclasses.dataclass(frozen=True)
