@@ -95,8 +95,9 @@ def main() -> int:
     other: dict[str, str] = {}  # configuration -> its other path's runtime, for the path-choice check
     for name, p in policies.items():
         probe = Runtime(args.bundle, policy=p, path="stages")
-        paths = model.paths(usage(probe)[1], args.batch)
-        chosen = model.predict(usage(probe)[1], args.batch).path
+        probe_usage = usage(probe)[1]
+        paths = model.paths(probe_usage, args.batch)
+        chosen = model.predict(probe_usage, args.batch).path
         probe.close()
         runtimes[name] = Runtime(args.bundle, policy=p, path=chosen)  # as a front point runs it
         for alt in (k for k in paths if k != chosen and k != "monolithic" and name != "static"):

@@ -273,12 +273,13 @@ def _gate_runtimes(rt: Runtime, layers: Sequence[int], x: npt.NDArray[np.float32
 
 
 def _gate_cost(samples: dict[str, list[float]], pieces: dict[str, Timing], layers: Sequence[int],
-               exits: int) -> GateCost:
+               exits: int, loop: Overhead) -> GateCost:
     """The gate graph's terms: the line through its every-layer and every-other-layer calls against the sums of
-    their stages' in-context times (as :func:`_overhead` does for the stage loop), and its every-exit call."""
+    their stages' in-context times (as :func:`_overhead` does for the stage loop, whose every-layer sum ``loop``
+    has), and its every-exit call."""
     stage = {k: v.mean_ms for k, v in pieces.items()}
     half = layers[::2]
-    sum_all = stage["embed"] + stage["head"] + sum(stage[stage_name(j)] for j in layers)
+    sum_all = loop.sum_of_stages_ms
     sum_half = stage["embed"] + stage["head"] + sum(stage[stage_name(j)] for j in half)
     t_all = trimmed_mean(samples["gate_all"]) * 1e3
     t_half = trimmed_mean(samples["gate_half"]) * 1e3 if "gate_half" in samples else None
@@ -389,7 +390,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         say(f"batch {b}: runtime overhead")
         overhead[str(b)] = _overhead(samples, pieces, layers, m.config.depth)
         if gates:
-            gate[str(b)] = _gate_cost(samples, pieces, layers, len(exits))
+            gate[str(b)] = _gate_cost(samples, pieces, layers, len(exits), overhead[str(b)])
         if settings.memory:
             paths = [*(["monolithic"] if static_rt is not None else []), "stages", *(["gate"] if gates else [])]
             for path in paths:

@@ -22,8 +22,8 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.fsutil import atomic_write_json
 from edgeskip.schema import Record, SchemaError, field, read_json_record
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "STATIC", "GateCost", "Overhead", "Profile", "ProfileError", "ProfiledBundle", "Stability",
-           "Timing", "at_distance", "load_profile", "profile_path"]
+__all__ = ["FORMAT", "SCHEMA_VERSION", "STATIC", "GateCost", "Overhead", "Profile", "ProfileError", "ProfiledBundle",
+           "Stability", "Timing", "at_distance", "load_profile", "profile_path"]
 
 FORMAT = "edgeskip.profile"
 SCHEMA_VERSION = 2
@@ -155,7 +155,8 @@ class Profile(Record):
         return path
 
 
-def at_distance(measured: Sequence[tuple[int, float]], static: float, depth: int, distance: Any) -> npt.NDArray[np.float64]:
+def at_distance(measured: Sequence[tuple[int, float]], static: float, depth: int,
+                distance: Any) -> npt.NDArray[np.float64]:
     """A layer's cost at reuse ``distance`` (other layers run since its own previous run; scalar or array): linear
     between its measured ``layer_NN@d`` entries ``measured`` ((d, value) pairs) and its static-pass entry
     ``static``, which is the cost after every other layer (d = depth - 1)."""

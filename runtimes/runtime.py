@@ -256,15 +256,16 @@ class Runtime:
             if path not in (None, "gate"):
                 raise ConfigError(f"a Runtime made with graph='gate' runs the gate graph only, not path {path!r}")
             return "gate"
-        recorded = self.manifest.default_config.path if self.manifest.default_config is not None else None
-        if path is None and plan.policy.name == "default" and recorded is not None:
-            why = self._path_refused(plan, recorded)
-            if why is None:
-                return recorded
-            log.info("the bundle's default configuration was chosen for path %r, which %s: it runs on the %s",
-                     recorded, why, "monolithic model" if self._monolithic_ok(plan) else "stage loop")
         if path is None:
-            return "monolithic" if self._whole_static and self._monolithic_ok(plan) else "stages"
+            fallback = "monolithic" if self._whole_static and self._monolithic_ok(plan) else "stages"
+            recorded = self.manifest.default_config.path if self.manifest.default_config is not None else None
+            if plan.policy.name == "default" and recorded is not None:
+                why = self._path_refused(plan, recorded)
+                if why is None:
+                    return recorded
+                log.info("the bundle's default configuration was chosen for path %r, which %s: it runs on path %r",
+                         recorded, why, fallback)
+            return fallback
         if path not in PATHS:
             raise ConfigError(f"unknown execution path {path!r}; choose one of {', '.join(PATHS)}")
         why = self._path_refused(plan, path)
