@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 
 from edgeskip.errors import ConfigError
 
-__all__ = ["ViTConfig", "from_dict", "to_dict"]
+__all__ = ["HEAD_TOKENS", "ViTConfig", "from_dict", "to_dict"]
+
+HEAD_TOKENS = ("cls", "cls+dist")
 
 C = TypeVar("C")
 
@@ -66,6 +68,9 @@ class ViTConfig:
     num_classes: int = 10
     drop_path: float = 0.1
     layer_norm_eps: float = 1e-6
+    distilled: bool = False  # a distillation token after CLS (DeiT)
+    layer_scale: bool = False  # a learned per-channel scale on both residual branches (timm's ls1 / ls2)
+    head_tokens: str = "cls"  # what the head classifies: "cls", or "cls+dist" (two heads, logits averaged: DeiT)
 
     def __post_init__(self) -> None:
         positive = ("depth", "width", "heads", "mlp_hidden", "patch_size", "image_size", "in_channels")
@@ -85,6 +90,13 @@ class ViTConfig:
             raise ConfigError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
         if not (isinstance(self.layer_norm_eps, float) and math.isfinite(self.layer_norm_eps)):
             raise ConfigError(f"layer_norm_eps must be a finite float, got {self.layer_norm_eps!r}")
+        for name in ("distilled", "layer_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"ViTConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.head_tokens not in HEAD_TOKENS:
+            raise ConfigError(f"head_tokens must be one of {', '.join(HEAD_TOKENS)}, got {self.head_tokens!r}")
+        if self.head_tokens == "cls+dist" and not self.distilled:
+            raise ConfigError("head_tokens 'cls+dist' needs the distillation token (distilled=true)")
 
     @property
     def head_dim(self) -> int:
@@ -95,16 +107,21 @@ class ViTConfig:
         return (self.image_size // self.patch_size) ** 2
 
     @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patches: CLS, and the distillation token where there is one."""
+        return 1 + int(self.distilled)
+
+    @property
     def num_tokens(self) -> int:
-        """Patches plus the CLS token."""
-        return self.num_patches + 1
+        """Patches plus the prefix tokens."""
+        return self.num_patches + self.prefix_tokens
 
     def param_count(self) -> int:
         """Exact number of parameters of the model this config builds."""
         d, m, c = self.width, self.mlp_hidden, self.num_classes
-        embed = self.in_channels * self.patch_size**2 * d + d + d + self.num_tokens * d
-        block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * m + m) + (m * d + d)
-        head = 2 * d + d * c + c
+        embed = self.in_channels * self.patch_size**2 * d + d + self.prefix_tokens * d + self.num_tokens * d
+        block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * m + m) + (m * d + d) + 2 * d * self.layer_scale
+        head = 2 * d + (d * c + c) * (2 if self.head_tokens == "cls+dist" else 1)
         return embed + self.depth * block + head
 
     def layer_flops(self, batch: int = 1) -> int:

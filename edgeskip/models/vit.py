@@ -1,7 +1,9 @@
 """The edgeskip Vision Transformer: ``embed -> blocks -> head`` as separate modules.
 
 Pre-norm blocks (``x + Attn(LN x); x + MLP(LN x)``), GELU, stochastic depth, a learnable
-CLS token and position embedding, and a head of LayerNorm + Linear on the CLS token.
+CLS token and position embedding, and a head of LayerNorm + Linear on the CLS token. What
+pretrained models add is optional in :class:`~edgeskip.config.ViTConfig`: DeiT's distillation
+token (with a second head whose logits are averaged with the first), and LayerScale.
 Keeping the three stages as our own modules is what lets later code run, skip or export
 exactly one layer at a time.
 """
@@ -13,7 +15,7 @@ from torch import Tensor, nn
 
 from edgeskip.config import ViTConfig
 
-__all__ = ["ViT", "Embed", "Block", "Head", "DropPath"]
+__all__ = ["ViT", "Embed", "Block", "Head", "DropPath", "LayerScale"]
 
 
 class DropPath(nn.Module):
@@ -41,14 +43,16 @@ class Embed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(cfg.in_channels, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.width)) if cfg.distilled else None
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for p in (self.cls_token, self.dist_token, self.pos_embed):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.proj(images).flatten(2).transpose(1, 2)  # (B, N, D)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1) + self.pos_embed
+        prefix = [self.cls_token] if self.dist_token is None else [self.cls_token, self.dist_token]
+        return torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1) + self.pos_embed
 
 
 class Attention(nn.Module):
@@ -85,6 +89,17 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch (CaiT, DeiT III; timm's ``ls1`` / ``ls2``)."""
+
+    def __init__(self, width: int, init: float = 1e-5) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((width,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
     """One pre-norm transformer layer: the unit that agents skip and exporters cut."""
 
@@ -95,22 +110,29 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(cfg)
         self.drop_path = DropPath(drop_path)
+        self.ls1: nn.Module = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+        self.ls2: nn.Module = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 class Head(nn.Module):
-    """LayerNorm + Linear classifier on the CLS token."""
+    """LayerNorm + Linear classifier on the CLS token (``cls+dist``: the mean of that and a second Linear on the
+    distillation token, as DeiT classifies)."""
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         self.fc = nn.Linear(cfg.width, cfg.num_classes)
+        self.fc_dist = nn.Linear(cfg.width, cfg.num_classes) if cfg.head_tokens == "cls+dist" else None
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.fc(self.norm(tokens[:, 0]))
+        if self.fc_dist is None:
+            return self.fc(self.norm(tokens[:, 0]))  # type: ignore[no-any-return]
+        x = self.norm(tokens[:, :2])
+        return (self.fc(x[:, 0]) + self.fc_dist(x[:, 1])) / 2  # type: ignore[no-any-return]
 
 
 class ViT(nn.Module):

@@ -122,7 +122,7 @@ class Trainer:
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
         for name, p in self.model.named_parameters():
-            is_token = name in ("embed.cls_token", "embed.pos_embed")
+            is_token = name in ("embed.cls_token", "embed.dist_token", "embed.pos_embed")
             (no_decay if p.ndim <= 1 or is_token else decay).append(p)
         return [
             {"params": decay, "weight_decay": self.cfg.weight_decay},
