@@ -106,13 +106,13 @@ def ort_session(module: torch.nn.Module, x: torch.Tensor, threads: int) -> ort.I
 
 
 def hull_on_cifar(checkpoint: str, data: str, per_class: int, split: str, step: float) -> dict[str, object]:
-    from edgeskip.data import load_dataset
+    from edgeskip.data import load_dataset_for
     from edgeskip.train.e2cm_pipeline import run_calibration
     from edgeskip.e2cm.settings import CalibrateConfig
     from edgeskip.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    splits = load_dataset(ckpt.dataset, data, progress=True)
+    splits = load_dataset_for(ckpt.dataset, data, ckpt.model_config, ckpt.classes, progress=True)
     settings = CalibrateConfig(feature="all", split=split, calibration_per_class=per_class, step=step)
     out = Path(tempfile.mkdtemp(prefix="e2cm-bench-"))
     t = time.perf_counter()

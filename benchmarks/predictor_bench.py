@@ -66,9 +66,9 @@ def main() -> int:
     model = ProfileCosts.from_profile(profile, m.config.depth)
     reused = ProfileCosts.from_profile(profile, m.config.depth, reuse=not model.reuse)  # the other variant
     if args.data:
-        from edgeskip.data import load_dataset
+        from edgeskip.data import load_dataset_for
 
-        images = load_dataset(m.dataset, args.data).test.images[: args.images]
+        images = load_dataset_for(m.dataset, args.data, m.config, m.classes).test.images[: args.images]
     else:
         spec = rt.input_spec
         images = np.random.default_rng(args.seed).integers(0, 256, (args.images, spec.image_size, spec.image_size,

@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from edgeskip.bundle import Bundle, stage_name
 from edgeskip.errors import BackendUnavailableError, ConfigError
-from edgeskip.data import load_dataset
+from edgeskip.data import load_dataset_for
 from edgeskip.host import describe_host
 from edgeskip.policy import Policy, SkipConfig
 from edgeskip.runtimes.inputs import prepare
@@ -144,7 +144,7 @@ def _workload(cfg: BenchConfig, rt: Runtime) -> tuple[npt.NDArray[Any], str]:
     spec = rt.input_spec
     n = max(cfg.images, cfg.batch_images)
     if cfg.data is not None:
-        test = load_dataset(rt.manifest.dataset, cfg.data).test
+        test = load_dataset_for(rt.manifest.dataset, cfg.data, rt.manifest.config, rt.manifest.classes).test
         if len(test.images) < n:
             raise ConfigError(f"--data holds {len(test.images)} test images; the benchmark needs {n}")
         return test.images[:n], f"{rt.manifest.dataset} test images 0..{n - 1}"

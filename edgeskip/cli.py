@@ -155,6 +155,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(TrainConfig, args)
     if cfg.dataset == "cifar10" and cfg.data is None:
         raise EdgeskipError("--dataset cifar10 needs --data DIR (a CIFAR-10 folder or .tar.gz; see the README)")
+    if cfg.dataset == "folder" and cfg.data is None:
+        raise EdgeskipError("--dataset folder needs --data DIR: an image folder with train/<class>/* (and test/ or "
+                            "val/), or <class>/* split by a seeded share")
     check_data(cfg.data)
     from edgeskip.train.run import train
 
@@ -179,16 +182,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise EdgeskipError("name a checkpoint (PyTorch) or a bundle (edgeskip.Runtime), not both")
     if args.policy or args.backend:
         raise EdgeskipError("--policy and --backend apply to --bundle; a --checkpoint runs in PyTorch")
-    from edgeskip.data import load_dataset
+    from edgeskip.data import load_dataset_for
     from edgeskip.train.checkpoint import load_checkpoint
     from edgeskip.train.evaluate import evaluate
 
     ckpt = load_checkpoint(args.checkpoint)
     dataset = args.dataset or ckpt.dataset
     check_data(args.data)
-    data = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=args.progress)
-    if data.test.image_shape[2] != ckpt.model_config.in_channels or len(data.test.classes) != ckpt.model_config.num_classes:
-        raise EdgeskipError(f"{ckpt.path} ({ckpt.model_name}, {ckpt.dataset}) does not fit dataset {dataset}")
+    data = load_dataset_for(dataset, args.data, ckpt.model_config, ckpt.classes, limit_per_class=args.limit_per_class,
+                            progress=args.progress)
     model = ckpt.build_model().to(torch_device())
     head = {"checkpoint": str(ckpt.path), "model": ckpt.model_name, "dataset": dataset}
     if ckpt.has_agents:
@@ -208,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_bundle(args: argparse.Namespace, path: Path) -> int:
     """``edgeskip evaluate BUNDLE``: the Runtime (no torch) over the test split, per policy."""
     from edgeskip.bundle import Bundle
-    from edgeskip.data import load_dataset
+    from edgeskip.data import load_dataset_for
     from edgeskip.runtimes.evaluate import available_policies, evaluate_bundle, format_results
 
     bundle = Bundle.open(path)
@@ -219,7 +221,8 @@ def _evaluate_bundle(args: argparse.Namespace, path: Path) -> int:
     if dataset != "digits" and args.data is None:
         raise EdgeskipError(f"pass --data with a {dataset} copy (the bundle's test images)")
     check_data(args.data)
-    test = load_dataset(dataset, args.data, limit_per_class=args.limit_per_class, progress=args.progress).test
+    test = load_dataset_for(dataset, args.data, m.config, m.classes, limit_per_class=args.limit_per_class,
+                            progress=args.progress).test
     policies = [p.strip() for p in args.policy.split(",")] if args.policy else available_policies(bundle)
     backend = args.backend or "onnxruntime"
     with progress_bar(total=len(policies) * len(test), desc="evaluate", unit="img", enabled=args.progress) as bar:
@@ -246,7 +249,7 @@ def _load_skip_checkpoint(path: str) -> tuple[Any, Any]:
 
 
 def cmd_posttrain(args: argparse.Namespace) -> int:
-    from edgeskip.data import load_dataset
+    from edgeskip.data import load_dataset_for
     from edgeskip.front import Searched
     from edgeskip.search.plot import plot_front
     from edgeskip.search.posttrain import posttrain
@@ -260,7 +263,8 @@ def cmd_posttrain(args: argparse.Namespace) -> int:
         raise EdgeskipError(f"{out / 'pareto.json'} exists: pass --force to replace it or choose another --out")
     settings = _config_from_args(PosttrainSettings, args)
     check_data(args.data)
-    data = load_dataset(ckpt.dataset, args.data, limit_per_class=args.limit_per_class, progress=args.progress)
+    data = load_dataset_for(ckpt.dataset, args.data, ckpt.model_config, ckpt.classes,
+                            limit_per_class=args.limit_per_class, progress=args.progress)
     dtype = autocast_dtype(args.precision, torch_device())
     searched = Searched(kind="checkpoint", model=ckpt.model_name, fingerprint=ckpt.meta["weights"]["sha256"],
                         weights_sha256=ckpt.meta["weights"]["sha256"])
@@ -340,7 +344,7 @@ def cmd_apply_config(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from edgeskip.data import load_dataset
+    from edgeskip.data import load_dataset_for
     from edgeskip.train.e2cm_pipeline import run_calibration
     from edgeskip.e2cm.settings import CalibrateConfig
     from edgeskip.train.checkpoint import load_checkpoint
@@ -351,7 +355,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise EdgeskipError(f"{out / 'report.json'} exists: pass --force to replace it or choose another --out")
     check_data(args.data)
     ckpt = load_checkpoint(args.checkpoint)
-    splits = load_dataset(ckpt.dataset, args.data, progress=args.progress)
+    splits = load_dataset_for(ckpt.dataset, args.data, ckpt.model_config, ckpt.classes, progress=args.progress)
     report = run_calibration(ckpt, splits, settings, out, progress=args.progress)
     print(f"E²CM on {ckpt.model_name} ({ckpt.dataset}): {report['calibration_images']} calibration images "
           f"({settings.split}), {report['test_images']} held-out test images; compute is a fraction of the static model")
@@ -563,14 +567,14 @@ def _dataset_images(bundle: Any, data: str | None, count: int, split: str, progr
     """``count`` images (evenly per class) of the bundle's dataset: the search's calibration images (``train``, or
     ``test-half``: the first half of each test class), or the held-out ones (``test-second-half``), as
     (images, labels, where they come from); each further (count, split) adds three more, from one loading."""
-    from edgeskip.data import load_dataset
+    from edgeskip.data import load_dataset_for
     from edgeskip.errors import DataError
 
     name = bundle.manifest.dataset
     if name != "digits" and data is None:
         raise DataError(f"the search measures accuracy on calibration images: pass --data with a {name} copy")
     check_data(data)
-    splits = load_dataset(name, data, progress=progress)
+    splits = load_dataset_for(name, data, bundle.manifest.config, bundle.manifest.classes, progress=progress)
     halves = splits.test.halves()  # test-half calibrates; the second half stays unseen by any search
     out: list[Any] = []
     for n, part in ((count, split), *more):

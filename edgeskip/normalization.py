@@ -55,9 +55,16 @@ NORMALIZATIONS.register("tiny-imagenet", Normalization((0.4802, 0.4481, 0.3975),
 # scikit-learn digits rescaled from 0..16 to 0..255: mean/std over all 1,797 images,
 # computed with edgeskip.data.digits.load_digits (see tests/test_normalization.py).
 NORMALIZATIONS.register("digits", Normalization((0.3053,), (0.3759,)))
+# A user's own image folder, trained from scratch: ImageNet's constants (timm's IMAGENET_DEFAULT_*), or the
+# middle of the range for grey images. A pretrained model brings its own (edgeskip.models.adapters).
+NORMALIZATIONS.register("imagenet", Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+NORMALIZATIONS.register("grey", Normalization((0.5,), (0.5,)))
 
 
-def get_normalization(dataset: str) -> Normalization:
+def get_normalization(dataset: str, channels: int | None = None) -> Normalization:
+    """The constants of ``dataset``; an image ``folder`` takes ImageNet's (``channels`` 1: 0.5 / 0.5)."""
+    if dataset == "folder":
+        return NORMALIZATIONS.get("grey" if channels == 1 else "imagenet")
     return NORMALIZATIONS.get(dataset)
 
 

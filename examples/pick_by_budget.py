@@ -23,7 +23,7 @@ from typing import Any
 
 import edgeskip
 from edgeskip.bundle import Bundle
-from edgeskip.data import load_dataset
+from edgeskip.data import load_dataset_for
 from edgeskip.devices import Device, get_device, register_device
 from edgeskip.devices.profiler import ProfileSettings, profile_bundle
 from edgeskip.front import NothingFits, ParetoFront, choose, load_front, pareto_path
@@ -73,7 +73,8 @@ def front_for(bundle: Bundle, device: str, data: str | None, images: int) -> Par
         if front.meta.get("profile_created_utc") == profile.created_utc:
             return front
     print(f"searching the front for {device} ...", flush=True)
-    pool = load_dataset(bundle.manifest.dataset, data).test.halves()[0].take(images)
+    m = bundle.manifest
+    pool = load_dataset_for(m.dataset, data, m.config, m.classes).test.halves()[0].take(images)
     front, _, _ = search_and_save(bundle.path, pool.images, pool.labels, profile,
                                   BundleSearchSettings(pop_size=16, generations=12),
                                   calibration=f"{len(pool)} images from the test-half split")

@@ -21,7 +21,7 @@ import torch
 from edgeskip._version import __version__
 from edgeskip.agents.model import SkipViT
 from edgeskip.bundle import MANIFEST, Bundle, sha256_file
-from edgeskip.data import load_dataset
+from edgeskip.data import load_dataset_for
 from edgeskip.data.cifar import CIFAR10_CLASSES
 from edgeskip.e2cm import E2CM
 from edgeskip.e2cm.costs import feature_size
@@ -87,16 +87,17 @@ class _Source:
 def _load_source(cfg: ExportConfig) -> _Source:
     if cfg.checkpoint is not None:  # it carries its own architecture (an adapted model's is not registered)
         ckpt = load_checkpoint(cfg.checkpoint)
-        if ckpt.model_name != cfg.model:
+        if cfg.model is not None and ckpt.model_name != cfg.model:
             raise CheckpointError(f"--checkpoint {cfg.checkpoint} holds a {ckpt.model_name} model, not {cfg.model}: "
                                   f"pass --model {ckpt.model_name} or the right checkpoint")
         model = ckpt.build_model()
         skip = getattr(model, "skip", None)
-        return _Source(model, cfg.model, ckpt.dataset, ckpt.normalization, ckpt.classes,
+        return _Source(model, ckpt.model_name, ckpt.dataset, ckpt.normalization, ckpt.classes,
                        skip.thresholds if skip is not None else None,
                        Weights(source="checkpoint", untrained=False, state_sha256=state_sha256(model),
                                checkpoint_name=ckpt.path.name, checkpoint_sha256=ckpt.meta["weights"]["sha256"],
                                metrics=ckpt.metrics))
+    assert cfg.model is not None  # ExportConfig: no checkpoint without a model
     expected = model_config(cfg.model)  # unknown model -> UnknownNameError
     log.warning(UNTRAINED_WARNING)
     torch.manual_seed(cfg.seed)
@@ -133,7 +134,7 @@ def _fidelity_images(cfg: ExportConfig, src: _Source) -> tuple[torch.Tensor, str
     n = cfg.fidelity_images
     model_cfg = src.model.config
     if src.dataset == "digits" or cfg.data is not None:
-        test = load_dataset(src.dataset, cfg.data).test
+        test = load_dataset_for(src.dataset, cfg.data, model_cfg, src.classes).test
         images = test.images[:n]
         what = f"{src.dataset} test images 0..{len(images) - 1}"
     else:
@@ -150,6 +151,8 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
 
     start = time.perf_counter()
     cfg = cfg.resolved()
+    if cfg.model is None:  # the checkpoint knows its model
+        cfg = dataclasses.replace(cfg, model=load_checkpoint(cfg.checkpoint).model_name)
     out = Path(cfg.out_dir)
     if out.exists() and not cfg.force:
         raise EdgeskipError(f"{out} already exists: pass --force to replace it (atomically) or choose another --out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import field
 from typing import Any
 
@@ -38,7 +39,8 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 class ExportConfig:
     """What to export, for which target, from which weights."""
 
-    model: str = field(metadata=_h("model name (see 'edgeskip models')"))
+    model: str | None = field(default=None, metadata=_h(
+        "model name (see 'edgeskip models'); with --checkpoint, the checkpoint's (e.g. timm:deit_tiny_patch16_224)"))
     target: str = field(default="cpu", metadata=_h("deployment target", choices=tuple(TARGETS)))
     out: str | None = field(default=None, metadata=_h("bundle directory (default: bundles/<model>-<target>)"))
     checkpoint: str | None = field(default=None, metadata=_h(
@@ -62,11 +64,15 @@ class ExportConfig:
         parse_batch_sizes(self.batch_sizes)
         if self.pretrained is not None and self.checkpoint is not None:
             raise ConfigError("give --pretrained DATASET or --checkpoint PATH, not both")
+        if self.model is None and self.checkpoint is None:
+            raise ConfigError("name the model: --model NAME (with --pretrained DATASET, or alone for untrained "
+                              "weights), or --checkpoint PATH, which knows its model")
 
     def resolved(self) -> ExportConfig:
         """``--pretrained`` turned into the zoo entry's checkpoint and E²CM folder (unless --e2cm is given)."""
         if self.pretrained is None:
             return self
+        assert self.model is not None  # __post_init__: no checkpoint without a model
         entry = pretrained(self.model, self.pretrained)
         return dataclasses.replace(self, pretrained=None, checkpoint=str(entry.checkpoint),
                                    e2cm=self.e2cm or str(entry.e2cm))
@@ -82,4 +88,4 @@ class ExportConfig:
 
     @property
     def out_dir(self) -> str:
-        return self.out or f"bundles/{self.model}-{self.target}"
+        return self.out or f"bundles/{re.sub(r'[^A-Za-z0-9._-]+', '-', str(self.model))}-{self.target}"

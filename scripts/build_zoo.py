@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeskip.data import load_dataset
+from edgeskip.data import load_dataset_for
 from edgeskip.host import describe_host
 from edgeskip.train.e2cm_pipeline import run_calibration
 from edgeskip.e2cm.settings import CalibrateConfig
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src, ckpt_path = fp16_checkpoint(args.run, tmp / "checkpoint")
         ckpt = load_checkpoint(ckpt_path)
-        splits = load_dataset(ckpt.dataset, args.data, limit_per_class=args.limit_per_class, progress=True)
+        splits = load_dataset_for(ckpt.dataset, args.data, ckpt.model_config, ckpt.classes,
+                                  limit_per_class=args.limit_per_class, progress=True)
         log.info("calibrating E²CM on the fp16 checkpoint ...")
         settings = CalibrateConfig(feature="cls", path="agents", calibration_per_class=500)
         cal = run_calibration(ckpt, splits, settings, tmp / "e2cm", progress=True)

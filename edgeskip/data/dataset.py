@@ -40,6 +40,16 @@ class ImageDataset:
         idx = np.asarray(indices, dtype=np.int64)
         return ImageDataset(self.images[idx], self.labels[idx], self.classes)
 
+    def fitted(self, size: int) -> ImageDataset:
+        """Every image fitted to ``size`` x ``size`` (:func:`edgeskip.imaging.fit_image`, as the runtime does)."""
+        from edgeskip.imaging import fit_image
+
+        if self.image_shape[:2] == (size, size):
+            return self
+        chunks = [fit_image(self.images[i : i + 1024], size) for i in range(0, len(self), 1024)]
+        empty = np.zeros((0, size, size, self.image_shape[2]), np.uint8)
+        return ImageDataset(np.concatenate(chunks) if chunks else empty, self.labels, self.classes)
+
     def per_class(self, limit: int) -> ImageDataset:
         """The first ``limit`` images of every class, in their stored order."""
         keep = np.concatenate([np.flatnonzero(self.labels == k)[:limit] for k in range(len(self.classes))])

@@ -64,16 +64,19 @@ class AgentTrainer(Trainer):
             ckpt = load_checkpoint(cfg.init)
             if ckpt.model_config != self.model_cfg:
                 raise CheckpointError(f"--init {cfg.init}: its model config differs from {cfg.model} on {cfg.dataset}")
-            source = ckpt.build_model().state_dict()
-            target = model.state_dict()
-            wrong = [k for k, v in source.items() if k in target and v.shape != target[k].shape]
-            if wrong:
-                raise CheckpointError(f"--init {cfg.init}: tensors of another shape, e.g. {wrong[0]} "
-                                      f"(different --baseline-hidden?)")
-            missing, unexpected = model.load_state_dict(source, strict=False)
-            if unexpected or any(not k.startswith(("agents.", "baselines.")) for k in missing):
-                raise CheckpointError(f"--init {cfg.init}: weights do not fit (unexpected {unexpected[:3]})")
-            log.info("initialised the backbone from %s%s", ckpt.path, "" if missing else " (agents too)")
+            source, where = ckpt.build_model().state_dict(), f"--init {cfg.init}"
+        elif self.initial_state is not None:
+            source, where = self.initial_state, cfg.model
+        else:
+            return model
+        target = model.state_dict()
+        wrong = [k for k, v in source.items() if k in target and v.shape != target[k].shape]
+        if wrong:
+            raise CheckpointError(f"{where}: tensors of another shape, e.g. {wrong[0]} (different --baseline-hidden?)")
+        missing, unexpected = model.load_state_dict(source, strict=False)
+        if unexpected or any(not k.startswith(("agents.", "baselines.")) for k in missing):
+            raise CheckpointError(f"{where}: weights do not fit (unexpected {unexpected[:3]})")
+        log.info("initialised the backbone from %s%s", where, "" if missing else " (agents too)")
         return model
 
     def compute_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:

@@ -9,11 +9,17 @@ from typing import Any
 from edgeskip.errors import ConfigError
 from edgeskip.variants import MODEL_CONFIGS
 
-__all__ = ["TrainConfig", "PRECISIONS", "AUGMENTS"]
+__all__ = ["TrainConfig", "PRECISIONS", "AUGMENTS", "PRETRAINED_PREFIXES", "is_pretrained"]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AUGMENTS = ("none", "basic", "full")
-DATASETS = ("cifar10", "digits")
+DATASETS = ("cifar10", "digits", "folder")
+PRETRAINED_PREFIXES = ("timm:", "hf:")
+
+
+def is_pretrained(model: str) -> bool:
+    """Whether ``model`` names a user's pretrained model (``timm:NAME``, ``hf:FOLDER``), not a registered one."""
+    return model.startswith(PRETRAINED_PREFIXES)
 
 
 def _opt(help: str, **extra: Any) -> dict[str, Any]:
@@ -24,9 +30,23 @@ def _opt(help: str, **extra: Any) -> dict[str, Any]:
 class TrainConfig:
     """Hyper-parameters of one training run (see ``edgeskip train --help``)."""
 
-    model: str = field(default="vit9", metadata=_opt("registered model name (edgeskip models lists them)"))
-    dataset: str = field(default="cifar10", metadata=_opt("dataset name", choices=DATASETS))
-    data: str | None = field(default=None, metadata=_opt("CIFAR-10 directory or .tar/.tar.gz (cifar10 only)"))
+    model: str = field(default="vit9", metadata=_opt(
+        "registered model name (edgeskip models lists them), or your pretrained model: timm:NAME with --weights "
+        "FILE, or hf:FOLDER (a Hugging Face save_pretrained folder)"))
+    dataset: str | None = field(default=None, metadata=_opt(
+        "dataset (default: folder for a pretrained model, else cifar10)", choices=DATASETS))
+    data: str | None = field(default=None, metadata=_opt(
+        "the dataset's copy: a CIFAR-10 folder or .tar.gz, or an image folder (train/<class>/*, test/ or val/)"))
+    weights: str | None = field(default=None, metadata=_opt(
+        "timm:NAME: its weights, a local .safetensors or .pth state dict (without it timm downloads them)"))
+    heads: int | None = field(default=None, metadata=_opt(
+        "timm:NAME: attention heads, where the name does not say (tiny 3, small 6, base 12, ...)"))
+    image_size: int | None = field(default=None, metadata=_opt(
+        "registered models: train at this input size, images resized and centre-cropped to it (default: the "
+        "dataset's, or the model's own for an image folder); a pretrained model keeps its own"))
+    freeze_backbone: bool = field(default=False, metadata=_opt(
+        "train only the agents and baselines (and a new head where the classes differ); the backbone stays as "
+        "loaded"))
     out: str = field(default="runs/train", metadata=_opt("run directory for checkpoints and history"))
     epochs: int = field(default=10, metadata=_opt("number of epochs"))
     batch_size: int = field(default=128, metadata=_opt("global batch size (split across DDP ranks)"))
@@ -62,8 +82,17 @@ class TrainConfig:
     progress: bool = field(default=True, metadata=_opt("show a progress bar"))
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_CONFIGS:
+        if self.dataset is None:  # frozen: the resolved default is stored once, here
+            object.__setattr__(self, "dataset", "folder" if is_pretrained(self.model) else "cifar10")
+        if not is_pretrained(self.model) and self.model not in MODEL_CONFIGS:
             MODEL_CONFIGS.get(self.model)  # raises UnknownNameError listing the models
+        if (self.weights is not None or self.heads is not None) and not self.model.startswith("timm:"):
+            raise ConfigError("--weights and --heads belong to a timm model: --model timm:NAME --weights FILE")
+        if self.image_size is not None and (is_pretrained(self.model) or self.image_size < 1):
+            raise ConfigError("--image-size is a positive size for a registered model (a pretrained one keeps its own)")
+        if self.freeze_backbone and not (self.agents and (is_pretrained(self.model) or self.init)):
+            raise ConfigError("--freeze-backbone trains the agents of a trained backbone: add --agents and a "
+                              "pretrained --model timm:/hf: or --init CHECKPOINT")
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
         if self.precision not in PRECISIONS:
@@ -93,5 +122,7 @@ class TrainConfig:
             raise ConfigError(f"baseline_hidden must be >= 1, got {self.baseline_hidden}")
         if self.init is not None and not self.agents:
             raise ConfigError("--init starts agent training from a static checkpoint: add --agents")
+        if self.init is not None and is_pretrained(self.model):
+            raise ConfigError(f"--init and --model {self.model} both give starting weights: pass one")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")

@@ -25,6 +25,8 @@ from edgeskip.config import to_dict
 from edgeskip.data import DatasetSplits, load_dataset
 from edgeskip.errors import CheckpointError, ConfigError, DataError, EdgeskipError
 from edgeskip.fsutil import atomic_write_json
+from edgeskip.config import ViTConfig
+from edgeskip.models.adapters import resolve_model, with_new_head
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import get_normalization
 from edgeskip.progress import progress_bar
@@ -35,7 +37,7 @@ from edgeskip.train.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from edgeskip.train.config import TrainConfig
+from edgeskip.train.config import TrainConfig, is_pretrained
 from edgeskip.train.distributed import DistInfo, init_distributed, shard_indices
 from edgeskip.train.evaluate import (
     Normalizer,
@@ -76,20 +78,34 @@ class Trainer:
         self.dist: DistInfo = init_distributed()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.pretrained = resolve_model(cfg.model, weights=cfg.weights, heads=cfg.heads) if is_pretrained(cfg.model) \
+            else None
+        size, channels = self._input_shape()
         if data is None:
-            data = load_dataset(cfg.dataset, cfg.data, limit_per_class=cfg.limit_per_class, progress=cfg.progress)
+            data = load_dataset(cfg.dataset, cfg.data, image_size=size, channels=channels,  # type: ignore[arg-type]
+                                limit_per_class=cfg.limit_per_class, progress=cfg.progress)
+        elif size is not None:
+            data = DatasetSplits(data.name, data.train.fitted(size), data.test.fitted(size))
         self.data = data
-        self.norm = get_normalization(cfg.dataset)
         h, w, c = data.train.image_shape
         if h != w:
             raise DataError(f"square images expected, got {h}x{w}")
-        self.model_cfg = model_config(cfg.model, image_size=h, in_channels=c, num_classes=len(data.train.classes))
+        self.new_head = False
+        self.initial_state: dict[str, Tensor] | None = None
+        if self.pretrained is not None:
+            self.norm = self.pretrained.normalization
+            self.model_cfg = self._pretrained_config(data.train.classes)
+        else:
+            self.norm = get_normalization(cfg.dataset, c)  # type: ignore[arg-type]
+            self.model_cfg = model_config(cfg.model, image_size=h, in_channels=c, num_classes=len(data.train.classes))
         if c != self.norm.channels:
-            raise DataError(f"{cfg.dataset} normalisation has {self.norm.channels} channel(s), images have {c}")
+            raise DataError(f"the {cfg.dataset} normalisation has {self.norm.channels} channel(s), images have {c}")
         self.device = self.dist.device
         self.dtype = autocast_dtype(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.model = self.build_model().to(self.device)
+        if cfg.freeze_backbone:
+            self._freeze_backbone()
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         self.augment = build_augmentation(cfg.augment, h, c).to(self.device)
@@ -110,8 +126,48 @@ class Trainer:
             self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=cfg.agents)
 
     def build_model(self) -> ViT:
-        """The network to train (subclasses add agents)."""
-        return ViT(self.model_cfg)
+        """The network to train (subclasses add agents), with a pretrained model's weights where there is one."""
+        model = ViT(self.model_cfg)
+        if self.initial_state is not None:
+            model.load_state_dict(self.initial_state)
+        return model
+
+    def _input_shape(self) -> tuple[int | None, int | None]:
+        """(image size, channels) the dataset is loaded at: a pretrained model's own; for a registered model
+        ``--image-size`` (an image folder: else the model's own size), channels from the dataset or, for a
+        folder, the model."""
+        cfg = self.cfg
+        if self.pretrained is not None:
+            mc = self.pretrained.model.config
+            return mc.image_size, mc.in_channels
+        if cfg.dataset == "folder":
+            own = model_config(cfg.model)
+            return cfg.image_size or own.image_size, own.in_channels
+        return cfg.image_size, None
+
+    def _pretrained_config(self, classes: tuple[str, ...]) -> ViTConfig:
+        """The pretrained model's config for these classes; a new head where its classes differ (a timm state
+        dict names none: its head is kept when the count matches)."""
+        assert self.pretrained is not None
+        adapted = self.pretrained
+        named = not all(c.isdigit() for c in adapted.classes)
+        model = adapted.model
+        if len(adapted.classes) != len(classes) or (named and adapted.classes != classes):
+            log.info("a new %d-class head for %s (it was trained for %d classes)", len(classes), adapted.name,
+                     len(adapted.classes))
+            model = with_new_head(model, len(classes), seed=self.cfg.seed)
+            self.new_head = True
+        self.initial_state = model.state_dict()
+        log.info("starting from %s", adapted.source)
+        return model.config
+
+    def _freeze_backbone(self) -> None:
+        """Only the agents and baselines learn (and a new head); every other weight stays as loaded."""
+        trainable = ("agents.", "baselines.") + (("head.fc",) if self.new_head else ())
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name.startswith(trainable))
+        n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        log.info("backbone frozen: %d of %d parameters train", n, sum(p.numel() for p in self.model.parameters()))
 
     @property
     def precision(self) -> str:
@@ -122,6 +178,8 @@ class Trainer:
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
         for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
             is_token = name in ("embed.cls_token", "embed.dist_token", "embed.pos_embed")
             (no_decay if p.ndim <= 1 or is_token else decay).append(p)
         return [
