@@ -60,6 +60,12 @@ def no_bundle_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cifar10_if_here() -> Path | None:
+    """The CIFAR-10 copy where there is one, else None (for tests that fall back to the digits)."""
+    return cifar10_source()
+
+
+@pytest.fixture(scope="session")
 def cifar10_tarball() -> Path:
     src = cifar10_source()
     if src is None:

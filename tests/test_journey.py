@@ -139,6 +139,29 @@ def test_pick_by_budget_over_two_measured_devices(quickstart: dict[str, Any], tm
     assert "cpu-1thread" in proc.stdout
 
 
+@pytest.mark.slow
+def test_bring_your_own_timm_deit_and_image_folder(tmp_path: Path, cifar10_if_here: Path | None) -> None:
+    """examples/bring_your_own.py: a timm DeiT-tiny state dict and a folder of 72x72 JPEGs (CIFAR-10 where the
+    copy is here, else the digits) through train, calibrate, export, profile, search, select, then a torch-free
+    Runtime."""
+    from edgeskip.bundle import Bundle
+
+    cifar = cifar10_if_here
+    out = tmp_path / "byo"
+    proc = example("bring_your_own.py", "--out", str(out), *(("--cifar", str(cifar)) if cifar else ()))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for command in ("train", "calibrate", "export", "profile", "search", "select"):
+        assert f"$ edgeskip {command} " in proc.stderr
+    device = json.loads((out / "device.json").read_text())
+    assert device["images"] == 160 and device["torch_loaded"] is False
+    assert device["accuracy"] > 0.35  # four classes: chance is 0.25
+    m = Bundle.open(out / "bundle").manifest
+    assert m.model_name == "timm:deit_tiny_distilled_patch16_224" and m.dataset == "folder"
+    assert m.config.distilled and m.config.head_tokens == "cls+dist" and m.config.image_size == 64
+    assert len(m.classes) == 4 and m.default_config is not None and m.fidelity is not None
+    assert max(m.fidelity.onnx.values()) <= 1e-4
+
+
 def test_halves_and_take_split_per_class() -> None:
     from edgeskip.data import load_digits
 

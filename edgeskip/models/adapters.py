@@ -39,7 +39,8 @@ from edgeskip.errors import ConfigError
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
 
-__all__ = ["Adapted", "AdapterError", "from_hf", "from_timm", "load_state_file", "resolve_model", "with_new_head"]
+__all__ = ["Adapted", "AdapterError", "from_hf", "from_timm", "load_state_file", "resolve_model", "to_timm_state_dict",
+           "with_new_head"]
 
 HF_VIT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViTImageProcessor's defaults
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # DeiT's (timm IMAGENET_DEFAULT_*)
@@ -191,6 +192,11 @@ def _timm_config(state: Mapping[str, torch.Tensor], name: str, heads: int | None
 
 
 def _timm_mapped(state: Mapping[str, torch.Tensor], cfg: ViTConfig, name: str) -> dict[str, torch.Tensor]:
+    return _take(state, _timm_table(cfg), f"timm {name}")
+
+
+def _timm_table(cfg: ViTConfig) -> dict[str, str]:
+    """edgeskip parameter name -> timm's, for the architecture ``cfg`` (the one naming rule, both ways)."""
     table = {"embed.proj.weight": "patch_embed.proj.weight", "embed.proj.bias": "patch_embed.proj.bias",
              "embed.cls_token": "cls_token", "embed.pos_embed": "pos_embed", "head.norm.weight": "norm.weight",
              "head.norm.bias": "norm.bias", "head.fc.weight": "head.weight", "head.fc.bias": "head.bias"}
@@ -206,7 +212,14 @@ def _timm_mapped(state: Mapping[str, torch.Tensor], cfg: ViTConfig, name: str) -
         if cfg.layer_scale:
             for ls in ("ls1", "ls2"):
                 table[f"blocks.{j}.{ls}.gamma"] = f"blocks.{j}.{ls}.gamma"
-    return _take(state, table, f"timm {name}")
+    return table
+
+
+def to_timm_state_dict(model: ViT) -> dict[str, torch.Tensor]:
+    """``model``'s weights in timm's ``VisionTransformer`` names: what :func:`from_timm` reads back, and what
+    timm's ``create_model(..., pretrained_cfg_overlay=dict(file=...))`` loads for the matching architecture."""
+    state = model.state_dict()
+    return {theirs: state[ours].detach().clone().contiguous() for ours, theirs in _timm_table(model.config).items()}
 
 
 def _timm_normalization(original: Any, name: str, channels: int) -> Normalization:

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from edgeskip.models.adapters import AdapterError, from_hf, from_timm, load_state_file, resolve_model, with_new_head
+from edgeskip.models.adapters import (
+    AdapterError, from_hf, from_timm, load_state_file, resolve_model, to_timm_state_dict, with_new_head,
+)
 
 transformers = pytest.importorskip("transformers", reason="adapting a Hugging Face model needs transformers")
 
@@ -148,6 +150,8 @@ def test_a_timm_state_dict_keeps_its_logits(tmp_path: Path, distilled: bool, lay
     assert (cfg.distilled, cfg.layer_scale) == (distilled, layer_scale)
     assert cfg.param_count() == sum(p.numel() for p in adapted.model.parameters())
     assert adapted.normalization.mean == ((0.485, 0.456, 0.406) if distilled else (0.5, 0.5, 0.5))
+    back = to_timm_state_dict(adapted.model)  # and back to timm's names: the same tensors
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
 def test_timm_heads_come_from_the_name(tmp_path: Path) -> None:

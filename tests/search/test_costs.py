@@ -151,3 +151,6 @@ def test_every_path_is_priced_and_the_fastest_is_chosen() -> None:
     assert set(whole.paths(static)) == {"monolithic", "stages", "gate"}
     assert whole.predict(static).path == "monolithic"  # timed whole, though the sums here say less
     assert ProfileCosts.from_profile(_profile(), depth=3).paths(usage).keys() == {"stages"}  # no gate measured
+    drifted = ProfileCosts.from_profile(Profile.from_dict({**_profile().to_dict(), "gate": {
+        "1": {**gate["1"], "fixed_ms": -0.9}}}), depth=3)  # 15% of its every-layer call below zero: timings disagree
+    assert drifted.gate == {} and drifted.paths(usage).keys() == {"stages"}

@@ -1,0 +1,88 @@
+"""Training from a user's pretrained model on a user's image folder: a new head, agents, a frozen backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from edgeskip.config import ViTConfig
+from edgeskip.data import load_dataset, load_dataset_for, load_digits
+from edgeskip.errors import ConfigError, DataError
+from edgeskip.models.adapters import load_state_file, to_timm_state_dict
+from edgeskip.models.vit import ViT
+from edgeskip.train.checkpoint import load_checkpoint
+from edgeskip.train.config import TrainConfig
+from edgeskip.train.run import train
+
+
+def _folder(root: Path, classes: int = 3, per_class: int = 12, size: tuple[int, int] = (20, 18)) -> Path:
+    digits = load_digits().train
+    for c in range(classes):
+        for i, k in enumerate(np.flatnonzero(digits.labels == c)[:per_class]):
+            split = "test" if i % 4 == 0 else "train"
+            file = root / split / f"part_{c}" / f"{i}.png"
+            file.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(digits.images[k, :, :, 0]).resize(size).convert("RGB").save(file)
+    return root
+
+
+def _timm_weights(path: Path, classes: int = 10) -> Path:
+    cfg = ViTConfig("timm-vit", depth=3, width=48, heads=3, mlp_hidden=96, patch_size=4, image_size=16,
+                    num_classes=classes, drop_path=0.0, distilled=True, head_tokens="cls+dist")
+    torch.manual_seed(0)
+    save_file(to_timm_state_dict(ViT(cfg)), str(path))
+    return path
+
+
+def test_agents_on_a_frozen_pretrained_backbone_with_a_new_head(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "parts")
+    weights = _timm_weights(tmp_path / "deit.safetensors")
+    cfg = TrainConfig(model="timm:deit_tiny_distilled_patch4_16", weights=str(weights), data=str(folder), agents=True,
+                      freeze_backbone=True, epochs=2, batch_size=8, out=str(tmp_path / "run"), progress=False,
+                      augment="none")
+    assert cfg.dataset == "folder"  # the default for a pretrained model
+    result = train(cfg)
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.model_name == "timm:deit_tiny_distilled_patch4_16" and ckpt.dataset == "folder"
+    assert ckpt.classes == ("part_0", "part_1", "part_2") and ckpt.model_config.num_classes == 3
+    assert ckpt.model_config.image_size == 16 and ckpt.model_config.distilled
+    trained = ckpt.build_model().state_dict()
+    original = load_state_file(weights)
+    # the backbone is exactly as loaded; the new head and the agents learned
+    assert torch.equal(trained["blocks.1.attn.qkv.weight"], original["blocks.1.attn.qkv.weight"])
+    assert torch.equal(trained["embed.dist_token"], original["dist_token"])
+    assert trained["head.fc.weight"].shape == (3, 48)
+    assert any(k.startswith("agents.") for k in trained)
+    # every later command loads the folder at the model's size, with the model's classes
+    data = load_dataset_for(ckpt.dataset, str(folder), ckpt.model_config, ckpt.classes)
+    assert data.test.image_shape == (16, 16, 3) and len(data.test) == 9
+
+
+def test_a_dataset_that_does_not_fit_the_model_is_one_clear_error(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "parts")
+    cfg = ViTConfig("vit", depth=1, width=16, heads=2, mlp_hidden=16, patch_size=4, image_size=16, num_classes=3)
+    with pytest.raises(DataError, match="classes of .* differ from the model's"):
+        load_dataset_for("folder", str(folder), cfg, ("bolt", "nut", "washer"))
+    with pytest.raises(DataError, match="channel"):
+        load_dataset("digits", channels=3)
+    with pytest.raises(DataError, match="needs --data"):
+        load_dataset("folder")
+    grown = load_dataset("digits", image_size=12)  # any size: fitted as the runtime fits its inputs
+    assert grown.train.image_shape == (12, 12, 1)
+
+
+def test_pretrained_options_that_contradict_each_other(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--weights and --heads belong to a timm model"):
+        TrainConfig(model="vit9", weights="w.safetensors")
+    with pytest.raises(ConfigError, match="--freeze-backbone"):
+        TrainConfig(model="hf:folder", freeze_backbone=True)
+    with pytest.raises(ConfigError, match="--image-size"):
+        TrainConfig(model="hf:folder", image_size=64)
+    with pytest.raises(ConfigError, match="both give starting weights"):
+        TrainConfig(model="hf:folder", agents=True, init="ckpt")
+    assert TrainConfig(model="vit9").dataset == "cifar10"
