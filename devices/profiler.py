@@ -51,7 +51,7 @@ from edgeskip.errors import ConfigError
 from edgeskip.profile import (GateCost, Memory, Overhead, Profile, ProfiledBundle, ProfileError, Stability, Timing,
                                at_distance)
 from edgeskip.schema import to_json
-from edgeskip.rule import agent_runs, exit_top
+from edgeskip.rule import agent_runs, decision_input, exit_top
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _pass_calls(be: Any, rt: Any, x: npt.NDArray[np.float32], layers: Sequence[i
     for j in layers:
         if rt.agents is not None:
             calls.append((f"agent_{j:02d}", functools.partial(_agent_decision, tokens, rt.agents[0][j],
-                                                              rt.agents[1][j], runs)))
+                                                              rt.agents[1][j], runs, rt.manifest.config.decision_token)))
             # the next agent right after this one (a skipped layer between them): no layer has just run
             calls.append((f"agent_{j:02d}@0", calls[-1][1]))
         calls.append((stage_name(j), functools.partial(be.run, stage_name(j), tokens)))
@@ -301,9 +301,9 @@ def _reused_ms(stage: dict[str, float], j: int, distance: int, depth: int) -> fl
 
 
 def _agent_decision(tokens: npt.NDArray[np.float32], w: npt.NDArray[np.float32], bias: np.float32,
-                    runs: Callable[..., Any]) -> int:
-    """What the runtime does for one agent: the logit of the CLS token against a cut."""
-    return int(np.count_nonzero(runs(tokens[:, 0] @ w + bias, 0.0)))
+                    runs: Callable[..., Any], token: str) -> int:
+    """What the runtime does for one agent: the logit of the CLS token (:func:`decision_input`) against a cut."""
+    return int(np.count_nonzero(runs(decision_input(tokens, token) @ w + bias, 0.0)))
 
 
 def _exit_check(e2cm: Any, index: int, tokens: npt.NDArray[np.float32], decisions: Callable[..., Any]) -> Any:

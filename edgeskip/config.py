@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 
 from edgeskip.errors import ConfigError
 
-__all__ = ["HEAD_TOKENS", "ViTConfig", "from_dict", "to_dict"]
+__all__ = ["DECISION_TOKENS", "HEAD_TOKENS", "ViTConfig", "from_dict", "to_dict"]
 
 HEAD_TOKENS = ("cls", "cls+dist")
+DECISION_TOKENS = ("cls", "cls+dist")
 
 C = TypeVar("C")
 
@@ -71,6 +72,7 @@ class ViTConfig:
     distilled: bool = False  # a distillation token after CLS (DeiT)
     layer_scale: bool = False  # a learned per-channel scale on both residual branches (timm's ls1 / ls2)
     head_tokens: str = "cls"  # what the head classifies: "cls", or "cls+dist" (two heads, logits averaged: DeiT)
+    decision_token: str = "cls"  # what the agents and the E²CM cls feature read: "cls", or "cls+dist" (their mean)
 
     def __post_init__(self) -> None:
         positive = ("depth", "width", "heads", "mlp_hidden", "patch_size", "image_size", "in_channels")
@@ -97,6 +99,10 @@ class ViTConfig:
             raise ConfigError(f"head_tokens must be one of {', '.join(HEAD_TOKENS)}, got {self.head_tokens!r}")
         if self.head_tokens == "cls+dist" and not self.distilled:
             raise ConfigError("head_tokens 'cls+dist' needs the distillation token (distilled=true)")
+        if self.decision_token not in DECISION_TOKENS:
+            raise ConfigError(f"decision_token must be one of {', '.join(DECISION_TOKENS)}, got {self.decision_token!r}")
+        if self.decision_token == "cls+dist" and not self.distilled:
+            raise ConfigError("decision_token 'cls+dist' needs the distillation token: a DeiT with distillation")
 
     @property
     def head_dim(self) -> int:

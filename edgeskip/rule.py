@@ -3,6 +3,8 @@
 Two predicates and the order they are taken in:
 
 * **agent rule**: layer j runs for an input when its agent's probability ``sigmoid(w_j . cls + b_j)``
+  (``cls``: :func:`decision_input`, the CLS token or, for a DeiT configured so, the mean of CLS and
+  distillation tokens)
   reaches the layer's threshold ``t_j``, taken as one comparison of the logit with
   ``logit(t_j) = log(t_j / (1 - t_j))`` (:func:`agent_cut`, :func:`agent_runs`); a threshold of 0 always
   runs (no agent is asked), ``None`` never runs (the layer is removed);
@@ -29,8 +31,19 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Network", "Route", "agent_cut", "agent_runs", "decision_free_segments", "exit_enabled", "exit_leaves",
-           "exit_logits", "exit_top", "first_exit", "route"]
+__all__ = ["Network", "Route", "agent_cut", "agent_runs", "decision_free_segments", "decision_input", "exit_enabled",
+           "exit_leaves", "exit_logits", "exit_top", "first_exit", "route"]
+
+
+def decision_input(tokens: Any, token: str = "cls") -> Any:
+    """The (B, D) vector the agents and the E²CM ``cls`` feature read from (B, N, D) tokens (numpy or torch):
+    the CLS token, or for ``"cls+dist"`` (a distilled DeiT, :attr:`edgeskip.config.ViTConfig.decision_token`)
+    the mean of the CLS and distillation tokens."""
+    if token == "cls":
+        return tokens[:, 0]
+    if token == "cls+dist":
+        return (tokens[:, 0] + tokens[:, 1]) * 0.5
+    raise ValueError(f"unknown decision token {token!r}: 'cls' or 'cls+dist'")
 
 
 def agent_cut(threshold: float | None) -> float | None:

@@ -24,6 +24,7 @@ from edgeskip.bundle import MANIFEST, Bundle, sha256_file
 from edgeskip.data import load_dataset_for
 from edgeskip.data.cifar import CIFAR10_CLASSES
 from edgeskip.e2cm import E2CM
+from edgeskip.e2cm.means import check_token
 from edgeskip.e2cm.costs import feature_size
 from edgeskip.errors import CheckpointError, ConfigError, EdgeskipError
 from edgeskip.exporters import EXPORTERS
@@ -124,6 +125,7 @@ def _load_e2cm(cfg: ExportConfig, src: _Source) -> Any:
     if e2cm.num_classes != model_cfg.num_classes or e2cm.means.shape[2] != feature_size(model_cfg, e2cm.feature) \
             or max(e2cm.exits) >= model_cfg.depth - 1:
         raise ConfigError(f"--e2cm {path} was calibrated for another model (class means {e2cm.means.shape})")
+    check_token(e2cm, model_cfg)
     with_agents = e2cm.meta.get("thresholds_with_agents")
     if src.thresholds is not None and with_agents is not None:
         e2cm = e2cm.with_thresholds(with_agents)  # searched on the agents' own paths

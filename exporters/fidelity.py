@@ -19,7 +19,7 @@ import torch
 
 from edgeskip.exporters.stages import StageModule
 from edgeskip.models.vit import ViT
-from edgeskip.rule import agent_cut, exit_enabled, exit_top, route
+from edgeskip.rule import agent_cut, decision_input, exit_enabled, exit_top, route
 
 __all__ = ["TIE", "Path", "reference_paths", "stage_inputs", "stage_errors", "compare_paths"]
 
@@ -67,7 +67,7 @@ class _OneImage:
         self.distances: npt.NDArray[np.float64] | None = None
 
     def agent_logits(self, layer: int) -> npt.NDArray[np.float32]:
-        z = self.model.agent_logits(layer, self.x[:, 0])  # type: ignore[operator]
+        z = self.model.agent_logits(layer, decision_input(self.x, self.model.config.decision_token))  # type: ignore[operator]
         assert self.thresholds is not None and self.thresholds[layer] is not None
         self.margins.append(abs(float(torch.sigmoid(z)[0]) - float(self.thresholds[layer])))  # type: ignore[arg-type]
         return z.numpy()  # type: ignore[no-any-return]

@@ -185,14 +185,24 @@ def _segment(b: _Builder, start: int, x: str, layers: Mapping[int, onnx.ModelPro
     return nodes, logits, executed, b.const("head_exit", -1, np.int64)
 
 
+def _decision_input(b: _Builder, x: str, out: str, zero_idx: str | None = None) -> list[onnx.NodeProto]:
+    """Nodes writing to ``out`` the (B, D) vector the agents and the ``cls`` feature read from tokens ``x``: the
+    CLS token, or the mean of CLS and distillation tokens (:func:`edgeskip.rule.decision_input`)."""
+    if b.cfg.decision_token == "cls":
+        return [helper.make_node("Gather", [x, zero_idx or b.const("zero_index", 0, np.int64)], [out], axis=1)]
+    pair = b.name("cls_dist")
+    starts, ends, axes = (b.const(stem, [v], np.int64) for stem, v in (("start", 0), ("end", 2), ("axis", 1)))
+    return [helper.make_node("Slice", [x, starts, ends, axes], [pair]),
+            helper.make_node("ReduceMean", [pair], [out], axes=[1], keepdims=0)]
+
+
 def _agent_condition(b: _Builder, nodes: list[onnx.NodeProto], j: int, x: str, zero_idx: str,
                      agents: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]) -> str:
     """0-D bool: the largest agent probability in the batch reaches layer j's threshold."""
     b.init(f"agent_{j:02d}/weight", agents[0][j].reshape(-1, 1))
     b.init(f"agent_{j:02d}/bias", agents[1][j].reshape(1))
     cls, z, zb, p, pmax, cond = (b.name(f"agent_{j:02d}/{s}") for s in ("cls", "matmul", "logit", "prob", "max", "run"))
-    nodes += [
-        helper.make_node("Gather", [x, zero_idx], [cls], axis=1),
+    nodes += _decision_input(b, x, cls, zero_idx) + [
         helper.make_node("MatMul", [cls, f"agent_{j:02d}/weight"], [z]),
         helper.make_node("Add", [z, f"agent_{j:02d}/bias"], [zb]),
         helper.make_node("Sigmoid", [zb], [p]),
@@ -284,7 +294,7 @@ def _distances(b: _Builder, i: int, x: str, feature: str) -> tuple[list[onnx.Nod
     if feature == "tokens":
         feat = [helper.make_node("Flatten", [x], [f], axis=1)]
     elif feature == "cls":
-        feat = [helper.make_node("Gather", [x, b.const("zero_index", 0, np.int64)], [f], axis=1)]
+        feat = _decision_input(b, x, f)
     else:
         feat = [helper.make_node("ReduceMean", [x], [f], axes=[1], keepdims=0)]
     t = exit_threshold_name(i)

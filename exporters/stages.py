@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from edgeskip.bundle import TensorSpec, agent_name, stage_name
 from edgeskip.config import ViTConfig
 from edgeskip.models.vit import ViT
+from edgeskip.rule import decision_input
 
 __all__ = ["StageModule", "AgentProbability", "StaticModel", "stage_modules", "agent_modules"]
 
@@ -23,14 +24,16 @@ BATCH = "batch"
 
 
 class AgentProbability(nn.Module):
-    """Agent j as a stage: tokens (B, N, D) -> sigmoid(w . cls + b), shape (B,)."""
+    """Agent j as a stage: tokens (B, N, D) -> sigmoid(w . cls + b), shape (B,) (``cls``: the model's
+    :func:`~edgeskip.rule.decision_input`)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, token: str = "cls") -> None:
         super().__init__()
         self.linear = linear
+        self.token = token
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return torch.sigmoid(self.linear(tokens[:, 0])).squeeze(1)
+        return torch.sigmoid(self.linear(decision_input(tokens, self.token))).squeeze(1)
 
 
 class StaticModel(nn.Module):
@@ -91,5 +94,5 @@ def agent_modules(model: ViT, removed: tuple[int, ...] = ()) -> list[StageModule
         return []
     _, tokens, _ = _specs(model.config)
     prob = TensorSpec(name="probability", shape=(BATCH,), dtype="float32")
-    return [StageModule(agent_name(j), "agent", j, AgentProbability(lin), tokens, prob)
+    return [StageModule(agent_name(j), "agent", j, AgentProbability(lin, model.config.decision_token), tokens, prob)
             for j, lin in enumerate(agents) if j not in removed]

@@ -50,12 +50,12 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeskip.bundle import Bundle, BundleError, check_signature, stage_name
-from edgeskip.e2cm.means import E2CM, JSON as E2CM_JSON, NPZ as E2CM_NPZ
+from edgeskip.e2cm.means import E2CM, JSON as E2CM_JSON, NPZ as E2CM_NPZ, check_token
 from edgeskip.errors import BackendError, ConfigError, DataError, EdgeskipError
 from edgeskip.manifest import PATHS
 from edgeskip.front import Selection, check_degenerate, front_of, load_front, pick
 from edgeskip.policy import Plan, Policy, SkipConfig, resolve
-from edgeskip.rule import exit_logits, exit_top, route
+from edgeskip.rule import decision_input, exit_logits, exit_top, route
 from edgeskip.runtimes.backend import BACKENDS, Backend
 from edgeskip.runtimes.inputs import InputSpec, prepare
 from edgeskip.runtimes.telemetry import RuntimeStats, Telemetry, path_string
@@ -191,6 +191,10 @@ class Runtime:
         if e2cm.exits != section.exits or e2cm.means.shape[1] != self.num_classes:
             raise BundleError(f"{where}: the E²CM exits {list(e2cm.exits)} disagree with the manifest's "
                               f"{list(section.exits)} or do not fit a {self.num_classes}-class model")
+        try:
+            check_token(e2cm, self.manifest.config)
+        except ConfigError as exc:
+            raise BundleError(f"{where}: {exc}") from None
         return e2cm
 
     # -- configuration -------------------------------------------------------------------------
@@ -367,7 +371,8 @@ class Runtime:
         b = x.shape[0]
         if path == "monolithic":
             return self._static_runner(x), np.broadcast_to(plan.static_row, (b, self.depth)), _no_exits(b)
-        net = _Stages(backend, backend.run("embed", x), self._layer_names, self._agents, self._e2cm, fused)
+        net = _Stages(backend, backend.run("embed", x), self._layer_names, self._agents, self._e2cm, fused,
+                      self.manifest.config.decision_token)
         taken = route(plan.cuts, plan.exits, b, self.depth, net)
         logits = taken.logits(lambda: backend.run("head", net.tokens), self.num_classes)
         return logits, taken.executed, taken.exit_layer if taken.left else _no_exits(b)
@@ -448,19 +453,21 @@ class _Stages:
     """The bundle's stages as :func:`~edgeskip.rule.route` drives them: the tokens of the inputs still in,
     gathered for the rows a layer runs on and scattered back."""
 
-    __slots__ = ("backend", "tokens", "names", "agents", "e2cm", "distances", "fused", "covered")
+    __slots__ = ("backend", "tokens", "names", "agents", "e2cm", "distances", "fused", "covered", "token")
 
     def __init__(self, backend: Backend, tokens: npt.NDArray[np.float32], names: list[str],
                  agents: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None, e2cm: E2CM | None,
-                 fused: dict[int, tuple[str, frozenset[int]]]) -> None:
+                 fused: dict[int, tuple[str, frozenset[int]]], token: str = "cls") -> None:
         self.backend, self.tokens, self.names, self.agents, self.e2cm = backend, tokens, names, agents, e2cm
+        self.token = token  # what the agents read (edgeskip.rule.decision_input)
         self.distances: npt.NDArray[np.float64] | None = None
         self.fused = fused
         self.covered: frozenset[int] = frozenset()  # layers the last fused segment already ran
 
     def agent_logits(self, layer: int) -> npt.NDArray[np.float32]:
         assert self.agents is not None
-        return self.tokens[:, 0] @ self.agents[0][layer] + self.agents[1][layer]  # type: ignore[no-any-return]
+        cls = decision_input(self.tokens, self.token)
+        return cls @ self.agents[0][layer] + self.agents[1][layer]  # type: ignore[no-any-return]
 
     def run(self, layer: int, rows: npt.NDArray[np.intp] | None) -> None:
         if rows is None:  # every input still in (a decision-free layer always is): maybe a fused segment

@@ -29,6 +29,7 @@ from edgeskip.policy import SkipConfig
 from edgeskip.config import ViTConfig
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.models.vit import ViT
+from edgeskip.rule import decision_input
 
 __all__ = ["SkipViT", "SkipOutput", "AGENT_BIAS_INIT", "agent_runs"]
 
@@ -107,7 +108,8 @@ class SkipViT(ViT):
         """Inference decision for layer ``j`` on tokens ``x`` entering it: (B,) bool, True = run."""
         if bool(self.removed[j]):
             return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        return agent_runs(torch.sigmoid(self.agent_logits(j, x[:, 0])), self.thresholds[j])
+        return agent_runs(torch.sigmoid(self.agent_logits(j, decision_input(x, self.config.decision_token))),
+                          self.thresholds[j])
 
     def baseline_values(self, states: Tensor) -> Tensor:
         """(B, L) baseline predictions b_j(c_j) from the (B, L, D) states."""
@@ -142,7 +144,7 @@ class SkipViT(ViT):
         x = self.embed(images)
         runs, probs, log_probs, states = [], [], [], []
         for j in range(depth):
-            cls = x[:, 0]
+            cls = decision_input(x, self.config.decision_token)
             if sample:
                 states.append(cls.detach())
             if bool(self.removed[j]):

@@ -26,31 +26,41 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgeskip.config import DECISION_TOKENS
 from edgeskip.e2cm.costs import FEATURES, MacCosts
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.fsutil import atomic_directory, loads_json
-from edgeskip.rule import exit_leaves, exit_top
+from edgeskip.rule import decision_input, exit_leaves, exit_top
 
-__all__ = ["E2CM", "FORMAT", "SCHEMA_VERSION", "check_thresholds", "exit_features"]
+__all__ = ["E2CM", "FORMAT", "SCHEMA_VERSION", "check_thresholds", "check_token", "exit_features"]
 
 FORMAT = "edgeskip.e2cm"
 SCHEMA_VERSION = 1
 NPZ, JSON = "e2cm.npz", "e2cm.json"
 
 
-def exit_features(tokens: npt.NDArray[Any], feature: str) -> npt.NDArray[np.float32]:
-    """(B, N, D) layer output -> (B, F) feature: all tokens flattened, the CLS token, or the token mean."""
+def exit_features(tokens: npt.NDArray[Any], feature: str, token: str = "cls") -> npt.NDArray[np.float32]:
+    """(B, N, D) layer output -> (B, F) feature: all tokens flattened, the CLS token (``token``: what
+    :func:`~edgeskip.rule.decision_input` reads), or the token mean."""
     if tokens.ndim != 3:
         raise DataError(f"expected layer output of shape (B, tokens, width), got {tokens.shape}")
     if feature == "tokens":
         out = tokens.reshape(tokens.shape[0], -1)
     elif feature == "cls":
-        out = tokens[:, 0]
+        out = decision_input(tokens, token)
     elif feature == "mean":
         out = tokens.mean(axis=1)
     else:
         raise ConfigError(f"unknown E²CM feature {feature!r}; choose one of {', '.join(FEATURES)}")
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def check_token(e2cm: E2CM, config: Any) -> None:
+    """The ``cls`` feature of ``e2cm`` reads the token the model's agents read (``config.decision_token``)."""
+    want = getattr(config, "decision_token", "cls")
+    if e2cm.feature == "cls" and e2cm.token != want:
+        raise ConfigError(f"these E²CM exits read the {e2cm.token!r} token; the model's agents read {want!r}: "
+                          "calibrate again on this checkpoint")
 
 
 def check_thresholds(thresholds: Sequence[float] | npt.NDArray[Any], n_exits: int) -> npt.NDArray[np.float64]:
@@ -75,10 +85,13 @@ class E2CM:
     thresholds: npt.NDArray[np.float64]  # (J,) in [0, 1]; 1 = disabled
     costs: MacCosts
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    token: str = "cls"  # what the cls feature reads (the model's ViTConfig.decision_token)
 
     def __post_init__(self) -> None:
         if self.feature not in FEATURES:
             raise ConfigError(f"unknown E²CM feature {self.feature!r}; choose one of {', '.join(FEATURES)}")
+        if self.token not in DECISION_TOKENS:
+            raise ConfigError(f"unknown E²CM token {self.token!r}; choose one of {', '.join(DECISION_TOKENS)}")
         j = len(self.costs.exits)
         if self.means.ndim != 3 or self.means.shape[0] != j:
             raise ConfigError(f"class means must have shape ({j}, classes, features), got {self.means.shape}")
@@ -130,7 +143,7 @@ class E2CM:
         float64, which keeps decisions at a threshold exact (float32 flipped one in the tests).
         """
         means, c_sq, inv_mu = self._prepared[index]
-        x = exit_features(tokens, self.feature)
+        x = exit_features(tokens, self.feature, self.token)
         d = (x @ means.T).astype(np.float64)
         d *= -2.0
         d += c_sq
@@ -159,7 +172,7 @@ class E2CM:
 
     def to_json(self, npz_sha256: str) -> dict[str, Any]:
         return {
-            "format": FORMAT, "schema_version": SCHEMA_VERSION, "feature": self.feature,
+            "format": FORMAT, "schema_version": SCHEMA_VERSION, "feature": self.feature, "token": self.token,
             "exits": list(self.exits), "num_classes": self.num_classes, "means_dtype": str(self.means.dtype),
             "thresholds": self.thresholds.tolist(), "costs": self.costs.to_dict(), "meta": self.meta,
             "npz_sha256": npz_sha256,
@@ -209,6 +222,6 @@ class E2CM:
             raise DataError(f"{where}: exits disagree between {NPZ} and {JSON}")
         try:
             return cls(feature=str(info.get("feature")), means=means, normalisers=normalisers, thresholds=thresholds,
-                       costs=costs, meta=dict(info.get("meta") or {}))
+                       costs=costs, meta=dict(info.get("meta") or {}), token=str(info.get("token", "cls")))
         except (ConfigError, TypeError, ValueError) as exc:
             raise DataError(f"{where}: {exc}") from None

@@ -39,8 +39,8 @@ from edgeskip.errors import ConfigError
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
 
-__all__ = ["Adapted", "AdapterError", "from_hf", "from_timm", "load_state_file", "resolve_model", "to_timm_state_dict",
-           "with_new_head"]
+__all__ = ["Adapted", "AdapterError", "from_hf", "from_timm", "load_state_file", "resolve_model", "to_hf",
+           "to_timm_state_dict", "with_new_head"]
 
 HF_VIT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViTImageProcessor's defaults
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # DeiT's (timm IMAGENET_DEFAULT_*)
@@ -325,6 +325,15 @@ def _hf_load(model_or_path: Any) -> tuple[Any, Path | None]:
 
 def _hf_mapped(state: Mapping[str, torch.Tensor], cfg: ViTConfig, base: str, name: str) -> dict[str, torch.Tensor]:
     """The Hugging Face state dict in edgeskip's names; every parameter used once, none left over."""
+    if f"{base}.layers.0.attention.q_proj.bias" not in state:  # qkv_bias=False: zero biases are the same model
+        zeros = torch.zeros(cfg.width)
+        state = {**state, **{f"{base}.layers.{j}.attention.{x}_proj.bias": zeros
+                             for j in range(cfg.depth) for x in "qkv"}}
+    return _take(state, _hf_table(cfg, base), name)
+
+
+def _hf_table(cfg: ViTConfig, base: str) -> dict[str, Any]:
+    """edgeskip parameter name -> the Hugging Face name (a tuple: q, k and v, concatenated in edgeskip's qkv)."""
     e = f"{base}.embeddings"
     table: dict[str, Any] = {
         "embed.proj.weight": f"{e}.patch_embeddings.projection.weight",
@@ -346,11 +355,37 @@ def _hf_mapped(state: Mapping[str, torch.Tensor], cfg: ViTConfig, base: str, nam
             for mine, theirs in (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"),
                                  ("norm2", "layernorm_after"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
                 table[f"{ours}.{mine}.{p}"] = f"{hf}.{theirs}.{p}"
-    if f"{base}.layers.0.attention.q_proj.bias" not in state:  # qkv_bias=False: zero biases are the same model
-        zeros = torch.zeros(3 * cfg.width)
-        state = {**state, **{f"{base}.layers.{j}.attention.{x}_proj.bias": zeros[: cfg.width]
-                             for j in range(cfg.depth) for x in "qkv"}}
-    return _take(state, table, name)
+    return table
+
+
+def to_hf(model: ViT, classes: tuple[str, ...] | None = None) -> Any:
+    """``model`` as a transformers ``ViTForImageClassification`` (``DeiTForImageClassification[WithTeacher]`` with
+    a distillation token) with the same weights: to ``save_pretrained`` a backbone trained here, or to hand
+    edgeskip's own models to Hugging Face tooling. Needs transformers; LayerScale has no place there."""
+    import transformers
+
+    cfg = model.config
+    if cfg.layer_scale:
+        raise AdapterError("a model with LayerScale has no Hugging Face ViT / DeiT equivalent")
+    labels = {i: c for i, c in enumerate(classes or (str(i) for i in range(cfg.num_classes)))}
+    kw = dict(hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
+              intermediate_size=cfg.mlp_hidden, image_size=cfg.image_size, patch_size=cfg.patch_size,
+              num_channels=cfg.in_channels, num_labels=cfg.num_classes, layer_norm_eps=cfg.layer_norm_eps,
+              hidden_act="gelu", id2label=labels, label2id={c: i for i, c in labels.items()})
+    if cfg.distilled:
+        cls = "DeiTForImageClassificationWithTeacher" if cfg.head_tokens == "cls+dist" else "DeiTForImageClassification"
+        hf, base = getattr(transformers, cls)(transformers.DeiTConfig(**kw)), "deit"
+    else:
+        hf, base = transformers.ViTForImageClassification(transformers.ViTConfig(**kw)), "vit"
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in _hf_table(cfg, base).items():
+        if isinstance(theirs, tuple):
+            out |= dict(zip(theirs, state[ours].chunk(3), strict=True))
+        else:
+            out[theirs] = state[ours]
+    hf.load_state_dict(out)
+    return hf.eval()
 
 
 def _hf_normalization(folder: Path | None, channels: int, default: tuple[tuple[float, ...], ...]) -> Normalization:

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from edgeskip.bundle import stage_name
 from edgeskip.errors import ConfigError, EdgeskipError
 from edgeskip.policy import Policy, resolve
-from edgeskip.rule import exit_logits, exit_top, route
+from edgeskip.rule import decision_input, exit_logits, exit_top, route
 from edgeskip.runtimes.runtime import Runtime
 from edgeskip.search.problem import Evaluation
 
@@ -110,7 +110,7 @@ class PathCache:
         ids = np.arange(self._count, self._count + n)
         agents = self.rt.agents
         if agents is not None:
-            cls = tokens[:, 0]
+            cls = decision_input(tokens, self.rt.manifest.config.decision_token)
             for j in range(self.depth):
                 self.z[ids, j] = cls @ agents[0][j] + agents[1][j]  # as the Runtime computes it
         else:

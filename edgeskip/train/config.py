@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import field
 from typing import Any
 
+from edgeskip.config import DECISION_TOKENS
 from edgeskip.errors import ConfigError
 from edgeskip.variants import MODEL_CONFIGS
 
@@ -44,6 +45,9 @@ class TrainConfig:
     image_size: int | None = field(default=None, metadata=_opt(
         "registered models: train at this input size, images resized and centre-cropped to it (default: the "
         "dataset's, or the model's own for an image folder); a pretrained model keeps its own"))
+    decision_token: str = field(default="cls", metadata=_opt(
+        "what the agents (and E²CM's cls feature) read: the CLS token, or for a distilled DeiT the mean of CLS and "
+        "distillation tokens", choices=DECISION_TOKENS))
     freeze_backbone: bool = field(default=False, metadata=_opt(
         "train only the agents and baselines (and a new head where the classes differ); the backbone stays as "
         "loaded"))
@@ -95,6 +99,8 @@ class TrainConfig:
                               "pretrained --model timm:/hf: or --init CHECKPOINT")
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}")
+        if self.decision_token not in DECISION_TOKENS:
+            raise ConfigError(f"decision_token must be one of {', '.join(DECISION_TOKENS)}, got {self.decision_token!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.augment not in AUGMENTS:

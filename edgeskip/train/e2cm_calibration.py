@@ -26,12 +26,12 @@ from edgeskip.agents.model import SkipViT
 from edgeskip.progress import progress_bar
 from edgeskip.data.dataset import ImageDataset
 from edgeskip.e2cm.costs import FEATURES, MacCosts, check_exits
-from edgeskip.e2cm.means import E2CM
+from edgeskip.e2cm.means import E2CM, check_token
 from edgeskip.e2cm.thresholds import ExitCache
 from edgeskip.errors import ConfigError, DataError
 from edgeskip.models.vit import ViT
 from edgeskip.normalization import Normalization
-from edgeskip.rule import exit_top
+from edgeskip.rule import decision_input, exit_top
 from edgeskip.train.evaluate import eval_mode, image_batches
 
 __all__ = ["PATHS", "Calibration", "calibrate", "collect_cache", "collect_caches"]
@@ -62,10 +62,10 @@ def _check(model: ViT, data: ImageDataset, features: Sequence[str], path: str) -
         raise ConfigError("path 'agents' needs a model with skip agents")
 
 
-def _torch_feature(tokens: Tensor, feature: str) -> Tensor:
+def _torch_feature(tokens: Tensor, feature: str, token: str) -> Tensor:
     if feature == "tokens":
         return tokens.reshape(tokens.shape[0], -1)
-    return tokens[:, 0] if feature == "cls" else tokens.mean(dim=1)
+    return decision_input(tokens, token) if feature == "cls" else tokens.mean(dim=1)
 
 
 def _layer_outputs(model: ViT, x: Tensor, exits: tuple[int, ...], path: str) -> tuple[dict[int, Tensor], Tensor, Tensor]:
@@ -99,7 +99,7 @@ def _distances(model: ViT, data: ImageDataset, norm: Normalization, means: dict[
         for f, m in means.items():
             per_exit = []
             for i, j in enumerate(exits):
-                x = _torch_feature(outputs[j], features[f]).double()
+                x = _torch_feature(outputs[j], features[f], model.config.decision_token).double()
                 d2 = (x * x).sum(1, keepdim=True) - 2.0 * x @ m[i].T + sq[f][i][None, :]
                 per_exit.append(d2.clamp_min_(0.0).sqrt_())
             dists[f].append(torch.stack(per_exit, dim=1).cpu().numpy())
@@ -140,7 +140,8 @@ def calibrate(model: ViT, data: ImageDataset, norm: Normalization, *, exits: Seq
         for idx, images, y in image_batches(data, norm, device, batch_size):
             outputs, _, _ = _layer_outputs(model, images, exits, path)
             for f in features:
-                stacked = torch.stack([_torch_feature(outputs[j], f).double() for j in exits])  # (J, B, F)
+                stacked = torch.stack([_torch_feature(outputs[j], f, model.config.decision_token).double()
+                                       for j in exits])  # (J, B, F)
                 if f not in sums:
                     sums[f] = torch.zeros(len(exits), k, stacked.shape[-1], dtype=torch.float64, device=device)
                 sums[f].index_add_(1, y, stacked)
@@ -159,6 +160,7 @@ def calibrate(model: ViT, data: ImageDataset, norm: Normalization, *, exits: Seq
             thresholds=np.ones(len(exits)),
             costs=MacCosts.from_config(model.config, exits, f, agents=isinstance(model, SkipViT)),
             meta={"path": path, "calibration_images": len(data), "class_counts": counts.tolist(), **(meta or {})},
+            token=model.config.decision_token,
         )
         result[f] = Calibration(e2cm, _cache(model, e2cm, dists[f], final_pred, data.labels, executed))
     return result
@@ -184,6 +186,7 @@ def collect_caches(model: ViT, e2cms: dict[str, E2CM], data: ImageDataset, norm:
     for e2cm in e2cms.values():
         if e2cm.num_classes != model.config.num_classes:
             raise ConfigError(f"E²CM has {e2cm.num_classes} classes, the model {model.config.num_classes}")
+        check_token(e2cm, model.config)
     device = next(model.parameters()).device
     with eval_mode(model), progress_bar(total=len(data), desc="E²CM exits", unit="img", enabled=progress) as bar:
         means = {k: torch.from_numpy(e.means.astype(np.float64)).to(device) for k, e in e2cms.items()}

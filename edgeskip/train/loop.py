@@ -97,7 +97,8 @@ class Trainer:
             self.model_cfg = self._pretrained_config(data.train.classes)
         else:
             self.norm = get_normalization(cfg.dataset, c)  # type: ignore[arg-type]
-            self.model_cfg = model_config(cfg.model, image_size=h, in_channels=c, num_classes=len(data.train.classes))
+            self.model_cfg = model_config(cfg.model, image_size=h, in_channels=c, num_classes=len(data.train.classes),
+                                          decision_token=cfg.decision_token)
         if c != self.norm.channels:
             raise DataError(f"the {cfg.dataset} normalisation has {self.norm.channels} channel(s), images have {c}")
         self.device = self.dist.device
@@ -159,7 +160,7 @@ class Trainer:
             self.new_head = True
         self.initial_state = model.state_dict()
         log.info("starting from %s", adapted.source)
-        return model.config
+        return dataclasses.replace(model.config, decision_token=self.cfg.decision_token)
 
     def _freeze_backbone(self) -> None:
         """Only the agents and baselines learn (and a new head); every other weight stays as loaded."""

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from edgeskip.models.adapters import (
-    AdapterError, from_hf, from_timm, load_state_file, resolve_model, to_timm_state_dict, with_new_head,
+    AdapterError, from_hf, from_timm, load_state_file, resolve_model, to_hf, to_timm_state_dict,
+    with_new_head,
 )
 
 transformers = pytest.importorskip("transformers", reason="adapting a Hugging Face model needs transformers")
@@ -45,6 +46,9 @@ def test_a_hugging_face_model_keeps_its_logits(cls: str) -> None:
     assert cfg.distilled == cls.startswith("DeiT") and cfg.num_tokens == 16 + 1 + cfg.distilled
     assert cfg.head_tokens == ("cls+dist" if cls.endswith("Teacher") else "cls")
     assert cfg.param_count() == sum(p.numel() for p in adapted.model.parameters())
+    back = to_hf(adapted.model, adapted.classes)  # and back: the same class, the same weights
+    assert type(back) is type(hf) and back.config.id2label == hf.config.id2label
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in hf.state_dict().items())
 
 
 def test_a_hugging_face_folder_brings_its_normalisation(tmp_path: Path) -> None:
