@@ -1,25 +1,41 @@
-"""A cache of decoded datasets keyed by the content of their source."""
+"""A cache of decoded datasets keyed by the content of their source, memory-mapped when read.
+
+A cache entry is a folder, written atomically (a temp folder renamed when complete)::
+
+    classes.json            the class names, index = label
+    <split>-images.npy      uint8 (N, H, W, C), read back memory-mapped: a dataset larger than memory trains
+                            from the page cache, each batch reading only its rows
+    <split>-labels.npy      int64 (N,)
+
+:class:`CacheWriter` lets a decoder write the images straight into the ``.npy`` files (memory-mapped), so a
+dataset never has to fit in memory even while it is decoded.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
-import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edgeskip.data.dataset import ImageDataset
 from edgeskip.errors import DataError
+from edgeskip.fsutil import atomic_directory
 
-__all__ = ["default_cache_dir", "source_fingerprint", "load_cached", "store_cached"]
+__all__ = ["CacheWriter", "default_cache_dir", "source_fingerprint", "load_cached", "store_cached", "writing_cache"]
 
 log = logging.getLogger(__name__)
 
 # Bump when the decoder changes in a way that alters the decoded arrays.
 DECODER_VERSION = 1
+CLASSES_FILE = "classes.json"
 
 
 def default_cache_dir() -> Path:
@@ -52,36 +68,61 @@ def source_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_cached(file: Path) -> dict[str, ImageDataset] | None:
-    """The splits stored in ``file``, or None if it is absent or unreadable."""
-    if not file.is_file():
+def load_cached(folder: Path) -> dict[str, ImageDataset] | None:
+    """The splits stored in the cache ``folder`` (images memory-mapped), or None if it is absent or unreadable."""
+    if not (folder / CLASSES_FILE).is_file():
         return None
     try:
-        with np.load(file, allow_pickle=False) as z:
-            classes = tuple(str(c) for c in z["classes"])
-            splits = sorted({k.split("/")[0] for k in z.files if "/" in k})
-            return {s: ImageDataset(z[f"{s}/images"], z[f"{s}/labels"], classes) for s in splits}
+        classes = tuple(str(c) for c in json.loads((folder / CLASSES_FILE).read_text()))
+        splits = sorted(f.name[: -len("-images.npy")] for f in folder.glob("*-images.npy"))
+        return {s: ImageDataset(np.load(folder / f"{s}-images.npy", mmap_mode="r", allow_pickle=False),
+                                np.load(folder / f"{s}-labels.npy", allow_pickle=False), classes) for s in splits}
     except (OSError, ValueError, KeyError, DataError) as exc:
-        log.warning("ignoring unreadable dataset cache %s (%s)", file, exc)
+        log.warning("ignoring unreadable dataset cache %s (%s)", folder, exc)
         return None
 
 
-def store_cached(file: Path, splits: dict[str, ImageDataset]) -> None:
-    """Write ``splits`` atomically (temp file, then rename); a failure only logs."""
+class CacheWriter:
+    """Where a decoder writes one cache entry: :meth:`images` hands out a memory-mapped array to fill."""
+
+    def __init__(self, tmp: Path, classes: Sequence[str]) -> None:
+        self.tmp = tmp
+        self._maps: list[Any] = []
+        (tmp / CLASSES_FILE).write_text(json.dumps(list(classes)))
+
+    def images(self, split: str, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
+        """A writable uint8 array of ``shape`` backed by the entry's ``<split>-images.npy``."""
+        out = np.lib.format.open_memmap(self.tmp / f"{split}-images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        self._maps.append(out)
+        return out  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Flush every array handed out to its file."""
+        for m in self._maps:
+            m.flush()
+        self._maps.clear()
+
+    def labels(self, split: str, labels: npt.NDArray[np.int64]) -> None:
+        np.save(self.tmp / f"{split}-labels.npy", np.asarray(labels, np.int64), allow_pickle=False)
+
+
+@contextlib.contextmanager
+def writing_cache(folder: Path, classes: Sequence[str]) -> Iterator[CacheWriter]:
+    """A :class:`CacheWriter` whose entry becomes ``folder`` when the block succeeds (atomically, replacing an
+    older one); an error leaves ``folder`` as it was."""
+    with atomic_directory(folder, replace=True) as tmp:
+        writer = CacheWriter(tmp, classes)
+        yield writer
+        writer.close()  # on disk before the folder is renamed into place
+
+
+def store_cached(folder: Path, splits: dict[str, ImageDataset]) -> None:
+    """Write ``splits`` (decoded in memory) as the cache entry ``folder``; a failure only logs."""
     first = next(iter(splits.values()))
-    arrays: dict[str, Any] = {"classes": np.asarray(first.classes)}
-    for name, ds in splits.items():
-        arrays[f"{name}/images"] = ds.images
-        arrays[f"{name}/labels"] = ds.labels
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with writing_cache(folder, first.classes) as w:
+            for name, ds in splits.items():
+                w.images(name, ds.images.shape)[:] = ds.images
+                w.labels(name, ds.labels)
     except OSError as exc:
-        log.warning("could not write dataset cache %s (%s); continuing without it", file, exc)
+        log.warning("could not write dataset cache %s (%s); continuing without it", folder, exc)

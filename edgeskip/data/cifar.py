@@ -74,10 +74,10 @@ def load_cifar10(
     if use_cache:
         key = source_fingerprint(path)[:24]
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        full_file = root / f"cifar10-{key}.npz"
+        full_file = root / f"cifar10-{key}"
         cached = load_cached(full_file)
         if cached is None and limit_per_class is not None:
-            cache_file = root / f"cifar10-{key}-first{limit_per_class}.npz"
+            cache_file = root / f"cifar10-{key}-first{limit_per_class}"
             cached = load_cached(cache_file)
         else:
             cache_file = full_file

@@ -11,19 +11,26 @@ grey for a one-channel model), and fitted to ``image_size`` with the runtime's o
 (:func:`edgeskip.imaging.fit_image`: the shorter side resized as PIL does, then the centre cropped),
 so an application that hands the runtime its original images gets what training saw. Classes are the
 training folders' names in sorted order. Decoded arrays are cached like CIFAR-10's, keyed by the folder's
-contents, the size and the split.
+contents, the size and the split: decoded straight into the cache's memory-mapped files (by several processes
+for a large folder) and read back from them, so a folder larger than memory loads and trains.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import io
 import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.data.cache import default_cache_dir, load_cached, source_fingerprint, store_cached
+from edgeskip.data.cache import default_cache_dir, load_cached, source_fingerprint, writing_cache
 from edgeskip.data.dataset import DatasetSplits, ImageDataset
 from edgeskip.errors import DataError
 from edgeskip.progress import progress_bar
@@ -34,14 +41,18 @@ __all__ = ["IMAGE_SUFFIXES", "load_image_folder"]
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+CHUNK = 64  # images one decoding job fits and returns
+PARALLEL_FROM = 2048  # images from which worker processes pay for their start (measured: see docs/measurements.md)
 TEST_FOLDERS = ("test", "val")
 
 
 def load_image_folder(root: str | Path, image_size: int, *, channels: int = 3, test_fraction: float = 0.2,
                       seed: int = 0, limit_per_class: int | None = None, cache_dir: str | Path | None = None,
-                      use_cache: bool = True, progress: bool = False) -> DatasetSplits:
+                      use_cache: bool = True, workers: int | None = None, progress: bool = False) -> DatasetSplits:
     """The train and test splits of the image folder ``root`` (see the module docstring), every image fitted to
-    ``image_size`` x ``image_size`` with ``channels`` (3 or 1) channels, as uint8 arrays."""
+    ``image_size`` x ``image_size`` with ``channels`` (3 or 1) channels, as uint8 arrays. With the cache (the
+    default) the images are decoded straight into its memory-mapped files and read back from them, so a folder
+    larger than memory loads; ``workers`` processes decode (default: one per usable CPU)."""
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"image folder {path} not found: pass a folder with one sub-folder per class "
@@ -58,22 +69,43 @@ def load_image_folder(root: str | Path, image_size: int, *, channels: int = 3, t
     classes = tuple(sorted(files["train"]))
     if limit_per_class is not None:
         files = {s: {c: fs[:limit_per_class] for c, fs in by_class.items()} for s, by_class in files.items()}
-    cache_file = None
+    workers = max(1, workers or usable_cpus())
+    total = sum(len(fs) for by_class in files.values() for fs in by_class.values())
     if use_cache:
         key = source_fingerprint(path)[:24]
         limit = "" if limit_per_class is None else f"-first{limit_per_class}"
-        name = f"folder-{key}-{image_size}px-{channels}c-{test_fraction:g}-{seed}{limit}.npz"
-        cache_file = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / name
-        cached = load_cached(cache_file)
+        name = f"folder-{key}-{image_size}px-{channels}c-{test_fraction:g}-{seed}{limit}"
+        entry = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / name
+        cached = load_cached(entry)
         if cached is not None and {"train", "test"} <= set(cached) and cached["train"].classes == classes:
-            log.info("using decoded images of %s from cache %s", path, cache_file)
+            log.info("using decoded images of %s from cache %s", path, entry)
             return DatasetSplits(path.name, cached["train"], cached["test"])
-    total = sum(len(fs) for by_class in files.values() for fs in by_class.values())
+        try:
+            with progress_bar(total=total, desc=f"decoding {path.name}", unit="img", enabled=progress,
+                              leave=False) as bar, writing_cache(entry, classes) as w:
+                for s in ("train", "test"):
+                    _, labels = _decode_split(files[s], classes, image_size, channels, bar, workers,
+                                              functools.partial(w.images, s))
+                    w.labels(s, labels)
+            cached = load_cached(entry)
+        except OSError as exc:
+            log.warning("could not write the decoded images to the cache %s (%s): decoding into memory", entry, exc)
+            cached = None
+        if cached is not None:
+            return DatasetSplits(path.name, cached["train"], cached["test"])
     with progress_bar(total=total, desc=f"decoding {path.name}", unit="img", enabled=progress, leave=False) as bar:
-        splits = {s: _decode_split(files[s], classes, image_size, channels, bar) for s in ("train", "test")}
-    if cache_file is not None:
-        store_cached(cache_file, splits)
+        splits = {s: ImageDataset(*_decode_split(files[s], classes, image_size, channels, bar, workers,
+                                                 functools.partial(np.empty, dtype=np.uint8)), classes)
+                  for s in ("train", "test")}
     return DatasetSplits(path.name, splits["train"], splits["test"])
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
@@ -135,13 +167,32 @@ def _decode(file: Path, image_size: int, channels: int) -> npt.NDArray[np.uint8]
     return fit_image(arr[None], image_size)[0]  # type: ignore[no-any-return]
 
 
+def _decode_chunk(job: tuple[list[Path], int, int]) -> npt.NDArray[np.uint8]:
+    files, image_size, channels = job
+    return np.stack([_decode(f, image_size, channels) for f in files])
+
+
 def _decode_split(files: dict[str, list[Path]], classes: tuple[str, ...], image_size: int, channels: int,
-                  bar: object) -> ImageDataset:
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for f in files.get(cls, []):
-            images.append(_decode(f, image_size, channels))
-            labels.append(label)
-            bar.update()  # type: ignore[attr-defined]
-    stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, channels), np.uint8)
-    return ImageDataset(stacked, np.asarray(labels, np.int64), classes)
+                  bar: Any, workers: int, allocate: Callable[[tuple[int, ...]], npt.NDArray[np.uint8]],
+                  ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """Decode one split into the array ``allocate(shape)`` returns (in memory, or a cache file), in chunks, by
+    ``workers`` processes where there are enough images to pay for them: (images, labels)."""
+    order = [(f, label) for label, cls in enumerate(classes) for f in files.get(cls, [])]
+    images = allocate((len(order), image_size, image_size, channels))
+    jobs = [([f for f, _ in order[i : i + CHUNK]], image_size, channels) for i in range(0, len(order), CHUNK)]
+    if workers > 1 and len(order) >= PARALLEL_FROM:
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)),
+                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            decoded: Iterator[npt.NDArray[np.uint8]] = pool.map(_decode_chunk, jobs)
+            _fill(images, decoded, bar)
+    else:
+        _fill(images, map(_decode_chunk, jobs), bar)
+    return images, np.asarray([label for _, label in order], np.int64)
+
+
+def _fill(images: npt.NDArray[np.uint8], chunks: Iterator[npt.NDArray[np.uint8]], bar: Any) -> None:
+    start = 0
+    for chunk in chunks:
+        images[start : start + len(chunk)] = chunk
+        start += len(chunk)
+        bar.update(len(chunk))

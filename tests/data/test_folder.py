@@ -82,3 +82,31 @@ def test_bad_folders_are_one_clear_error(tmp_path: Path) -> None:
                             ({"image_size": 8, "test_fraction": 1.0}, "test_fraction")):
         with pytest.raises(DataError, match=message):
             load_image_folder(tmp_path / "broken", **kwargs)  # type: ignore[arg-type]
+
+
+def test_worker_processes_decode_the_same_images_into_a_memory_mapped_cache(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeskip.data.folder as folder
+
+    _write(tmp_path / "ds", 30, classes=3)
+    one = load_image_folder(tmp_path / "ds", 16, workers=1, use_cache=False)
+    monkeypatch.setattr(folder, "PARALLEL_FROM", 1)  # workers for any size (the default starts at 2,048 images)
+    monkeypatch.setattr(folder, "CHUNK", 7)
+    two = load_image_folder(tmp_path / "ds", 16, workers=2, cache_dir=tmp_path / "cache")
+    assert isinstance(two.train.images, np.memmap) and not two.train.images.flags.writeable  # read from the cache
+    assert np.array_equal(one.train.images, two.train.images) and np.array_equal(one.test.labels, two.test.labels)
+    bad = tmp_path / "ds" / "class_2" / "zz.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=f"cannot decode image {bad}"):  # raised in a worker, named in one line
+        load_image_folder(tmp_path / "ds", 16, workers=2, cache_dir=tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".tmp"))  # no half-written entry
+
+
+def test_a_cache_that_cannot_be_written_decodes_into_memory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _write(tmp_path / "ds", 4, classes=2)
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder would go")
+    splits = load_image_folder(tmp_path / "ds", 8, cache_dir=blocked)
+    assert splits.train.images.shape == (6, 8, 8, 3) and not isinstance(splits.train.images, np.memmap)
+    assert "decoding into memory" in caplog.text
