@@ -307,12 +307,15 @@ def _hf_load(model_or_path: Any) -> tuple[Any, Path | None]:
                            "save_pretrained wrote; edgeskip never downloads weights")
     try:
         from transformers import AutoModelForImageClassification
+        from transformers.utils import logging as hf_logging
     except ImportError:
         raise AdapterError("adapting a Hugging Face model needs transformers: pip install transformers") from None
     try:
         arch = (json.loads((folder / "config.json").read_text()).get("architectures") or [None])[0]
     except (OSError, ValueError) as exc:
         raise AdapterError(f"{folder / 'config.json'} is not readable JSON ({exc})") from None
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per weight file; edgeskip's commands draw their own
     try:
         if arch == "DeiTForImageClassificationWithTeacher":  # the auto class would drop the distillation head
             from transformers import DeiTForImageClassificationWithTeacher
@@ -321,6 +324,9 @@ def _hf_load(model_or_path: Any) -> tuple[Any, Path | None]:
         return AutoModelForImageClassification.from_pretrained(folder, local_files_only=True), folder
     except (OSError, ValueError, KeyError) as exc:
         raise AdapterError(f"{folder}: transformers cannot load this model ({exc})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _hf_mapped(state: Mapping[str, torch.Tensor], cfg: ViTConfig, base: str, name: str) -> dict[str, torch.Tensor]:

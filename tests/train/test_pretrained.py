@@ -86,3 +86,40 @@ def test_pretrained_options_that_contradict_each_other(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="both give starting weights"):
         TrainConfig(model="hf:folder", agents=True, init="ckpt")
     assert TrainConfig(model="vit9").dataset == "cifar10"
+
+
+def test_bad_input_on_the_command_line_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeskip.cli import main
+
+    folder = _folder(tmp_path / "parts")
+    weights = _timm_weights(tmp_path / "deit.safetensors")
+    state = load_state_file(weights)
+    save_file({**state, "fc_norm.weight": torch.ones(48), "fc_norm.bias": torch.zeros(48)},
+              str(tmp_path / "pooled.safetensors"))
+    save_file({**state, "blocks.1.mlp.fc1.weight": torch.zeros(80, 48)}, str(tmp_path / "odd.safetensors"))
+    _folder(tmp_path / "one", classes=1)
+    _folder(tmp_path / "broken")
+    (tmp_path / "broken" / "train" / "part_1" / "bad.png").write_bytes(b"not a png")
+    _folder(tmp_path / "differ")
+    (tmp_path / "differ" / "test" / "part_9").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "differ" / "test" / "part_9" / "x.png")
+    timm = ["train", "--model", "timm:deit_tiny_distilled_patch4_16", "--out", str(tmp_path / "run"), "--weights"]
+    cases = [
+        (timm + [str(tmp_path / "pooled.safetensors"), "--data", str(folder)], "global average pooling"),
+        (timm + [str(tmp_path / "odd.safetensors"), "--data", str(folder)], "do not fit the architecture"),
+        (timm + [str(tmp_path / "none.pth"), "--data", str(folder)], "weights file"),
+        (timm + [str(weights), "--data", str(tmp_path / "one")], "needs at least two"),
+        (timm + [str(weights), "--data", str(tmp_path / "broken")], "cannot decode image"),
+        (timm + [str(weights), "--data", str(tmp_path / "differ")], "classes differ"),
+        (["train", "--model", f"hf:{tmp_path}", "--data", str(folder)], "not a Hugging Face model folder"),
+        (["train", "--model", "timm:deit_tiny_patch16_224", "--data", str(folder), "--freeze-backbone"],
+         "--freeze-backbone"),
+    ]
+    try:
+        import timm  # noqa: F401
+    except Exception:  # not importable here: a name without weights says how to give them
+        cases.append((["train", "--model", "timm:deit_tiny_patch16_224", "--data", str(folder)], "--weights FILE"))
+    for args, message in cases:
+        assert main([*args, "--no-progress"]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
