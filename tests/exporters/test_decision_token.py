@@ -97,3 +97,30 @@ def test_the_token_reaches_every_backend(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="calibrate again"):
         export_bundle(ExportConfig(checkpoint=str(tmp_path / "ckpt"), e2cm=str(tmp_path / "e2cm-cls"),
                                    out=str(tmp_path / "b2"), fidelity_images=4))
+
+
+@pytest.mark.slow
+def test_a_distilled_deit_exports_to_tflite_and_jetson_onnx(tmp_path: Path) -> None:
+    """The two-token head and the mean-token agents through LiteRT (run here) and the Jetson bundle's fp16 ONNX."""
+    pytest.importorskip("litert_torch", reason="the tflite exporter needs litert-torch")
+    from edgeskip.bundle import Bundle
+    from edgeskip.exporters.export import export_bundle
+    from edgeskip.exporters.settings import ExportConfig
+    from edgeskip.runtimes import Runtime
+    from edgeskip.train.checkpoint import save_checkpoint
+
+    model, data = _model(), _images(8)
+    save_checkpoint(tmp_path / "ckpt", model, model_name="timm:deit_test", model_config=CFG, dataset="folder",
+                    normalization=NORM, classes=data.classes)
+    with torch.no_grad():
+        want = model(torch.from_numpy(preprocess(data.images, NORM)), sample=False)
+    for target, backend in (("tflite", "tflite"), ("jetson", "onnxruntime")):
+        out = tmp_path / target
+        export_bundle(ExportConfig(checkpoint=str(tmp_path / "ckpt"), target=target, out=str(out), fidelity_images=4))
+        fid = Bundle.open(out).manifest.fidelity
+        assert fid is not None and max(max(v.values()) for v in fid.formats.values()) < 1e-2  # fp16 included
+        with Runtime(out, backend=backend, policy="agent") as rt:
+            got = [rt(img) for img in data.images]
+        assert np.array_equal(np.concatenate([g.executed for g in got]), want.executed.numpy()), target
+        logits = np.concatenate([g.logits for g in got])
+        assert np.abs(logits - want.logits.numpy()).max() < 1e-4, target
