@@ -17,8 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CIFAR10_CLASSES", "DATASETS", "DatasetSplits", "ImageDataset", "load_cifar10", "load_dataset", "load_dataset_for",
-    "load_digits",
-    "load_image_folder",
+    "load_digits", "load_image_folder",
 ]
 
 DATASETS = ("cifar10", "digits", "folder")

@@ -21,13 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from edgeskip.config import to_dict
+from edgeskip.config import ViTConfig, to_dict
 from edgeskip.data import DatasetSplits, load_dataset
 from edgeskip.errors import CheckpointError, ConfigError, DataError, EdgeskipError
 from edgeskip.fsutil import atomic_write_json
-from edgeskip.config import ViTConfig
 from edgeskip.models.adapters import resolve_model, with_new_head
-from edgeskip.models.vit import ViT
+from edgeskip.models.vit import DropPath, ViT
 from edgeskip.normalization import get_normalization
 from edgeskip.progress import progress_bar
 from edgeskip.train.augment import build_augmentation
@@ -163,10 +162,14 @@ class Trainer:
         return dataclasses.replace(model.config, decision_token=self.cfg.decision_token)
 
     def _freeze_backbone(self) -> None:
-        """Only the agents and baselines learn (and a new head); every other weight stays as loaded."""
+        """Only the agents and baselines learn (and a new head); every other weight stays as loaded, and the
+        frozen layers drop no paths (stochastic depth regularises what learns)."""
         trainable = ("agents.", "baselines.") + (("head.fc",) if self.new_head else ())
         for name, p in self.model.named_parameters():
             p.requires_grad_(name.startswith(trainable))
+        for m in self.model.modules():
+            if isinstance(m, DropPath):
+                m.p = 0.0
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("backbone frozen: %d of %d parameters train", n, sum(p.numel() for p in self.model.parameters()))
 
