@@ -60,7 +60,24 @@ TIMM_UNSUPPORTED = {
     ".mlp.fc1_g.": "a gated MLP (SwiGLU)",
     "pre_logits.": "a pre-logits representation layer",
 }
-CHECKPOINT_KEYS = ("state_dict", "model", "module")  # what timm's training scripts wrap the weights in
+CHECKPOINT_KEYS = ("state_dict", "model", "module")
+# Model families that are not one stack of same-shape layers, by a piece of their class name: what is in the way.
+NOT_A_LAYER_STACK = {
+    "swin": "windowed attention with patch merging between stages", "pit": "pooling between blocks",
+    "levit": "a convolutional stem and attention downsampling between stages", "convnext": "no attention layers",
+    "dynamicvit": "token pruning", "evit": "token pruning", "tnt": "nested inner transformers",
+    "crossvit": "two branches of different patch sizes", "mobilevit": "convolutions between transformer blocks",
+    "efficientformer": "pooling token mixers", "beit": "relative position bias in every layer",
+    "cait": "class-attention layers after the blocks",
+    "xcit": "cross-covariance attention with a convolutional stem",
+}
+
+
+def _not_supported(cls: str, what: str) -> AdapterError:
+    """The one error for a model class that is not supported, naming what is in the way where it is known."""
+    why = next((v for k, v in NOT_A_LAYER_STACK.items() if k in cls.lower()), None)
+    return AdapterError(f"{cls} is not supported" + (f" ({why})" if why else "") + f": edgeskip adapts {what}, "
+                        "one stack of same-shape layers it can run, skip and export one at a time")  # what timm's training scripts wrap the weights in
 
 
 class AdapterError(ConfigError):
@@ -105,9 +122,7 @@ def from_timm(model_or_name: Any, *, weights: str | Path | None = None, heads: i
     if original is not None:
         cls = type(original).__name__
         if cls not in ("VisionTransformer", "VisionTransformerDistilled"):
-            raise AdapterError(f"timm {cls} is not supported: edgeskip adapts timm's VisionTransformer (vit_*, "
-                               "deit_*) and VisionTransformerDistilled; conv stems, pooling between blocks, token "
-                               "pruning and windowed attention (Swin, PiT, LeViT, ...) have no single-layer seams")
+            raise _not_supported(f"timm {cls}", "timm's VisionTransformer (vit_*, deit_*) and VisionTransformerDistilled")
         _check_timm_object(original, cls)
         heads = heads or int(original.blocks[0].attn.num_heads)
     cfg = _timm_config(state, name, heads)
@@ -270,7 +285,7 @@ def from_hf(model_or_path: Any, *, normalization: Normalization | None = None) -
     hf, folder = _hf_load(model_or_path)
     name = type(hf).__name__
     if name not in HF_CLASSES:
-        raise AdapterError(f"{name} is not supported: edgeskip adapts transformers' {', '.join(HF_CLASSES)}")
+        raise _not_supported(name, f"transformers' {', '.join(HF_CLASSES)}")
     c = hf.config
     if c.hidden_act != "gelu":
         raise AdapterError(f"{name}: activation {c.hidden_act!r} is not supported (edgeskip's blocks use exact GELU)")

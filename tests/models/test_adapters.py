@@ -71,6 +71,10 @@ def test_what_does_not_map_is_one_clear_error(tmp_path: Path) -> None:
         from_hf(tmp_path)
     with pytest.raises(AdapterError, match="is not supported"):
         from_hf(torch.nn.Linear(2, 2))
+    swin = transformers.SwinForImageClassification(transformers.SwinConfig(
+        embed_dim=16, depths=[1, 1], num_heads=[1, 2], image_size=32, patch_size=4, window_size=4))
+    with pytest.raises(AdapterError, match=r"SwinForImageClassification is not supported \(windowed attention"):
+        from_hf(swin)
     with pytest.raises(AdapterError, match="names no pretrained model"):
         resolve_model("vit9")
 
