@@ -60,7 +60,7 @@ TIMM_UNSUPPORTED = {
     ".mlp.fc1_g.": "a gated MLP (SwiGLU)",
     "pre_logits.": "a pre-logits representation layer",
 }
-CHECKPOINT_KEYS = ("state_dict", "model", "module")
+CHECKPOINT_KEYS = ("state_dict", "model", "module")  # what timm's training scripts wrap the weights in
 # Model families that are not one stack of same-shape layers, by a piece of their class name: what is in the way.
 NOT_A_LAYER_STACK = {
     "swin": "windowed attention with patch merging between stages", "pit": "pooling between blocks",
@@ -73,15 +73,15 @@ NOT_A_LAYER_STACK = {
 }
 
 
+class AdapterError(ConfigError):
+    """A model that does not map onto edgeskip's ViT, or weights or a folder that hold no such model."""
+
+
 def _not_supported(cls: str, what: str) -> AdapterError:
     """The one error for a model class that is not supported, naming what is in the way where it is known."""
     why = next((v for k, v in NOT_A_LAYER_STACK.items() if k in cls.lower()), None)
     return AdapterError(f"{cls} is not supported" + (f" ({why})" if why else "") + f": edgeskip adapts {what}, "
-                        "one stack of same-shape layers it can run, skip and export one at a time")  # what timm's training scripts wrap the weights in
-
-
-class AdapterError(ConfigError):
-    """A model that does not map onto edgeskip's ViT, or weights or a folder that hold no such model."""
+                        "one stack of same-shape layers it can run, skip and export one at a time")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,96 @@
+"""Decoding an image folder on this machine: one process against worker processes, and the memory-mapped cache.
+
+Writes ``--images`` CIFAR-10 training images upsampled to ``--file-size`` JPEGs (a stand-in for camera images),
+then loads the folder at ``--size`` three ways, each in a fresh process (so one's page cache and memory do not
+help the next more than a user's second run would): decoded by one process, by ``--workers`` processes, and read
+back from the cache the first load wrote. Reports seconds, images/s and peak resident memory, with the spread of
+``--repeats`` runs. The folder loader starts workers from 2,048 images (``PARALLEL_FROM``); this measures whether
+that pays on this machine.
+
+    python benchmarks/folder_bench.py --data ../shared/data/cifar10-images.tar.gz [--images 4096] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+LOAD = """
+import json, resource, sys, time
+import edgeskip.data.folder as folder
+folder.PARALLEL_FROM = 1
+start = time.perf_counter()
+splits = folder.load_image_folder(sys.argv[1], int(sys.argv[2]), workers=int(sys.argv[3]),
+                                  use_cache=sys.argv[4] == "cache", cache_dir=sys.argv[5])
+n = len(splits.train) + len(splits.test)
+int(splits.train.images[::97].sum())  # touch the data (a memory-mapped load reads it lazily)
+print(json.dumps({"seconds": time.perf_counter() - start, "images": n,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def write_folder(archive: Path, root: Path, count: int, size: int) -> None:
+    from PIL import Image
+
+    per_class: dict[str, int] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3 or parts[-3] != "train":
+                continue
+            n = per_class.get(parts[-2], 0)
+            if n >= count // 10:  # the ten classes alike
+                continue
+            img = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")  # type: ignore[union-attr]
+            out = root / ("test" if n % 5 == 0 else "train") / parts[-2] / Path(member.name).name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            img.resize((size, size), Image.BICUBIC).save(out, quality=90)
+            per_class[parts[-2]] = n + 1
+
+
+def load(folder: Path, size: int, workers: int, mode: str, cache: Path) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(folder), str(size), str(workers), mode, str(cache)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="the CIFAR-10 image-folder .tar.gz")
+    p.add_argument("--images", type=int, default=4096, help="images in the folder")
+    p.add_argument("--file-size", type=int, default=256, help="their size on disk")
+    p.add_argument("--size", type=int, default=224, help="the model's input size they are fitted to")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of the parallel load")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each way, interleaved")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args()
+    results: dict[str, list[dict[str, float]]] = {"one process": [], f"{args.workers} workers": [], "cache": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, cache = Path(tmp) / "images", Path(tmp) / "cache"
+        write_folder(Path(args.data), folder, args.images, args.file_size)
+        load(folder, args.size, args.workers, "cache", cache)  # writes the cache the "cache" rows read
+        for _ in range(args.repeats):
+            results["one process"].append(load(folder, args.size, 1, "memory", cache))
+            results[f"{args.workers} workers"].append(load(folder, args.size, args.workers, "memory", cache))
+            results["cache"].append(load(folder, args.size, 1, "cache", cache))
+    print(f"{args.images} JPEGs of {args.file_size}x{args.file_size} fitted to {args.size}x{args.size}, "
+          f"{args.repeats} interleaved runs each (median, min-max):")
+    for name, runs in results.items():
+        s = [r["seconds"] for r in runs]
+        rss = statistics.median(r["peak_rss_mib"] for r in runs)
+        print(f"  {name:<12} {statistics.median(s):7.2f} s ({min(s):.2f}-{max(s):.2f})  "
+              f"{args.images / statistics.median(s):7.0f} images/s  peak RSS {rss:5.0f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
