@@ -153,7 +153,8 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
 
     start = time.perf_counter()
     cfg = cfg.resolved()
-    if cfg.model is None:  # the checkpoint knows its model
+    if cfg.model is None:  # the checkpoint knows its model (ExportConfig: no model without one)
+        assert cfg.checkpoint is not None
         cfg = dataclasses.replace(cfg, model=load_checkpoint(cfg.checkpoint).model_name)
     out = Path(cfg.out_dir)
     if out.exists() and not cfg.force:

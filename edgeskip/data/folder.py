@@ -95,9 +95,13 @@ def load_image_folder(root: str | Path, image_size: int, *, channels: int = 3, t
             return DatasetSplits(path.name, cached["train"], cached["test"])
     with progress_bar(total=total, desc=f"decoding {path.name}", unit="img", enabled=progress, leave=False) as bar:
         splits = {s: ImageDataset(*_decode_split(files[s], classes, image_size, channels, bar, workers,
-                                                 functools.partial(np.empty, dtype=np.uint8)), classes)
+                                                 _in_memory), classes)
                   for s in ("train", "test")}
     return DatasetSplits(path.name, splits["train"], splits["test"])
+
+
+def _in_memory(shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
+    return np.empty(shape, np.uint8)
 
 
 def usable_cpus() -> int:

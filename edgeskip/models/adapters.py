@@ -389,7 +389,7 @@ def to_hf(model: ViT, classes: tuple[str, ...] | None = None) -> Any:
     if cfg.layer_scale:
         raise AdapterError("a model with LayerScale has no Hugging Face ViT / DeiT equivalent")
     labels = {i: c for i, c in enumerate(classes or (str(i) for i in range(cfg.num_classes)))}
-    kw = dict(hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
+    kw: dict[str, Any] = dict(hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
               intermediate_size=cfg.mlp_hidden, image_size=cfg.image_size, patch_size=cfg.patch_size,
               num_channels=cfg.in_channels, num_labels=cfg.num_classes, layer_norm_eps=cfg.layer_norm_eps,
               hidden_act="gelu", id2label=labels, label2id={c: i for i, c in labels.items()})

@@ -34,8 +34,8 @@ class TrainConfig:
     model: str = field(default="vit9", metadata=_opt(
         "registered model name (edgeskip models lists them), or your pretrained model: timm:NAME with --weights "
         "FILE, or hf:FOLDER (a Hugging Face save_pretrained folder)"))
-    dataset: str | None = field(default=None, metadata=_opt(
-        "dataset (default: folder for a pretrained model, else cifar10)", choices=DATASETS))
+    dataset: str = field(default="auto", metadata=_opt(
+        "dataset; auto: folder for a pretrained model, else cifar10", choices=("auto", *DATASETS)))
     data: str | None = field(default=None, metadata=_opt(
         "the dataset's copy: a CIFAR-10 folder or .tar.gz, or an image folder (train/<class>/*, test/ or val/)"))
     weights: str | None = field(default=None, metadata=_opt(
@@ -86,7 +86,7 @@ class TrainConfig:
     progress: bool = field(default=True, metadata=_opt("show a progress bar"))
 
     def __post_init__(self) -> None:
-        if self.dataset is None:  # frozen: the resolved default is stored once, here
+        if self.dataset == "auto":  # frozen: the resolved default is stored once, here
             object.__setattr__(self, "dataset", "folder" if is_pretrained(self.model) else "cifar10")
         if not is_pretrained(self.model) and self.model not in MODEL_CONFIGS:
             MODEL_CONFIGS.get(self.model)  # raises UnknownNameError listing the models

@@ -81,7 +81,7 @@ class Trainer:
             else None
         size, channels = self._input_shape()
         if data is None:
-            data = load_dataset(cfg.dataset, cfg.data, image_size=size, channels=channels,  # type: ignore[arg-type]
+            data = load_dataset(cfg.dataset, cfg.data, image_size=size, channels=channels,
                                 limit_per_class=cfg.limit_per_class, progress=cfg.progress)
         elif size is not None:
             data = DatasetSplits(data.name, data.train.fitted(size), data.test.fitted(size))
@@ -95,7 +95,7 @@ class Trainer:
             self.norm = self.pretrained.normalization
             self.model_cfg = self._pretrained_config(data.train.classes)
         else:
-            self.norm = get_normalization(cfg.dataset, c)  # type: ignore[arg-type]
+            self.norm = get_normalization(cfg.dataset, c)
             self.model_cfg = model_config(cfg.model, image_size=h, in_channels=c, num_classes=len(data.train.classes),
                                           decision_token=cfg.decision_token)
         if c != self.norm.channels:
