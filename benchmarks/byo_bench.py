@@ -19,35 +19,17 @@ import json
 import logging
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from common import write_image_folder
+
+from edgeskip.data import load_cifar10
+
 log = logging.getLogger("byo_bench")
 
 SIZE = 224
-
-
-def write_folder(archive: Path, root: Path, per_class: int) -> Path:
-    """``per_class`` CIFAR-10 test images per class as ``train/`` and ``test/`` PNG folders (both the same images:
-    the export's fidelity check reads the test split; nothing is trained on them)."""
-    counts: dict[str, int] = {}
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 3 or parts[-3] != "test":
-                continue
-            cls = parts[-2]
-            if counts.get(cls, 0) >= per_class:
-                continue
-            data = tar.extractfile(member).read()  # type: ignore[union-attr]
-            for split in ("train", "test"):
-                out = root / split / cls / Path(member.name).name
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(data)
-            counts[cls] = counts.get(cls, 0) + 1
-    return root
 
 
 def checkpoint(kind: str, out: Path, classes: tuple[str, ...], weights: str | None) -> Path:
@@ -111,7 +93,8 @@ def main() -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        folder = write_folder(Path(args.data), root / "images", args.images)
+        test = load_cifar10(args.data, limit_per_class=args.images).test  # the export checks itself on test/
+        folder = write_image_folder({"train": test, "test": test}, root / "images", suffix=".png")
         classes = tuple(sorted(p.name for p in (folder / "train").iterdir()))
         for kind in ("timm",) if args.skip_hf else ("timm", "hf"):
             ckpt = checkpoint(kind, root, classes, args.weights)

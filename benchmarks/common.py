@@ -9,9 +9,26 @@ import numpy.typing as npt
 
 from edgeskip.data import DatasetSplits, ImageDataset, load_cifar10
 
-__all__ = ["DEFAULT_DATA", "benchmark_data"]
+__all__ = ["DEFAULT_DATA", "benchmark_data", "write_image_folder"]
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-images.tar.gz")
+
+
+def write_image_folder(splits: dict[str, ImageDataset], root: Path, size: int | None = None,
+                       suffix: str = ".jpg") -> Path:
+    """``splits`` as an image folder ``root/<split>/<class>/NNNN<suffix>``, each image resized to ``size`` x
+    ``size`` first (bicubic, as a camera's pictures would come); returns ``root``."""
+    from PIL import Image
+
+    for split, ds in splits.items():
+        for i, (img, label) in enumerate(zip(ds.images, ds.labels, strict=True)):
+            pic = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).convert("RGB")
+            if size is not None:
+                pic = pic.resize((size, size), Image.BICUBIC)
+            out = root / split / ds.classes[label] / f"{i:05d}{suffix}"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            pic.save(out, quality=90) if suffix == ".jpg" else pic.save(out)
+    return root
 
 
 def benchmark_data(

@@ -13,14 +13,16 @@ that pays on this machine.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
+
+from common import write_image_folder
+
+from edgeskip.data import load_cifar10
 
 LOAD = """
 import json, resource, sys, time
@@ -34,25 +36,6 @@ int(splits.train.images[::97].sum())  # touch the data (a memory-mapped load rea
 print(json.dumps({"seconds": time.perf_counter() - start, "images": n,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-
-
-def write_folder(archive: Path, root: Path, count: int, size: int) -> None:
-    from PIL import Image
-
-    per_class: dict[str, int] = {}
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 3 or parts[-3] != "train":
-                continue
-            n = per_class.get(parts[-2], 0)
-            if n >= count // 10:  # the ten classes alike
-                continue
-            img = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")  # type: ignore[union-attr]
-            out = root / ("test" if n % 5 == 0 else "train") / parts[-2] / Path(member.name).name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            img.resize((size, size), Image.BICUBIC).save(out, quality=90)
-            per_class[parts[-2]] = n + 1
 
 
 def load(folder: Path, size: int, workers: int, mode: str, cache: Path) -> dict[str, float]:
@@ -74,7 +57,9 @@ def main() -> int:
     results: dict[str, list[dict[str, float]]] = {"one process": [], f"{args.workers} workers": [], "cache": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder, cache = Path(tmp) / "images", Path(tmp) / "cache"
-        write_folder(Path(args.data), folder, args.images, args.file_size)
+        train = load_cifar10(args.data, limit_per_class=args.images // 10).train
+        first, rest = train.halves()  # any two parts: the loader decodes both splits alike
+        write_image_folder({"train": rest, "test": first}, folder, args.file_size)
         load(folder, args.size, args.workers, "cache", cache)  # writes the cache the "cache" rows read
         for _ in range(args.repeats):
             results["one process"].append(load(folder, args.size, 1, "memory", cache))

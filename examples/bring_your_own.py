@@ -23,12 +23,10 @@ What a user with a pretrained timm model and a folder of their own images does, 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -82,28 +80,11 @@ def write_folder(out: Path, cifar: str | None, classes: int, train: int, test: i
     return root
 
 
-def _cifar_images(archive: Path, classes: int, per_class: int) -> dict[str, list[np.ndarray]]:
-    from PIL import Image
+def _cifar_images(source: Path, classes: int, per_class: int) -> dict[str, list[np.ndarray]]:
+    from edgeskip.data import load_cifar10
 
-    out: dict[str, list[np.ndarray]] = {}
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 3 or parts[-3] != "train":
-                continue
-            cls = parts[-2]
-            if cls not in out and len(out) == classes:
-                continue
-            pool = out.setdefault(cls, [])
-            if len(pool) < per_class:
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                pool.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-            if len(out) == classes and all(len(v) == per_class for v in out.values()):
-                break
-    if len(out) < classes or any(len(v) < per_class for v in out.values()):
-        raise SystemExit(f"{archive}: not {classes} classes of {per_class} training images (a CIFAR-10 image-folder "
-                         "archive is expected)")
-    return out
+    train = load_cifar10(source, limit_per_class=per_class).train
+    return {train.classes[c]: list(train.images[train.labels == c]) for c in range(classes)}
 
 
 def _digit_images(classes: int, per_class: int) -> dict[str, list[np.ndarray]]:
@@ -152,7 +133,7 @@ def main() -> int:
     p.add_argument("--out", default="bring-your-own", help="working folder")
     p.add_argument("--weights", default=None, help="your timm state dict (default: write a random DeiT-tiny)")
     p.add_argument("--timm-name", default="deit_tiny_distilled_patch16_224", help="its timm model name")
-    p.add_argument("--cifar", default=None, help="a CIFAR-10 image-folder .tar.gz to take images from (else digits)")
+    p.add_argument("--cifar", default=None, help="a CIFAR-10 copy to take images from (else the digits)")
     p.add_argument("--classes", type=int, default=4, help="classes in the image folder")
     p.add_argument("--train-images", type=int, default=120, help="training images per class")
     p.add_argument("--test-images", type=int, default=40, help="test images per class")
