@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import write_image_folder
+from common import edgeskip, write_image_folder
 
 from edgeskip.data import load_cifar10
 
@@ -70,15 +69,6 @@ def checkpoint(kind: str, out: Path, classes: tuple[str, ...], weights: str | No
     return path
 
 
-def edgeskip(*args: str) -> str:
-    log.info("$ edgeskip %s", " ".join(args))
-    proc = subprocess.run([sys.executable, "-m", "edgeskip", *args, "--no-progress"], capture_output=True, text=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"edgeskip {args[0]} failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="CIFAR-10 image-folder .tar.gz (the fidelity and workload images)")
@@ -99,6 +89,7 @@ def main() -> int:
         for kind in ("timm",) if args.skip_hf else ("timm", "hf"):
             ckpt = checkpoint(kind, root, classes, args.weights)
             bundle = root / f"{kind}-bundle"
+            log.info("$ edgeskip export %s", ckpt)
             print(edgeskip("export", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(bundle),
                            "--fidelity-images", str(len(classes) * args.images)).rstrip())
             from edgeskip.bundle import Bundle
@@ -111,6 +102,7 @@ def main() -> int:
                                                   "gate_max_logit_error": fid.gate.max_abs_logit_error}}
             if kind == "timm":
                 report_file = root / "bench.json"
+                log.info("$ edgeskip bench %s", bundle)
                 table = edgeskip("bench", str(bundle), "--data", str(folder), "--images", str(len(classes) * 4),
                                  "--batch", str(args.batch), "--batch-images", str(4 * args.batch), "--rounds",
                                  str(args.rounds), "--workload-rounds", "5", "--no-torch", "--json", str(report_file))

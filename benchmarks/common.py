@@ -9,9 +9,22 @@ import numpy.typing as npt
 
 from edgeskip.data import DatasetSplits, ImageDataset, load_cifar10
 
-__all__ = ["DEFAULT_DATA", "benchmark_data", "write_image_folder"]
+__all__ = ["DEFAULT_DATA", "benchmark_data", "edgeskip", "write_image_folder"]
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-images.tar.gz")
+
+
+def edgeskip(*args: str) -> str:
+    """``edgeskip ARGS`` in a fresh process, as a user types it (no progress bars); its standard output, or exit
+    with its error."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "edgeskip", *args, "--no-progress"], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"edgeskip {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
 
 
 def write_image_folder(splits: dict[str, ImageDataset], root: Path, size: int | None = None,

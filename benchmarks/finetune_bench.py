@@ -21,12 +21,13 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import edgeskip
 
 log = logging.getLogger("finetune_bench")
 
@@ -66,13 +67,11 @@ def static_accuracy(folder: Path, images: Path) -> float:
 
 def train(folder: Path, images: Path, run: Path, epochs: int, freeze: bool, penalty: float) -> dict[str, Any]:
     args = ["train", "--model", f"hf:{folder}", "--data", str(images), "--agents", "--epochs", str(epochs),
-            "--depth-penalty", f"{penalty:g}", "--augment", "basic", "--out", str(run), "--no-progress",
+            "--depth-penalty", f"{penalty:g}", "--augment", "basic", "--out", str(run),
             *(["--freeze-backbone"] if freeze else ["--lr", "3e-4", "--warmup-epochs", "0.2"])]
     log.info("$ edgeskip %s", " ".join(args))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "edgeskip", *args], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
+    edgeskip(*args)
     history = json.loads((run / "history.json").read_text())
     best = max(history, key=lambda h: (h["test_accuracy"], h["epoch"]))
     return {"command": "edgeskip " + " ".join(args), "seconds": time.perf_counter() - start,
