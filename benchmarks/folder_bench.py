@@ -1,10 +1,10 @@
-"""Decoding an image folder on this machine: one process against worker processes, and the memory-mapped cache.
+"""Decoding an image folder on this machine: one thread against several, and the memory-mapped cache.
 
 Writes ``--images`` CIFAR-10 training images upsampled to ``--file-size`` JPEGs (a stand-in for camera images),
 then loads the folder at ``--size`` three ways, each in a fresh process (so one's page cache and memory do not
-help the next more than a user's second run would): decoded by one process, by ``--workers`` processes, and read
-back from the cache the first load wrote. Reports seconds, images/s and peak resident memory, with the spread of
-``--repeats`` runs. The folder loader starts workers from 2,048 images (``PARALLEL_FROM``); this measures whether
+help the next more than a user's second run would): decoded by one process, by ``--workers`` threads, and read
+back from the cache the first load wrote (by one thread, by `--workers` threads). Reports seconds, images/s and peak resident memory, with the spread of
+``--repeats`` runs. The folder loader starts threads from 2,048 images (``PARALLEL_FROM``); this measures whether
 that pays on this machine.
 
     python benchmarks/folder_bench.py --data ../shared/data/cifar10-images.tar.gz [--images 4096] [--json out.json]
@@ -50,7 +50,7 @@ def main() -> int:
     p.add_argument("--images", type=int, default=4096, help="images in the folder")
     p.add_argument("--file-size", type=int, default=256, help="their size on disk")
     p.add_argument("--size", type=int, default=224, help="the model's input size they are fitted to")
-    p.add_argument("--workers", type=int, default=2, help="worker processes of the parallel load")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads of the parallel load")
     p.add_argument("--repeats", type=int, default=3, help="runs of each way, interleaved")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()

@@ -11,7 +11,7 @@ grey for a one-channel model), and fitted to ``image_size`` with the runtime's o
 (:func:`edgeskip.imaging.fit_image`: the shorter side resized as PIL does, then the centre cropped),
 so an application that hands the runtime its original images gets what training saw. Classes are the
 training folders' names in sorted order. Decoded arrays are cached like CIFAR-10's, keyed by the folder's
-contents, the size and the split: decoded straight into the cache's memory-mapped files (by several processes
+contents, the size and the split: decoded straight into the cache's memory-mapped files (by several threads
 for a large folder) and read back from them, so a folder larger than memory loads and trains.
 """
 
@@ -21,7 +21,6 @@ import concurrent.futures
 import functools
 import io
 import logging
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,7 +41,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CHUNK = 64  # images one decoding job fits and returns
-PARALLEL_FROM = 2048  # images from which worker processes pay for their start (measured: see docs/measurements.md)
+PARALLEL_FROM = 2048  # images from which decoding threads are used (measured: see docs/measurements.md)
 TEST_FOLDERS = ("test", "val")
 
 
@@ -52,7 +51,7 @@ def load_image_folder(root: str | Path, image_size: int, *, channels: int = 3, t
     """The train and test splits of the image folder ``root`` (see the module docstring), every image fitted to
     ``image_size`` x ``image_size`` with ``channels`` (3 or 1) channels, as uint8 arrays. With the cache (the
     default) the images are decoded straight into its memory-mapped files and read back from them, so a folder
-    larger than memory loads; ``workers`` processes decode (default: one per usable CPU)."""
+    larger than memory loads; ``workers`` threads decode (default: one per usable CPU)."""
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"image folder {path} not found: pass a folder with one sub-folder per class "
@@ -180,13 +179,14 @@ def _decode_split(files: dict[str, list[Path]], classes: tuple[str, ...], image_
                   bar: Any, workers: int, allocate: Callable[[tuple[int, ...]], npt.NDArray[np.uint8]],
                   ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """Decode one split into the array ``allocate(shape)`` returns (in memory, or a cache file), in chunks, by
-    ``workers`` processes where there are enough images to pay for them: (images, labels)."""
+    ``workers`` threads where there are enough images to pay for them: (images, labels)."""
     order = [(f, label) for label, cls in enumerate(classes) for f in files.get(cls, [])]
     images = allocate((len(order), image_size, image_size, channels))
     jobs = [([f for f, _ in order[i : i + CHUNK]], image_size, channels) for i in range(0, len(order), CHUNK)]
     if workers > 1 and len(order) >= PARALLEL_FROM:
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)),
-                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+        # threads, not processes: PIL's decoders and the resize's matrix products release the GIL, and a
+        # process pool would re-import the caller's main module (a script without a main guard runs again)
+        with concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs))) as pool:
             decoded: Iterator[npt.NDArray[np.uint8]] = pool.map(_decode_chunk, jobs)
             _fill(images, decoded, bar)
     else:

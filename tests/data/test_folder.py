@@ -84,13 +84,13 @@ def test_bad_folders_are_one_clear_error(tmp_path: Path) -> None:
             load_image_folder(tmp_path / "broken", **kwargs)  # type: ignore[arg-type]
 
 
-def test_worker_processes_decode_the_same_images_into_a_memory_mapped_cache(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_threads_decode_the_same_images_into_a_memory_mapped_cache(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import edgeskip.data.folder as folder
 
     _write(tmp_path / "ds", 30, classes=3)
     one = load_image_folder(tmp_path / "ds", 16, workers=1, use_cache=False)
-    monkeypatch.setattr(folder, "PARALLEL_FROM", 1)  # workers for any size (the default starts at 2,048 images)
+    monkeypatch.setattr(folder, "PARALLEL_FROM", 1)  # threads for any size (the default starts at 2,048 images)
     monkeypatch.setattr(folder, "CHUNK", 7)
     two = load_image_folder(tmp_path / "ds", 16, workers=2, cache_dir=tmp_path / "cache")
     assert isinstance(two.train.images, np.memmap) and not two.train.images.flags.writeable  # read from the cache
