@@ -1,11 +1,10 @@
 """Decoding an image folder on this machine: one thread against several, and the memory-mapped cache.
 
 Writes ``--images`` CIFAR-10 training images upsampled to ``--file-size`` JPEGs (a stand-in for camera images),
-then loads the folder at ``--size`` three ways, each in a fresh process (so one's page cache and memory do not
-help the next more than a user's second run would): decoded by one process, by ``--workers`` threads, and read
-back from the cache the first load wrote (by one thread, by `--workers` threads). Reports seconds, images/s and peak resident memory, with the spread of
-``--repeats`` runs. The folder loader starts threads from 2,048 images (``PARALLEL_FROM``); this measures whether
-that pays on this machine.
+then loads the folder at ``--size`` three ways, each in a fresh process (so one's memory does not help the next):
+decoded by one thread, by ``--workers`` threads, and read back from the cache the first load wrote. Reports
+seconds, images/s and peak resident memory, with the spread of ``--repeats`` interleaved runs. The folder loader
+uses threads from 2,048 images (``PARALLEL_FROM``); this measures whether that pays on this machine.
 
     python benchmarks/folder_bench.py --data ../shared/data/cifar10-images.tar.gz [--images 4096] [--json out.json]
 """
@@ -54,7 +53,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs of each way, interleaved")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
-    results: dict[str, list[dict[str, float]]] = {"one process": [], f"{args.workers} workers": [], "cache": []}
+    results: dict[str, list[dict[str, float]]] = {"one thread": [], f"{args.workers} threads": [], "cache": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder, cache = Path(tmp) / "images", Path(tmp) / "cache"
         train = load_cifar10(args.data, limit_per_class=args.images // 10).train
@@ -62,8 +61,8 @@ def main() -> int:
         write_image_folder({"train": rest, "test": first}, folder, args.file_size)
         load(folder, args.size, args.workers, "cache", cache)  # writes the cache the "cache" rows read
         for _ in range(args.repeats):
-            results["one process"].append(load(folder, args.size, 1, "memory", cache))
-            results[f"{args.workers} workers"].append(load(folder, args.size, args.workers, "memory", cache))
+            results["one thread"].append(load(folder, args.size, 1, "memory", cache))
+            results[f"{args.workers} threads"].append(load(folder, args.size, args.workers, "memory", cache))
             results["cache"].append(load(folder, args.size, 1, "cache", cache))
     print(f"{args.images} JPEGs of {args.file_size}x{args.file_size} fitted to {args.size}x{args.size}, "
           f"{args.repeats} interleaved runs each (median, min-max):")

@@ -183,15 +183,27 @@ def _decode_split(files: dict[str, list[Path]], classes: tuple[str, ...], image_
     order = [(f, label) for label, cls in enumerate(classes) for f in files.get(cls, [])]
     images = allocate((len(order), image_size, image_size, channels))
     jobs = [([f for f, _ in order[i : i + CHUNK]], image_size, channels) for i in range(0, len(order), CHUNK)]
-    if workers > 1 and len(order) >= PARALLEL_FROM:
+    one_blas_thread = _one_blas_thread() if workers > 1 and len(order) >= PARALLEL_FROM else None
+    if one_blas_thread is not None:
         # threads, not processes: PIL's decoders and the resize's matrix products release the GIL, and a
-        # process pool would re-import the caller's main module (a script without a main guard runs again)
-        with concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs))) as pool:
+        # process pool would re-import the caller's main module (a script without a main guard runs again).
+        # BLAS on one thread meanwhile: its own threads and ours on the same cores ran slower than one of ours.
+        with one_blas_thread, concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs))) as pool:
             decoded: Iterator[npt.NDArray[np.uint8]] = pool.map(_decode_chunk, jobs)
             _fill(images, decoded, bar)
     else:
         _fill(images, map(_decode_chunk, jobs), bar)
     return images, np.asarray([label for _, label in order], np.int64)
+
+
+def _one_blas_thread() -> Any:
+    """A context limiting BLAS to one thread (threadpoolctl, installed with scikit-learn), or None without it:
+    then one decoding thread, whose resize BLAS parallelises."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _fill(images: npt.NDArray[np.uint8], chunks: Iterator[npt.NDArray[np.uint8]], bar: Any) -> None:
