@@ -174,6 +174,12 @@ class Trainer:
         log.info("backbone frozen: %d of %d parameters train", n, sum(p.numel() for p in self.model.parameters()))
 
     @property
+    def model_name(self) -> str:
+        """What the checkpoint calls the model: the registered name, or a pretrained model's own (``hf:my-vit``,
+        ``timm:deit_tiny_patch16_224``: not the folder's whole path)."""
+        return self.pretrained.name if self.pretrained is not None else self.cfg.model
+
+    @property
     def precision(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
@@ -332,7 +338,7 @@ class Trainer:
         if target.exists():  # left by a run that died after saving but before moving the pointer
             shutil.rmtree(target)
         save_checkpoint(
-            target, self.model, model_name=self.cfg.model, model_config=self.model_cfg,
+            target, self.model, model_name=self.model_name, model_config=self.model_cfg,
             dataset=self.cfg.dataset, normalization=self.norm, classes=self.data.train.classes,
             train_config=train_config, metrics=metrics, epoch=epoch, optimizer=self.optimizer, step=self.step,
         )

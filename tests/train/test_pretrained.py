@@ -123,3 +123,23 @@ def test_bad_input_on_the_command_line_is_one_line(tmp_path: Path, capsys: pytes
         assert main([*args, "--no-progress"]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
+
+
+def test_a_hugging_face_folder_trains_with_its_classes_and_normalisation(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    transformers = pytest.importorskip("transformers", reason="a Hugging Face model needs transformers")
+    folder = _folder(tmp_path / "parts")
+    labels = {0: "part_0", 1: "part_1", 2: "part_2"}
+    torch.manual_seed(0)
+    hf = transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=4,
+        num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()}))
+    hf.save_pretrained(tmp_path / "my-vit")
+    caplog.set_level("INFO", logger="edgeskip")
+    result = train(TrainConfig(model=f"hf:{tmp_path / 'my-vit'}", data=str(folder), agents=True, epochs=1,
+                               batch_size=8, out=str(tmp_path / "run"), progress=False, augment="none"))
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.model_name == "hf:my-vit" and ckpt.normalization.mean == (0.5, 0.5, 0.5)  # not the folder's path
+    # the folder's classes are the model's own names: its head is kept, not replaced
+    assert ckpt.classes == ("part_0", "part_1", "part_2") and "new 3-class head" not in caplog.text
+    assert "starting from transformers ViTForImageClassification" in caplog.text
