@@ -258,3 +258,16 @@ def test_an_adapted_model_exports_and_runs_torch_free(tmp_path: Path, cls: str) 
         want = hf(pixel_values=torch.from_numpy(preprocess(images, adapted.normalization))).logits.numpy()
     out = rt(images)
     assert np.abs(out.logits - want).max() <= 1e-4 and out.class_names == [adapted.classes[i] for i in want.argmax(1)]
+
+
+class _Explodes:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
+
+
+def test_a_malicious_pth_never_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.save({"state_dict": {"cls_token": torch.zeros(1, 1, 4)}, "payload": _Explodes()}, tmp_path / "evil.pth")
+    with pytest.raises(AdapterError, match="not a readable weights file"):
+        load_state_file(tmp_path / "evil.pth")
+    assert not (tmp_path / "PWNED").exists()
