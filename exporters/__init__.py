@@ -12,6 +12,7 @@ A missing SDK raises :class:`~edgeskip.errors.BackendUnavailableError` naming wh
 name        writes                                                     needs
 =========== ========================================================== =======================
 onnx-fp16   fp16 copies of the stage ONNX files (TensorRT >= 11)       onnx, torch
+onnx-int8   static INT8 (QDQ) copies, calibrated (onnxruntime)         onnxruntime, torch
 tflite      per-stage .tflite, fp32 and fp16 weights (LiteRT, XNNPACK) litert-torch (``tflite``)
 tensorrt    the engine build script and its checked ONNX inputs        onnx (engines: on the device)
 =========== ========================================================== =======================
@@ -43,6 +44,12 @@ def _onnx_fp16() -> FormatExporter:
     return OnnxFp16Exporter()
 
 
+def _onnx_int8() -> FormatExporter:
+    from edgeskip.exporters.int8 import OnnxInt8Exporter
+
+    return OnnxInt8Exporter()
+
+
 def _tflite() -> FormatExporter:
     from edgeskip.exporters.tflite import TFLiteExporter
 
@@ -56,5 +63,6 @@ def _tensorrt() -> FormatExporter:
 
 
 register_exporter("onnx-fp16", _onnx_fp16)
+register_exporter("onnx-int8", _onnx_int8)
 register_exporter("tflite", _tflite)
 register_exporter("tensorrt", _tensorrt)

@@ -147,6 +147,21 @@ def _fidelity_images(cfg: ExportConfig, src: _Source) -> tuple[torch.Tensor, str
     return torch.from_numpy(preprocess(images, src.normalization)), what
 
 
+def _calibration_inputs(cfg: ExportConfig, src: _Source) -> dict[str, torch.Tensor]:
+    """Every stage's input on ``cfg.calibration_images`` training images (a seeded subset, evenly per class),
+    as the float chain computes it: what INT8 activation ranges are calibrated on."""
+    if cfg.data is None and src.dataset != "digits":
+        raise ConfigError(f"--int8 calibrates on training images: pass --data with the {src.dataset} copy")
+    train = load_dataset_for(src.dataset, cfg.data, src.model.config, src.classes).train
+    rng = np.random.default_rng(cfg.seed)
+    per_class = -(-cfg.calibration_images // len(src.classes))
+    chosen = np.concatenate([rng.permutation(np.flatnonzero(train.labels == k))[:per_class]
+                             for k in range(len(src.classes))])[: cfg.calibration_images]
+    images = torch.from_numpy(preprocess(train.images[np.sort(chosen)], src.normalization))
+    with torch.no_grad():
+        return stage_inputs(src.model, images)
+
+
 def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
     """Export ``cfg.model`` for ``cfg.target`` into ``cfg.out_dir``; returns the verified bundle."""
     import time
@@ -202,7 +217,8 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
             raise ExportError(f"the gate graph disagrees with PyTorch: {gate_fidelity}")
         bar.update()
 
-        job = FormatJob(cfg, tmp, stages, inputs, files, bar.update)
+        calibration = _calibration_inputs(cfg, src) if cfg.int8 and cfg.int8_mode == "static" else None
+        job = FormatJob(cfg, tmp, stages, inputs, files, bar.update, calibration)
         results = [f(job) for f in formats]  # in the target's order (tensorrt after onnx-fp16)
         if agent_params is not None:
             np.savez(tmp / "agents.npz", weights=agent_params[0], biases=agent_params[1])

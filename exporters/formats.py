@@ -45,6 +45,7 @@ class FormatJob:
     inputs: dict[str, torch.Tensor]  # each stage's real input on the fidelity images
     files: dict[str, dict[str, str]]
     step: Callable[[], Any]  # one progress step per file written
+    calibration: dict[str, torch.Tensor] | None = None  # each stage's input on calibration images (INT8)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,10 @@ TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+INT8_TARGETS = ("cpu", "onnx")
+INT8_MODES = ("dynamic", "static")
+
+
 def _h(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
 
@@ -52,6 +56,15 @@ class ExportConfig:
     data: str | None = field(default=None, metadata=_h(
         "dataset copy for the fidelity check on real test images (digits need none; without it: random images)"))
     fidelity_images: int = field(default=32, metadata=_h("test images the export checks itself on"))
+    int8: bool = field(default=False, metadata=_h(
+        "also write every stage statically quantized to INT8 (onnxruntime QDQ; the cpu and onnx targets), "
+        "calibrated on --data's training images; the Runtime then runs them by default"))
+    int8_mode: str = field(default="dynamic", metadata=_h(
+        "--int8: dynamic (activations quantized per call; measured faster here) or static (QDQ, activation ranges "
+        "calibrated on training images: what TensorRT's explicit quantization reads)", choices=INT8_MODES))
+    calibration_images: int = field(default=256, metadata=_h(
+        "--int8-mode static: training images (a seeded subset, evenly per class) the activation ranges are "
+        "calibrated on"))
     batch_sizes: str = field(default="1", metadata=_h("jetson: static batch sizes of the engine profiles, e.g. 1,8"))
     seed: int = field(default=0, metadata=_h("seed of the random initialisation when no checkpoint is given"))
     force: bool = field(default=False, metadata=_h("replace an existing bundle at --out (atomically)"))
@@ -61,6 +74,13 @@ class ExportConfig:
             raise ConfigError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
         if self.fidelity_images < 1:
             raise ConfigError(f"fidelity_images must be >= 1, got {self.fidelity_images}")
+        if self.calibration_images < 1:
+            raise ConfigError(f"calibration_images must be >= 1, got {self.calibration_images}")
+        if self.int8_mode not in INT8_MODES:
+            raise ConfigError(f"int8_mode must be one of {', '.join(INT8_MODES)}, got {self.int8_mode!r}")
+        if self.int8 and self.target not in INT8_TARGETS:
+            raise ConfigError(f"--int8 is for the {' and '.join(INT8_TARGETS)} targets (onnxruntime) so far; "
+                              f"{self.target} INT8 is not built yet")
         parse_batch_sizes(self.batch_sizes)
         if self.pretrained is not None and self.checkpoint is not None:
             raise ConfigError("give --pretrained DATASET or --checkpoint PATH, not both")
@@ -79,12 +99,13 @@ class ExportConfig:
 
     @property
     def precision(self) -> str:
-        return TARGETS[self.target][0]
+        """What the bundle runs by default: ``int8`` with --int8, else the target's precision."""
+        return "int8" if self.int8 else TARGETS[self.target][0]
 
     @property
     def exporters(self) -> tuple[str, ...]:
         """The registered format exporters this target runs after the ONNX stages (edgeskip.exporters)."""
-        return TARGETS[self.target][1]
+        return TARGETS[self.target][1] + (("onnx-int8",) if self.int8 else ())
 
     @property
     def out_dir(self) -> str:

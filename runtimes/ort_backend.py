@@ -248,6 +248,9 @@ class SessionRunner:
             raise BackendError(f"onnxruntime failed on input of shape {x.shape}: {exc}") from None
 
 
+FORMATS = {"onnx": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8"}  # a bundle's ONNX stage formats: precision
+
+
 class OnnxRuntimeBackend(Backend):
     """Per-stage onnxruntime sessions (CPU by default; ``providers`` for others)."""
 
@@ -259,9 +262,10 @@ class OnnxRuntimeBackend(Backend):
         check_options(self.name, options, self.OPTIONS)
         self.threads, self.thread_pool, self.providers = _session_settings(options)
         self._static: SessionRunner | None = None
-        self.format = options.get("format", "onnx")
-        if self.format not in ("onnx", "onnx-fp16"):
-            raise ConfigError(f"format must be 'onnx' or 'onnx-fp16', got {self.format!r}")
+        # an INT8 bundle runs its INT8 stages unless told otherwise
+        self.format = options.get("format", "onnx-int8" if bundle.manifest.precision == "int8" else "onnx")
+        if self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {self.format!r}")
         self.dtype = np.float16 if self.format == "onnx-fp16" else np.float32
         ort = _ort()
         self.version = ort.__version__
@@ -318,7 +322,7 @@ class OnnxRuntimeBackend(Backend):
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "onnxruntime": self.version, "providers": list(self.active_providers),
-                "format": self.format, "precision": "fp16" if self.format == "onnx-fp16" else "fp32",
+                "format": self.format, "precision": FORMATS[self.format],
                 "thread_pool": self.pool, "threads": self.threads, "fuses": True,
                 "memory_arena": "process-wide" if shared_arena() else "per-session"}
 

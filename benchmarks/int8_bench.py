@@ -1,0 +1,117 @@
+"""INT8 against fp32 on one bundle exported with ``--int8``: accuracy, decisions and per-stage speed, torch-free.
+
+1. Every policy the bundle has (static, agent, e2cm, agent+e2cm) through ``edgeskip.Runtime`` on the test split
+   twice, with the fp32 stages (``format="onnx"``) and the INT8 ones (``format="onnx-int8"``): accuracy of each,
+   and how often INT8 changes an input's path (layers run, exit) or its label.
+2. Per-stage latency at batch 1, INT8 / fp32, the two sessions of each layer interleaved round by round on the
+   same real tokens; the repeat noise is the same ratio from the odd rounds against the even ones. The CPU's
+   VNNI support is recorded beside it.
+
+    edgeskip export --model vit9 --pretrained cifar10 --int8 --data DATA --out B
+    python benchmarks/int8_bench.py --bundle B --data ../shared/data/cifar10-images.tar.gz [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeskip.bundle import Bundle
+from edgeskip.data import load_dataset_for
+from edgeskip.runtimes import Runtime
+from edgeskip.runtimes.evaluate import available_policies
+from edgeskip.runtimes.inputs import prepare
+from edgeskip.runtimes.ort_backend import session
+
+
+def cpu_flags() -> list[str]:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted({f for f in flags.split() if "vnni" in f or f.startswith("amx")})
+
+
+def run_policies(bundle: Path, images: np.ndarray, labels: np.ndarray, batch: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for policy in [p for p in available_policies(Bundle.open(bundle)) if p != "default"]:
+        runs = {}
+        for fmt in ("onnx", "onnx-int8"):
+            with Runtime(bundle, policy=policy, format=fmt) as rt:
+                parts = [rt(images[i : i + batch]) for i in range(0, len(images), batch)]
+            runs[fmt] = (np.concatenate([p.labels for p in parts]), np.concatenate([p.executed for p in parts]),
+                         np.concatenate([p.exit_layer for p in parts]))
+        (l32, e32, x32), (l8, e8, x8) = runs["onnx"], runs["onnx-int8"]
+        out[policy] = {"fp32_accuracy": float((l32 == labels).mean()), "int8_accuracy": float((l8 == labels).mean()),
+                       "same_path": float(((e32 == e8).all(axis=1) & (x32 == x8)).mean()),
+                       "same_label": float((l32 == l8).mean()),
+                       "layers_fp32": float(e32.sum(1).mean()), "layers_int8": float(e8.sum(1).mean())}
+    return out
+
+
+def stage_speed(bundle: Path, images: np.ndarray, rounds: int, calls: int) -> dict[str, Any]:
+    b = Bundle.open(bundle)
+    m = b.manifest
+    with Runtime(bundle, policy="static", format="onnx") as rt:
+        tokens = rt.backend.run("embed", prepare(images[:1], rt.input_spec))  # type: ignore[union-attr]
+    result: dict[str, Any] = {}
+    for stage in [s for s in m.stages if s.kind == "layer"]:
+        sessions = {fmt: session(b.read_stage(stage.name, fmt), thread_pool="global", name=stage.name)[0]
+                    for fmt in ("onnx", "onnx-int8")}
+        feed = {sessions["onnx"].get_inputs()[0].name: tokens}
+        for s in sessions.values():
+            for _ in range(20):
+                s.run(None, feed)
+        times: dict[str, list[float]] = {"onnx": [], "onnx-int8": []}
+        for r in range(rounds):
+            for fmt in (("onnx", "onnx-int8") if r % 2 == 0 else ("onnx-int8", "onnx")):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    sessions[fmt].run(None, feed)
+                times[fmt].append((time.perf_counter() - start) / calls * 1e3)
+        ratios = [a / b for a, b in zip(times["onnx-int8"], times["onnx"], strict=True)]
+        result[stage.name] = {"fp32_ms": statistics.median(times["onnx"]), "int8_ms": statistics.median(times["onnx-int8"]),
+                              "ratio": statistics.median(ratios),
+                              "noise_odd_even": statistics.median(ratios[1::2]) / statistics.median(ratios[0::2])}
+        tokens = sessions["onnx"].run(None, feed)[0]
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", required=True, help="a bundle exported with --int8")
+    p.add_argument("--data", required=True, help="its dataset's copy (the test split)")
+    p.add_argument("--images", type=int, default=10_000, help="test images")
+    p.add_argument("--batch", type=int, default=256, help="images per Runtime call for the accuracies")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds per layer")
+    p.add_argument("--calls", type=int, default=50, help="calls per round")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args()
+    m = Bundle.open(args.bundle).manifest
+    test = load_dataset_for(m.dataset, args.data, m.config, m.classes).test
+    images, labels = test.images[: args.images], test.labels[: args.images]
+    report = {"cpu_flags": cpu_flags(), "images": len(images), "policies": run_policies(Path(args.bundle), images,
+                                                                                         labels, args.batch),
+              "stages": stage_speed(Path(args.bundle), images, args.rounds, args.calls)}
+    print(f"{m.model_name} on {len(images)} {m.dataset} test images; CPU flags: {', '.join(report['cpu_flags']) or '-'}")
+    print(f"{'policy':<12}{'fp32 acc':>10}{'int8 acc':>10}{'same path':>11}{'same label':>12}{'layers fp32/int8':>19}")
+    for name, r in report["policies"].items():
+        print(f"{name:<12}{100 * r['fp32_accuracy']:>9.2f}%{100 * r['int8_accuracy']:>9.2f}%{100 * r['same_path']:>10.1f}%"
+              f"{100 * r['same_label']:>11.1f}%{r['layers_fp32']:>10.2f} / {r['layers_int8']:.2f}")
+    print("per layer at batch 1, int8 / fp32 (median of interleaved rounds; noise = odd / even rounds):")
+    for name, r in report["stages"].items():
+        print(f"  {name}: {r['int8_ms']:.3f} / {r['fp32_ms']:.3f} ms = {r['ratio']:.3f} (noise {r['noise_odd_even']:.3f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""INT8 stages (onnxruntime: dynamic, or static QDQ calibrated on training images): checked, run by the Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeskip.bundle import Bundle
+from edgeskip.errors import ConfigError
+from edgeskip.exporters.export import export_bundle
+from edgeskip.exporters.formats import ExportError
+from edgeskip.exporters.settings import ExportConfig
+from edgeskip.runtimes import Runtime
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(digits_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "bundle"
+    export_bundle(ExportConfig(model="vit-digits", checkpoint=str(digits_agents["checkpoint"]),
+                               e2cm=str(digits_agents["e2cm"]), out=str(out), int8=True, calibration_images=200,
+                               fidelity_images=64))
+    return out
+
+
+def _layer_ops(bundle: Path) -> list[set[str]]:
+    m = Bundle.open(bundle).manifest
+    assert all(s.files["onnx-int8"] == s.files["onnx"] for s in m.stages if s.kind in ("embed", "head"))  # float
+    return [{n.op_type for n in onnx.load(str(bundle / s.files["onnx-int8"])).graph.node}
+            for s in m.stages if s.kind == "layer"]
+
+
+def test_layers_are_quantized_and_checked(int8_bundle: Path, digits_agents: dict[str, Path], tmp_path: Path) -> None:
+    m = Bundle.open(int8_bundle).manifest
+    assert m.precision == "int8" and m.formats["onnx-int8"].weights == "int8"
+    assert "dynamic" in (m.formats["onnx-int8"].use or "")
+    assert m.fidelity is not None and set(m.fidelity.formats["onnx-int8"]) == {s.name for s in m.stages
+                                                                                if s.kind != "agent"}
+    for ops in _layer_ops(int8_bundle):  # integer matrix products, norms and softmax in float
+        assert {"DynamicQuantizeLinear", "MatMulInteger", "LayerNormalization", "Softmax"} <= ops
+    static = tmp_path / "static"  # QDQ, ranges calibrated on training images (what TensorRT reads)
+    export_bundle(ExportConfig(model="vit-digits", checkpoint=str(digits_agents["checkpoint"]), out=str(static),
+                               int8=True, int8_mode="static", calibration_images=120, fidelity_images=32))
+    assert "calibrated on 120 training images" in (Bundle.open(static).manifest.formats["onnx-int8"].use or "")
+    for ops in _layer_ops(static):
+        assert {"QuantizeLinear", "DequantizeLinear", "MatMul", "LayerNormalization"} <= ops
+
+
+def test_the_runtime_runs_int8_by_default_and_decides_like_fp32(int8_bundle: Path, digits_agents: dict[str, Path],
+                                                                 digits_test_uint8: np.ndarray) -> None:
+    images = digits_test_uint8
+    with Runtime(int8_bundle, policy="agent+e2cm") as rt, \
+            Runtime(int8_bundle, policy="agent+e2cm", format="onnx") as fp32:
+        assert rt.info()["precision"] == "int8" and fp32.info()["precision"] == "fp32"
+        a, b = rt(images), fp32(images)
+    same_path = (a.executed == b.executed).all(axis=1) & (a.exit_layer == b.exit_layer)
+    assert same_path.mean() >= 0.8  # INT8 changes few decisions on real images
+    assert (a.labels == b.labels).mean() >= 0.9
+    assert not np.array_equal(a.logits, b.logits)  # and it really ran other stages
+
+
+def test_int8_is_refused_where_it_is_not_built(digits_agents: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="--int8 is for the cpu and onnx targets"):
+        ExportConfig(model="vit-digits", target="tflite", int8=True)
+    import edgeskip.exporters.int8 as int8
+
+    monkeypatch.setattr(int8, "INT8_TOLERANCE", 1e-6)  # a drift beyond the tolerance fails, leaving no bundle
+    with pytest.raises(ExportError, match="int8 ONNX .* differs from PyTorch"):
+        export_bundle(ExportConfig(model="vit-digits", checkpoint=str(digits_agents["checkpoint"]),
+                                   out=str(tmp_path / "b"), int8=True, calibration_images=50, fidelity_images=8))
+    assert not (tmp_path / "b").exists()
