@@ -6,6 +6,8 @@
 2. Per-stage latency at batch 1, INT8 / fp32, the two sessions of each layer interleaved round by round on the
    same real tokens; the repeat noise is the same ratio from the odd rounds against the even ones. The CPU's
    VNNI support is recorded beside it.
+3. End to end through the Runtime at batch 1: static (fp32: the monolithic model) and agents + exits, INT8
+   against fp32, interleaved the same way.
 
     edgeskip export --model vit9 --pretrained cifar10 --int8 --data DATA --out B
     python benchmarks/int8_bench.py --bundle B --data ../shared/data/cifar10-images.tar.gz [--json out.json]
@@ -84,6 +86,31 @@ def stage_speed(bundle: Path, images: np.ndarray, rounds: int, calls: int) -> di
     return result
 
 
+def end_to_end(bundle: Path, images: np.ndarray, rounds: int) -> dict[str, Any]:
+    """Per-image latency at batch 1 through the Runtime, INT8 stages against fp32 (the fp32 static policy runs
+    the monolithic model, as a user's would), for the static and the agents + exits policies, interleaved."""
+    out: dict[str, Any] = {}
+    for policy in ("static", "agent+e2cm"):
+        rts = {fmt: Runtime(bundle, policy=policy, format=fmt) for fmt in ("onnx", "onnx-int8")}
+        for rt in rts.values():
+            for img in images[:16]:
+                rt(img)
+        times: dict[str, list[float]] = {fmt: [] for fmt in rts}
+        for r in range(rounds):
+            for fmt in (("onnx", "onnx-int8") if r % 2 == 0 else ("onnx-int8", "onnx")):
+                start = time.perf_counter()
+                for img in images:
+                    rts[fmt](img)
+                times[fmt].append((time.perf_counter() - start) / len(images) * 1e3)
+        for rt in rts.values():
+            rt.close()
+        ratios = [a / b for a, b in zip(times["onnx-int8"], times["onnx"], strict=True)]
+        out[policy] = {"fp32_ms": statistics.median(times["onnx"]), "int8_ms": statistics.median(times["onnx-int8"]),
+                       "ratio": statistics.median(ratios),
+                       "noise_odd_even": statistics.median(ratios[1::2]) / statistics.median(ratios[0::2])}
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bundle", required=True, help="a bundle exported with --int8")
@@ -99,7 +126,8 @@ def main() -> int:
     images, labels = test.images[: args.images], test.labels[: args.images]
     report = {"cpu_flags": cpu_flags(), "images": len(images), "policies": run_policies(Path(args.bundle), images,
                                                                                          labels, args.batch),
-              "stages": stage_speed(Path(args.bundle), images, args.rounds, args.calls)}
+              "stages": stage_speed(Path(args.bundle), images, args.rounds, args.calls),
+              "end_to_end": end_to_end(Path(args.bundle), images[:64], args.rounds)}
     print(f"{m.model_name} on {len(images)} {m.dataset} test images; CPU flags: {', '.join(report['cpu_flags']) or '-'}")
     print(f"{'policy':<12}{'fp32 acc':>10}{'int8 acc':>10}{'same path':>11}{'same label':>12}{'layers fp32/int8':>19}")
     for name, r in report["policies"].items():
@@ -107,6 +135,9 @@ def main() -> int:
               f"{100 * r['same_label']:>11.1f}%{r['layers_fp32']:>10.2f} / {r['layers_int8']:.2f}")
     print("per layer at batch 1, int8 / fp32 (median of interleaved rounds; noise = odd / even rounds):")
     for name, r in report["stages"].items():
+        print(f"  {name}: {r['int8_ms']:.3f} / {r['fp32_ms']:.3f} ms = {r['ratio']:.3f} (noise {r['noise_odd_even']:.3f})")
+    print("through the Runtime at batch 1, per image, int8 / fp32 (64 test images a round):")
+    for name, r in report["end_to_end"].items():
         print(f"  {name}: {r['int8_ms']:.3f} / {r['fp32_ms']:.3f} ms = {r['ratio']:.3f} (noise {r['noise_odd_even']:.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
