@@ -57,8 +57,8 @@ class ExportConfig:
         "dataset copy for the fidelity check on real test images (digits need none; without it: random images)"))
     fidelity_images: int = field(default=32, metadata=_h("test images the export checks itself on"))
     int8: bool = field(default=False, metadata=_h(
-        "also write every stage statically quantized to INT8 (onnxruntime QDQ; the cpu and onnx targets), "
-        "calibrated on --data's training images; the Runtime then runs them by default"))
+        "also write every transformer layer quantized to INT8 with onnxruntime's tools (the cpu and onnx targets; "
+        "see --int8-mode), checked against PyTorch; the Runtime then runs them by default"))
     int8_mode: str = field(default="dynamic", metadata=_h(
         "--int8: dynamic (activations quantized per call; measured faster here) or static (QDQ, activation ranges "
         "calibrated on training images: what TensorRT's explicit quantization reads)", choices=INT8_MODES))
