@@ -346,7 +346,7 @@ def test_every_registered_format_loads_and_every_target_names_registered_ones() 
     from edgeskip.exporters import EXPORTERS
     from edgeskip.exporters.settings import TARGETS
 
-    assert set(EXPORTERS.names()) == {"onnx-fp16", "tflite", "tensorrt"}
+    assert set(EXPORTERS.names()) == {"onnx-fp16", "onnx-int8", "tflite", "tensorrt"}
     assert {n for _, names in TARGETS.values() for n in names} <= set(EXPORTERS.names())
     for name in EXPORTERS.names():
         if name == "tflite":
