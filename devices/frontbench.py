@@ -41,6 +41,7 @@ from edgeskip.runtimes.inputs import prepare
 __all__ = ["FrontBenchConfig", "LOSSES", "format_front_table", "plot_front_bench", "run_front_bench"]
 
 LOSSES = (0.5, 1.0, 2.0)  # points of held-out accuracy below static the headline allows
+FP32 = "fp32"  # an INT8 bundle's fp32 static model, measured beside its configurations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,9 @@ def run_front_bench(cfg: FrontBenchConfig, images: npt.NDArray[Any], labels: npt
     points: dict[str, ParetoPoint] = {"static": front.static, **{f"#{i}": p for i, p in enumerate(front.points)}}
     # each on the path its search predicted fastest (the gate graph for one input, a batch on the stage loop)
     runtimes = {name: Runtime(bundle, policy=p.policy, path=p.path, **opts) for name, p in points.items()}
+    if bundle.manifest.precision == "int8":  # its fp32 static model too, in the same rounds: what INT8 buys
+        points[FP32] = front.static
+        runtimes[FP32] = Runtime(bundle, policy="static", format="onnx", **opts)
     x = prepare(images, runtimes["static"].input_spec)
     rows: dict[str, dict[str, Any]] = {}
     n = len(labels)
@@ -115,6 +119,14 @@ def run_front_bench(cfg: FrontBenchConfig, images: npt.NDArray[Any], labels: npt
             rows[name][f"b{b}_ratio"] = float(np.median(t[name] / static_t))
         measured[str(b)] = {"static_ms": float(np.median(static_t)) * 1e3, "noise": noise, "calls": len(calls),
                             "headline": _headline(rows, b)}
+        if FP32 in runtimes:  # the same configurations against the fp32 static model, speed and accuracy
+            fp32_loss = {name: paired_loss(runs[name][0], runs[FP32][0])[0] for name in runtimes}
+            against = {name: {**r, "loss_points": 100 * fp32_loss[name],
+                              f"b{b}_ratio": float(np.median(t[name] / t[FP32]))}
+                       for name, r in rows.items() if name != FP32}
+            measured[str(b)]["fp32_static_ms"] = float(np.median(t[FP32])) * 1e3
+            measured[str(b)]["headline_over_fp32"] = _headline({**against, "static": against["static"]}, b,
+                                                               include_static=True)
     return {"bundle": str(bundle.path), "model": bundle.manifest.model_name, "device": cfg.device,
             "heldout": {"images": n, "source": source, "static_accuracy": rows["static"]["accuracy"]},
             "search": {"images": front.meta.get("images"), "calibration": front.meta.get("calibration")},
@@ -123,12 +135,13 @@ def run_front_bench(cfg: FrontBenchConfig, images: npt.NDArray[Any], labels: npt
             "points": rows, "measured": measured}
 
 
-def _headline(rows: dict[str, dict[str, Any]], b: int) -> dict[str, Any]:
-    """Per allowed loss: the configuration with the largest measured speed-up over static at batch ``b``."""
+def _headline(rows: dict[str, dict[str, Any]], b: int, include_static: bool = False) -> dict[str, Any]:
+    """Per allowed loss: the configuration with the largest measured speed-up over static at batch ``b`` (over
+    another reference, the static configuration itself counted, with ``include_static``)."""
     out: dict[str, Any] = {}
     for loss in LOSSES:
         within = [(1.0 / r[f"b{b}_ratio"], name) for name, r in rows.items()
-                  if name != "static" and r["loss_points"] <= loss]
+                  if name != FP32 and (include_static or name != "static") and r["loss_points"] <= loss]
         best = max(within, default=None)
         out[f"{loss:g}"] = None if best is None else {"point": best[1], "speedup": best[0],
                                                       "loss_points": rows[best[1]]["loss_points"]}
@@ -154,6 +167,11 @@ def format_front_table(report: dict[str, Any]) -> str:
                          for loss, v in m["headline"].items())
         lines.append(f"batch {b}: static {m['static_ms']:.3f} ms per call (repeat noise: odd/even rounds "
                      f"{m['noise']:.3f}); speed-up over static at {best}")
+        if "headline_over_fp32" in m:
+            over = ", ".join(f"<= {loss} pt: " + ("none" if v is None else f"{v['speedup']:.2f}x ({v['point']}, "
+                                                                         f"{v['loss_points']:+.2f} pt)")
+                             for loss, v in m["headline_over_fp32"].items())
+            lines.append(f"  over the fp32 static model ({m['fp32_static_ms']:.3f} ms, the same rounds): {over}")
     return "\n".join(lines)
 
 
@@ -168,7 +186,7 @@ def plot_front_bench(report: dict[str, Any], path: str | Path) -> Path:
 
     pts = report["points"]
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    dyn = [r for name, r in pts.items() if name != "static"]
+    dyn = [r for name, r in pts.items() if name not in ("static", FP32)]
     ax.scatter([r["b1_ms"] for r in dyn], [100 * r["accuracy"] for r in dyn], label="front configurations")
     s = pts["static"]
     ax.scatter([s["b1_ms"]], [100 * s["accuracy"]], marker="*", s=200, color="black", label="static model")

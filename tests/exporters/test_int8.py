@@ -72,3 +72,29 @@ def test_int8_is_refused_where_it_is_not_built(digits_agents: dict[str, Path], t
         export_bundle(ExportConfig(model="vit-digits", checkpoint=str(digits_agents["checkpoint"]),
                                    out=str(tmp_path / "b"), int8=True, calibration_images=50, fidelity_images=8))
     assert not (tmp_path / "b").exists()
+
+
+def test_the_front_of_an_int8_bundle_is_measured_against_its_fp32_static_model(
+        int8_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``edgeskip bench --front`` on an INT8 bundle: its INT8 static and configurations, and the fp32 static model
+    in the same rounds, the headline over fp32 within its loss (the INT8 static itself counted)."""
+    import json
+    import shutil
+
+    from edgeskip.cli import main
+
+    bundle = Path(shutil.copytree(int8_bundle, tmp_path / "b"))
+    assert main(["-q", "profile", str(bundle), "--quick"]) == 0
+    assert main(["-q", "search", str(bundle), "--images", "100", "--holdout-images", "0", "--pop-size", "10",
+                 "--generations", "4"]) == 0
+    out = tmp_path / "front.json"
+    assert main(["-q", "bench", str(bundle), "--front", "--front-rounds", "4", "--front-block", "2", "--batch", "8",
+                 "--json", str(out)]) == 0
+    assert "over the fp32 static model" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert "fp32" in report["points"] and report["runtime"]["precision"] == "int8"
+    for b in ("1", "8"):
+        m = report["measured"][b]
+        assert m["fp32_static_ms"] > 0
+        for loss, best in m["headline_over_fp32"].items():
+            assert best is None or best["loss_points"] <= float(loss)
