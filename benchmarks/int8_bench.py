@@ -27,18 +27,11 @@ import numpy as np
 
 from edgeskip.bundle import Bundle
 from edgeskip.data import load_dataset_for
+from edgeskip.host import cpu_flags
 from edgeskip.runtimes import Runtime
 from edgeskip.runtimes.evaluate import available_policies
 from edgeskip.runtimes.inputs import prepare
 from edgeskip.runtimes.ort_backend import session
-
-
-def cpu_flags() -> list[str]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted({f for f in flags.split() if "vnni" in f or f.startswith("amx")})
 
 
 def run_policies(bundle: Path, images: np.ndarray, labels: np.ndarray, batch: int) -> dict[str, Any]:
@@ -124,7 +117,7 @@ def main() -> int:
     m = Bundle.open(args.bundle).manifest
     test = load_dataset_for(m.dataset, args.data, m.config, m.classes).test
     images, labels = test.images[: args.images], test.labels[: args.images]
-    report = {"cpu_flags": cpu_flags(), "images": len(images), "policies": run_policies(Path(args.bundle), images,
+    report = {"cpu_flags": sorted(f for f in cpu_flags() if "vnni" in f or f.startswith("amx")), "images": len(images), "policies": run_policies(Path(args.bundle), images,
                                                                                          labels, args.batch),
               "stages": stage_speed(Path(args.bundle), images, args.rounds, args.calls),
               "end_to_end": end_to_end(Path(args.bundle), images[:64], args.rounds)}

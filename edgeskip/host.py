@@ -59,6 +59,14 @@ def cpu_has_bf16(root: Path = Path("/")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask on Linux, else every CPU)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def describe_host(root: Path = Path("/")) -> HostInfo:
     """Facts about this machine; ``root`` lets tests point at a fake /proc and /sys tree."""
     info = _cpuinfo(root)
@@ -67,13 +75,12 @@ def describe_host(root: Path = Path("/")) -> HostInfo:
         governor: str | None = governor_file.read_text().strip()
     except OSError:
         governor = None
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return HostInfo(
         machine=platform.machine(),
         system=platform.system(),
         cpu_model=info.get("model name") or info.get("Model") or platform.processor() or "unknown",
         logical_cpus=os.cpu_count() or 1,
-        usable_cpus=usable,
+        usable_cpus=usable_cpus(),
         governor=governor,
         bf16=cpu_has_bf16(root),
         python=platform.python_version(),

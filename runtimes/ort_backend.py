@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +36,7 @@ import numpy.typing as npt
 
 from edgeskip.bundle import Bundle, BundleError, Stage
 from edgeskip.errors import BackendError, BackendUnavailableError, ConfigError
+from edgeskip.host import usable_cpus
 from edgeskip.runtimes.backend import Backend, check_options, check_threads
 
 __all__ = ["OnnxRuntimeBackend", "SessionRunner", "app_session_options", "chain_models", "check_io", "default_threads",
@@ -51,11 +51,8 @@ _shared_arena: bool | None = None  # whether the process-wide CPU arena is regis
 
 
 def default_threads() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """CPUs this process may run on (:func:`edgeskip.host.usable_cpus`)."""
+    return usable_cpus()
 
 
 def _ort() -> Any:

@@ -21,7 +21,6 @@ import concurrent.futures
 import functools
 import io
 import logging
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,9 @@ import numpy.typing as npt
 from edgeskip.data.cache import default_cache_dir, load_cached, source_fingerprint, writing_cache
 from edgeskip.data.dataset import DatasetSplits, ImageDataset
 from edgeskip.errors import DataError
-from edgeskip.progress import progress_bar
+from edgeskip.host import usable_cpus
 from edgeskip.imaging import fit_image
+from edgeskip.progress import progress_bar
 
 __all__ = ["IMAGE_SUFFIXES", "load_image_folder"]
 
@@ -43,6 +43,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CHUNK = 64  # images one decoding job fits and returns
 PARALLEL_FROM = 2048  # images from which decoding threads are used (measured: see docs/measurements.md)
 TEST_FOLDERS = ("test", "val")
+SPLITS = ("train", "test")
 
 
 def load_image_folder(root: str | Path, image_size: int, *, channels: int = 3, test_fraction: float = 0.2,
@@ -69,7 +70,6 @@ def load_image_folder(root: str | Path, image_size: int, *, channels: int = 3, t
     if limit_per_class is not None:
         files = {s: {c: fs[:limit_per_class] for c, fs in by_class.items()} for s, by_class in files.items()}
     workers = max(1, workers or usable_cpus())
-    total = sum(len(fs) for by_class in files.values() for fs in by_class.values())
     if use_cache:
         key = source_fingerprint(path)[:24]
         limit = "" if limit_per_class is None else f"-first{limit_per_class}"
@@ -80,11 +80,9 @@ def load_image_folder(root: str | Path, image_size: int, *, channels: int = 3, t
             log.info("using decoded images of %s from cache %s", path, entry)
             return DatasetSplits(path.name, cached["train"], cached["test"])
         try:
-            with progress_bar(total=total, desc=f"decoding {path.name}", unit="img", enabled=progress,
-                              leave=False) as bar, writing_cache(entry, classes) as w:
-                for s in ("train", "test"):
-                    _, labels = _decode_split(files[s], classes, image_size, channels, bar, workers,
-                                              functools.partial(w.images, s))
+            with writing_cache(entry, classes) as w:
+                for s, (_, labels) in _decode_splits(files, classes, image_size, channels, workers, progress,
+                                                     path.name, w.images).items():
                     w.labels(s, labels)
             cached = load_cached(entry)
         except OSError as exc:
@@ -92,23 +90,26 @@ def load_image_folder(root: str | Path, image_size: int, *, channels: int = 3, t
             cached = None
         if cached is not None:
             return DatasetSplits(path.name, cached["train"], cached["test"])
-    with progress_bar(total=total, desc=f"decoding {path.name}", unit="img", enabled=progress, leave=False) as bar:
-        splits = {s: ImageDataset(*_decode_split(files[s], classes, image_size, channels, bar, workers,
-                                                 _in_memory), classes)
-                  for s in ("train", "test")}
-    return DatasetSplits(path.name, splits["train"], splits["test"])
+    decoded = _decode_splits(files, classes, image_size, channels, workers, progress, path.name, _in_memory)
+    train, test = (ImageDataset(*decoded[s], classes) for s in SPLITS)
+    return DatasetSplits(path.name, train, test)
 
 
-def _in_memory(shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
+def _in_memory(split: str, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
+    del split  # every split alike
     return np.empty(shape, np.uint8)
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+def _decode_splits(files: dict[str, dict[str, list[Path]]], classes: tuple[str, ...], image_size: int, channels: int,
+                   workers: int, progress: bool, name: str,
+                   allocate: Callable[[str, tuple[int, ...]], npt.NDArray[np.uint8]],
+                   ) -> dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]]:
+    """Both splits decoded into the arrays ``allocate(split, shape)`` returns (in memory, or cache files), under
+    one progress bar: split -> (images, labels)."""
+    total = sum(len(fs) for by_class in files.values() for fs in by_class.values())
+    with progress_bar(total=total, desc=f"decoding {name}", unit="img", enabled=progress, leave=False) as bar:
+        return {s: _decode_split(files[s], classes, image_size, channels, bar, workers,
+                                 functools.partial(allocate, s)) for s in SPLITS}
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
