@@ -26,7 +26,7 @@ from edgeskip.normalization import Normalization
 from edgeskip.schema import Record, SchemaError, convert, field
 
 __all__ = [
-    "FORMAT", "SCHEMA_VERSION", "MANIFEST", "TARGETS", "STAGE_KINDS", "MAX_FILE_BYTES", "MAX_FILES", "LIMITS",
+    "FORMAT", "SCHEMA_VERSION", "MANIFEST", "PRECISIONS", "TARGETS", "STAGE_KINDS", "MAX_FILE_BYTES", "MAX_FILES", "LIMITS",
     "BundleError", "TensorSpec", "Stage", "FileEntry", "Weights", "Agents", "Exits", "Gate", "Monolithic",
     "EngineRecord", "TensorRT", "FormatInfo", "Preprocessing", "Provenance", "GateFidelity", "Fidelity",
     "DefaultConfig", "Manifest", "check_relative_path", "stage_name", "agent_name",
@@ -37,6 +37,7 @@ SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 TARGETS = ("cpu", "onnx", "tflite", "jetson")
 STAGE_KINDS = ("embed", "layer", "head", "agent")
+PRECISIONS = ("fp32", "fp16", "int8")  # what a layer can run in, where the bundle holds it
 MAX_FILE_BYTES = 4 << 30  # ONNX and TFLite files are at most 2 GiB (protobuf / flatbuffer offsets)
 MAX_FILES = 10_000
 MAX_ITEMS = 65_536  # any list or table in a manifest
@@ -228,6 +229,8 @@ class FormatInfo(Record):
     io: str
     opset: int | None = None
     use: str | None = None
+    # one input's outputs depend on the other inputs of its call (INT8 activations quantized over each call's batch)
+    batch_dependent: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -306,6 +309,7 @@ class DefaultConfig(Record):
     calibration_images: int | None = None
     selected_utc: str
     path: ExecutionPath | None = None  # the execution path it was predicted on
+    precisions: tuple[str | None, ...] | None = field(default=None, max_items=LIMITS["depth"])  # per layer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -434,6 +438,10 @@ class Manifest(Record):
         if cfg.exit_thresholds is not None and (not n_exits or len(cfg.exit_thresholds) != n_exits):
             raise BundleError(f"{MANIFEST}: default_config needs {n_exits} exit thresholds in [0, 1], got "
                               f"{list(cfg.exit_thresholds)}")
+        if cfg.precisions is not None and (len(cfg.precisions) != depth or any(
+                p is not None and p not in PRECISIONS for p in cfg.precisions)):
+            raise BundleError(f"{MANIFEST}: default_config needs {depth} layer precisions ({', '.join(PRECISIONS)} or "
+                              f"null), got {list(cfg.precisions)}")
 
 
 def _check_limits(config: Any) -> None:

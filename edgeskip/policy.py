@@ -12,7 +12,10 @@ turns it into the :class:`Plan` the runtime's loop follows. Named policies:
 
 Any explicit configuration works too: ``Policy.config(layers=[0.5, None, ...], exits=[...])``
 (a search's genes become one through :class:`edgeskip.search.Genome`); a threshold of ``None``
-removes that layer, an exit threshold of 1.0 disables that exit (and its check).
+removes that layer, an exit threshold of 1.0 disables that exit (and its check). ``precisions``
+(``Policy.config(..., precisions=["int8", "fp32", ...])``, one of :data:`PRECISIONS` or None per layer)
+runs each layer in that precision where the bundle holds it (None: the backend's own); the Runtime
+checks them against its backend.
 
 Torch-free core: the runtime, the search and training share these types.
 """
@@ -28,11 +31,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeskip.manifest import Manifest
+from edgeskip.manifest import PRECISIONS, Manifest
 from edgeskip.errors import ConfigError
 from edgeskip.rule import agent_cut, decision_free_segments
 
-__all__ = ["POLICIES", "Plan", "Policy", "SkipConfig", "resolve"]
+__all__ = ["POLICIES", "PRECISIONS", "Plan", "Policy", "SkipConfig", "resolve"]
 
 POLICIES = ("auto", "default", "static", "agent", "e2cm", "agent+e2cm")
 
@@ -84,23 +87,29 @@ class SkipConfig:
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """Per-layer agent thresholds (``None`` entry: the layer never runs; ``layers=None``: no agents,
-    every layer runs) and per-exit E²CM thresholds (``exits=None``: no exits)."""
+    every layer runs), per-exit E²CM thresholds (``exits=None``: no exits) and per-layer precisions
+    (``precisions=None``, or a None entry: the backend's own precision)."""
 
     name: str
     layers: tuple[float | None, ...] | None = None
     exits: tuple[float, ...] | None = None
+    precisions: tuple[str | None, ...] | None = None
 
     @classmethod
     def config(cls, layers: Sequence[float | None] | SkipConfig | None = None,
-               exits: Sequence[float] | None = None) -> Policy:
+               exits: Sequence[float] | None = None, precisions: Sequence[str | None] | None = None) -> Policy:
         """An explicit configuration, e.g. a point of a Pareto front."""
         if isinstance(layers, SkipConfig):
             layers = layers.thresholds
-        return cls("config", None if layers is None else tuple(layers), None if exits is None else tuple(exits))
+        return cls("config", None if layers is None else tuple(layers), None if exits is None else tuple(exits),
+                   None if precisions is None else tuple(precisions))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "layers": None if self.layers is None else list(self.layers),
-                "exits": None if self.exits is None else list(self.exits)}
+        out: dict[str, Any] = {"name": self.name, "layers": None if self.layers is None else list(self.layers),
+                               "exits": None if self.exits is None else list(self.exits)}
+        if self.precisions is not None:
+            out["precisions"] = list(self.precisions)
+        return out
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -113,6 +122,7 @@ class Plan:
     layer_thresholds: tuple[float | None, ...]  # per layer, for the gate graph: None = never runs, 0.0 = always
     exit_thresholds: tuple[float, ...]  # per exit, 1.0 = disabled
     static: bool  # no decision to take: every layer of the bundle runs for every input, no exit is checked
+    precisions: tuple[str | None, ...] = ()  # per layer (empty: none given): None = the backend's own
 
     @functools.cached_property
     def cuts(self) -> tuple[tuple[int, float | None], ...]:
@@ -141,7 +151,7 @@ def _named(name: str, manifest: Manifest) -> Policy:
     if name == "default" and chosen is None:
         raise ConfigError("this bundle has no default configuration: choose one with 'edgeskip select --budget-ms MS'")
     if name in ("auto", "default") and chosen is not None:
-        return Policy("default", chosen.thresholds, chosen.exit_thresholds)
+        return Policy("default", chosen.thresholds, chosen.exit_thresholds, chosen.precisions)
     if name == "auto":
         name = "agent+e2cm" if agents and e2cm else "agent" if agents else "e2cm" if e2cm else "static"
     if name not in POLICIES:
@@ -210,4 +220,18 @@ def resolve(policy: str | Policy | SkipConfig, manifest: Manifest) -> Plan:
     elif policy.exits is not None:
         raise ConfigError("exit thresholds need E²CM exits, and this bundle has none")
     static = not exits and all(t is None for _, t in steps) and len(steps) == depth - len(removed)
-    return Plan(policy, steps, exits, tuple(layer_t), exit_t, static)
+    return Plan(policy, steps, exits, tuple(layer_t), exit_t, static, _precisions(policy.precisions, depth))
+
+
+def _precisions(precisions: Sequence[Any] | None, depth: int) -> tuple[str | None, ...]:
+    """Per-layer precisions checked (names of :data:`PRECISIONS` or None); () for None or all None."""
+    if precisions is None:
+        return ()
+    if isinstance(precisions, str) or len(precisions) != depth:
+        raise ConfigError(f"the policy gives {1 if isinstance(precisions, str) else len(precisions)} layer "
+                          f"precision(s); the model has {depth} layers")
+    bad = [f"layer {j}: {p!r}" for j, p in enumerate(precisions) if p is not None and p not in PRECISIONS]
+    if bad:
+        raise ConfigError(f"unknown precision(s) {', '.join(bad)}; choose {', '.join(PRECISIONS)} or None")
+    out = tuple(precisions)
+    return () if all(p is None for p in out) else out

@@ -54,6 +54,16 @@ class Backend(abc.ABC):
         and cached on first use; None when this backend cannot fuse (the Runtime then runs them one by one)."""
         return None
 
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions (:data:`edgeskip.manifest.PRECISIONS`) this backend can run every layer of the bundle in,
+        its own first: what a policy's per-layer ``precisions`` may name. The default: its own only."""
+        return (str(self.info().get("precision", "fp32")),)
+
+    def variant(self, stage: str, precision: str) -> str | None:
+        """A name :meth:`run` and :meth:`fuse` accept for ``stage`` in ``precision`` (its own name in the backend's
+        own precision), loaded on first use and kept; None when this backend cannot run it so."""
+        return stage if precision == self.precisions()[0] else None
+
     def static_runner(self) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None:
         """A one-call runner of the whole static model (images -> logits, every bundle layer), when this
         backend has one; the Runtime uses it for a policy without decisions. None: loop over stages."""

@@ -246,10 +246,15 @@ class SessionRunner:
 
 
 FORMATS = {"onnx": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8"}  # a bundle's ONNX stage formats: precision
+FORMAT_OF = {precision: fmt for fmt, precision in FORMATS.items()}
 
 
 class OnnxRuntimeBackend(Backend):
-    """Per-stage onnxruntime sessions (CPU by default; ``providers`` for others)."""
+    """Per-stage onnxruntime sessions (CPU by default; ``providers`` for others).
+
+    ``format``: the stage files it runs (:data:`FORMATS`; an INT8 bundle's INT8 layers by default). A layer can
+    also run in another precision the bundle holds (:meth:`variant`, a policy's per-layer ``precisions``): its
+    session is made from the bundle's file the first time a policy asks for it, and kept."""
 
     name = "onnxruntime"
     OPTIONS = ("threads", "thread_pool", "providers", "format")
@@ -263,35 +268,78 @@ class OnnxRuntimeBackend(Backend):
         self.format = options.get("format", "onnx-int8" if bundle.manifest.precision == "int8" else "onnx")
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {self.format!r}")
-        self.dtype = np.float16 if self.format == "onnx-fp16" else np.float32
         ort = _ort()
         self.version = ort.__version__
         self._stages: dict[str, SessionRunner] = {}
-        self._fuse_lock = threading.Lock()
+        self._sources: dict[str, tuple[str, str]] = {}  # run name -> (stage, format) of a stage or variant session
+        self._half: set[str] = set()  # run names whose session takes and gives float16
+        self._lock = threading.Lock()
         self._fused_bytes: dict[str, int] = {}
+        self._variant_bytes: dict[str, int] = {}
         for name in self.stages:
-            stage = bundle.manifest.stage(name)
-            where = f"{bundle.path}: {stage.files.get(self.format, name)}"
-            sess, self.pool = session(bundle.read_stage(name, self.format), threads=self.threads,
-                                      thread_pool=self.thread_pool, providers=self.providers, name=where)
-            check_io(sess, stage, where)
-            self._stages[name] = SessionRunner(sess)
+            self._load(name, name, self.format)
         self.active_providers = tuple(next(iter(self._stages.values())).session.get_providers())
 
+    def _load(self, key: str, stage: str, fmt: str) -> int:
+        """Make the session ``key`` of ``stage``'s file in ``fmt`` (checked against the manifest); its size."""
+        spec = self.bundle.manifest.stage(stage)
+        where = f"{self.bundle.path}: {spec.files.get(fmt, stage)}"
+        data = self.bundle.read_stage(stage, fmt)
+        sess, self.pool = session(data, threads=self.threads, thread_pool=self.thread_pool, providers=self.providers,
+                                  name=where)
+        check_io(sess, spec, where)
+        self._stages[key] = SessionRunner(sess)
+        self._sources[key] = (stage, fmt)
+        if fmt == "onnx-fp16":
+            self._half.add(key)
+        return len(data)
+
+    def precisions(self) -> tuple[str, ...]:
+        """Its own format's precision, then every other one the bundle holds for each of its layers."""
+        layers = [s for s in self.stages if self.bundle.manifest.stage(s).kind == "layer"]
+        held = [p for fmt, p in FORMATS.items() if fmt != self.format and layers
+                and all(fmt in self.bundle.manifest.stage(s).files for s in layers)]
+        return (FORMATS[self.format], *held)
+
+    def variant(self, stage: str, precision: str) -> str | None:
+        """``stage`` in ``precision``: its own session in this backend's precision, else ``stage:precision``, a
+        session of the bundle's file in that format made on first use and kept (it holds that file's weights
+        beside the loaded ones: :attr:`variant_bytes`); None where the bundle has no such file."""
+        if stage not in self.stages:
+            return None
+        fmt = FORMAT_OF.get(precision)
+        if fmt == self.format:
+            return stage
+        if fmt is None or fmt not in self.bundle.manifest.stage(stage).files:
+            return None
+        key = f"{stage}:{precision}"
+        with self._lock:
+            if key not in self._stages:
+                self._variant_bytes[key] = self._load(key, stage, fmt)
+        return key
+
+    @property
+    def variant_bytes(self) -> int:
+        """Bytes of the stage files loaded in another precision than the backend's own, so far."""
+        return sum(self._variant_bytes.values())
+
     def fuse(self, stages: Sequence[str]) -> str | None:
-        """One session for ``stages`` chained in order (each stage's output feeds the next one's input), made
-        from the bundle's verified stage models on first use and cached; it holds its own copy of their
-        weights (about one layer's weights per fused layer; see :meth:`fused_bytes`)."""
-        if len(stages) < 2 or any(s not in self._stages for s in stages):
+        """One session for ``stages`` (stage or :meth:`variant` names) chained in order (each stage's output feeds
+        the next one's input), made from the bundle's verified stage models on first use and cached; it holds its
+        own copy of their weights (about one layer's weights per fused layer; see :meth:`fused_bytes`). Stages of
+        float16 and float32 inputs are not fused together."""
+        if len(stages) < 2 or any(s not in self._stages for s in stages) or len({s in self._half for s in stages}) > 1:
             return None
         key = "+".join(stages)
-        with self._fuse_lock:
+        with self._lock:
             if key not in self._stages:
                 where = f"{self.bundle.path}: stages {', '.join(stages)} fused"
-                data = chain_models([self.bundle.read_stage(s, self.format) for s in stages])
+                data = chain_models([self.bundle.read_stage(*self._sources[s]) for s in stages])
                 sess, _ = session(data, threads=self.threads, thread_pool=self.thread_pool, providers=self.providers,
                                   name=where)
                 self._stages[key] = SessionRunner(sess)
+                if stages[0] in self._half:
+                    self._half.add(key)
                 self._fused_bytes[key] = len(data)
         return key
 
@@ -313,13 +361,13 @@ class OnnxRuntimeBackend(Backend):
         return lambda x: stage(x)[0]
 
     def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        if self.dtype is np.float16:
+        if stage in self._half:
             return self._stages[stage](x.astype(np.float16))[0].astype(np.float32)  # type: ignore[no-any-return]
         return self._stages[stage](x)[0]  # type: ignore[no-any-return]
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "onnxruntime": self.version, "providers": list(self.active_providers),
-                "format": self.format, "precision": FORMATS[self.format],
+                "format": self.format, "precision": FORMATS[self.format], "precisions": list(self.precisions()),
                 "thread_pool": self.pool, "threads": self.threads, "fuses": True,
                 "memory_arena": "process-wide" if shared_arena() else "per-session"}
 

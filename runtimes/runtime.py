@@ -14,7 +14,14 @@ Execution (``graph="stages"``, the default): embed, then the decision rule of
 gathered, the backend runs the layer on them alone and they are scattered back; after a layer
 with an enabled E²CM exit, the rows that ran it are checked and the confident ones leave with the
 class-mean logits ``-d / mu``; the rest go on, and the head classifies whoever is left. One input and a batch
-give the same decisions (logits equal up to float rounding of batched matrix products).
+give the same decisions (logits equal up to float rounding of batched matrix products), except through layers
+whose format is ``batch_dependent`` (dynamic INT8: activations quantized over each call's rows), where an
+input's logits shift slightly with the other rows of its call.
+
+Precision per layer: a policy's ``precisions`` (``Policy.config(..., precisions=["int8", "fp32", ...])``)
+runs each layer in that precision where the bundle holds it (``rt.precisions``: an ``--int8`` bundle's
+onnxruntime backend runs int8 and fp32). A layer in another precision than the backend's own is loaded
+the first time a policy asks for it and kept, so switching back and forth reloads nothing.
 
 ``graph="gate"`` runs ``onnx/gate.onnx`` (onnxruntime only) one input at a time instead.
 
@@ -44,7 +51,7 @@ import time
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -157,7 +164,7 @@ class Runtime:
             self._backend = cls(self.bundle, stages, **backend_options)
             self.backend_info = {**self._backend.info(), "graph": "stages"}
         # the plan, its fused segments and its path, read together by a call
-        self._routing: tuple[Plan, dict[int, tuple[str, frozenset[int]]], str] = self._route(plan, path)
+        self._routing = self._route(plan, path)
         self._telemetry = Telemetry(self.depth)
         self._closed = False
 
@@ -206,12 +213,12 @@ class Runtime:
 
     @property
     def policy(self) -> Policy:
-        return self._routing[0].policy
+        return self._routing.plan.policy
 
     @property
     def plan(self) -> Plan:
         """The current policy resolved against the bundle (what the next call follows)."""
-        return self._routing[0]
+        return self._routing.plan
 
     @property
     def static_in_one_call(self) -> bool:
@@ -248,23 +255,50 @@ class Runtime:
         plan = resolve(policy, self.manifest)
         self._routing = self._route(plan, path)  # one assignment: a call reads plan, fusions and path together
 
-    def _route(self, plan: Plan, path: str | None) -> tuple[Plan, dict[int, tuple[str, frozenset[int]]], str]:
-        chosen = self._path_of(plan, path)
+    def _route(self, plan: Plan, path: str | None) -> _Routing:
+        names = self._names(plan)
+        mixed = names != self._layer_names
+        chosen = self._path_of(plan, path, mixed)
         if chosen == "gate":
             self._configure_gate(plan)
-        return plan, ({} if chosen == "monolithic" else self._fusions(plan)), chosen
+        return _Routing(plan, {} if chosen == "monolithic" else self._fusions(plan, names), chosen, names)
 
-    def _path_of(self, plan: Plan, path: str | None) -> str:
-        """The path ``plan`` runs on: ``path`` checked, else the default (see :meth:`set_policy`)."""
+    def _names(self, plan: Plan) -> list[str]:
+        """The backend's name for each layer in the plan's precision (its own stage where none is given)."""
+        if not plan.precisions:
+            return self._layer_names
+        if self._backend is None:
+            if any(p not in (None, "fp32") for p in plan.precisions):
+                raise ConfigError("the gate graph runs every layer in fp32: per-layer precisions need graph='stages'")
+            return self._layer_names
+        names = list(self._layer_names)
+        for j, p in enumerate(plan.precisions):
+            if p is None or plan.layer_thresholds[j] is None:
+                continue
+            name = self._backend.variant(names[j], p)
+            if name is None:
+                raise ConfigError(f"backend {self.backend_info.get('backend')!r} cannot run layer {j} in {p}: it runs "
+                                  f"this bundle's layers in {', '.join(self.precisions)}")
+            names[j] = name
+        return names
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this Runtime can run each layer in (a policy's ``precisions``), its backend's own first."""
+        return self._backend.precisions() if self._backend is not None else ("fp32",)
+
+    def _path_of(self, plan: Plan, path: str | None, mixed: bool = False) -> str:
+        """The path ``plan`` runs on: ``path`` checked, else the default (see :meth:`set_policy`); ``mixed``: some
+        layer runs in another precision than the backend's own (neither the monolithic model nor the gate graph)."""
         if self.graph == "gate":
             if path not in (None, "gate"):
                 raise ConfigError(f"a Runtime made with graph='gate' runs the gate graph only, not path {path!r}")
             return "gate"
         if path is None:
-            fallback = "monolithic" if self._whole_static and self._monolithic_ok(plan) else "stages"
+            fallback = "monolithic" if self._whole_static and not mixed and self._monolithic_ok(plan) else "stages"
             recorded = self.manifest.default_config.path if self.manifest.default_config is not None else None
             if plan.policy.name == "default" and recorded is not None:
-                why = self._path_refused(plan, recorded)
+                why = self._path_refused(plan, recorded, mixed)
                 if why is None:
                     return recorded
                 log.info("the bundle's default configuration was chosen for path %r, which %s: it runs on path %r",
@@ -272,7 +306,7 @@ class Runtime:
             return fallback
         if path not in PATHS:
             raise ConfigError(f"unknown execution path {path!r}; choose one of {', '.join(PATHS)}")
-        why = self._path_refused(plan, path)
+        why = self._path_refused(plan, path, mixed)
         if why is not None:
             raise ConfigError(f"this Runtime cannot run path {path!r}: {why}")
         return path
@@ -285,8 +319,10 @@ class Runtime:
             self._static_runner = self._backend.static_runner()
         return self._static_runner is not None
 
-    def _path_refused(self, plan: Plan, path: str) -> str | None:
-        """Why this Runtime cannot run ``plan`` on ``path``, or None."""
+    def _path_refused(self, plan: Plan, path: str, mixed: bool = False) -> str | None:
+        """Why this Runtime cannot run ``plan`` (``mixed``: in other precisions than the backend's) on ``path``."""
+        if path in ("monolithic", "gate") and mixed:
+            return f"the {path} path runs every layer in the backend's own precision, not per-layer precisions"
         if path == "monolithic" and not self._monolithic_ok(plan):
             return ("only a static plan runs as the monolithic model" if not plan.static else
                     f"backend {self.backend_info.get('backend')!r} has no monolithic model of this bundle")
@@ -318,7 +354,7 @@ class Runtime:
         self.set_policy(chosen.policy, path=chosen.point.path)
         return chosen
 
-    def _fusions(self, plan: Plan) -> dict[int, tuple[str, frozenset[int]]]:
+    def _fusions(self, plan: Plan, names: list[str]) -> dict[int, tuple[str, frozenset[int]]]:
         """First layer -> (the backend's fused stage, the later layers it covers) for each decision-free segment
         of ``plan`` the backend can fuse (``fuse=True``; a static plan on the monolithic model needs none)."""
         backend = self._backend
@@ -326,7 +362,7 @@ class Runtime:
             return {}
         out = {}
         for segment in plan.segments:
-            name = backend.fuse([self._layer_names[j] for j in segment])
+            name = backend.fuse([names[j] for j in segment])
             if name is not None:
                 out[segment[0]] = (name, frozenset(segment[1:]))
         return out
@@ -334,7 +370,7 @@ class Runtime:
     @property
     def fused(self) -> tuple[tuple[int, ...], ...]:
         """The layer segments the current plan runs as one backend call each (fused), in order."""
-        fused = self._routing[1]
+        fused = self._routing.fused
         return tuple((first, *sorted(rest)) for first, (_, rest) in sorted(fused.items()))
 
     def _configure_gate(self, plan: Plan) -> None:
@@ -353,11 +389,11 @@ class Runtime:
             raise EdgeskipError("this Runtime is closed")
         start = time.perf_counter()
         x = prepare(images, self.input_spec)
-        plan, fused, path = self._routing  # one read: a concurrent set_policy does not change this call midway
+        plan, fused, path, names = self._routing  # one read: a concurrent set_policy does not change this call midway
         if path == "gate" and (self._backend is None or x.shape[0] == 1):
             logits, executed, exit_layer = self._run_gate(x)
         else:
-            logits, executed, exit_layer = self._run_stages(x, plan, fused, path)
+            logits, executed, exit_layer = self._run_stages(x, plan, fused, path, names)
         executed.flags.writeable = False  # read-only: the telemetry keeps them until it counts them
         exit_layer.flags.writeable = False  # (a no-op on the shared, already read-only arrays)
         latency_ms = (time.perf_counter() - start) * 1e3
@@ -365,13 +401,13 @@ class Runtime:
         return RuntimeOutput(logits, logits.argmax(axis=1), executed, exit_layer, latency_ms, self.classes)
 
     def _run_stages(self, x: npt.NDArray[np.float32], plan: Plan, fused: dict[int, tuple[str, frozenset[int]]],
-                    path: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+                    path: str, names: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
         backend = self._backend
         assert backend is not None
         b = x.shape[0]
         if path == "monolithic":
             return self._static_runner(x), np.broadcast_to(plan.static_row, (b, self.depth)), _no_exits(b)
-        net = _Stages(backend, backend.run("embed", x), self._layer_names, self._agents, self._e2cm, fused,
+        net = _Stages(backend, backend.run("embed", x), names, self._agents, self._e2cm, fused,
                       self.manifest.config.decision_token)
         taken = route(plan.cuts, plan.exits, b, self.depth, net)
         logits = taken.logits(lambda: backend.run("head", net.tokens), self.num_classes)
@@ -403,7 +439,7 @@ class Runtime:
         """How the next call runs (:data:`edgeskip.manifest.PATHS`): ``monolithic`` (a static plan in one call),
         ``stages`` (the per-stage loop, its decision-free segments fused: :attr:`fused`) or ``gate`` (the ONNX gate
         graph; with ``graph="stages"`` for one input, a batch runs the stage loop)."""
-        return self._routing[2]
+        return self._routing.path
 
     def info(self) -> dict[str, Any]:
         """Bundle, model, backend, policy and execution path in use (what a measurement should record)."""
@@ -428,6 +464,16 @@ class Runtime:
     def __repr__(self) -> str:
         return (f"Runtime({str(self.bundle.path)!r}, backend={self.backend_info.get('backend')!r}, "
                 f"policy={self.policy.name!r}, graph={self.graph!r})")
+
+
+class _Routing(NamedTuple):
+    """What a call follows, read together: the plan, its fused segments (first layer -> (backend name, the later
+    layers covered)), its execution path and the backend's name of each layer in the plan's precision."""
+
+    plan: Plan
+    fused: dict[int, tuple[str, frozenset[int]]]
+    path: str
+    names: list[str]
 
 
 @functools.lru_cache(maxsize=64)
