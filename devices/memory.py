@@ -6,7 +6,7 @@ process (``python -m edgeskip.devices.memory``) that opens the bundle on one pat
 a batch of seeded random images and reports its steady resident set (psutil). The profiler records the
 figures per batch and path (``Profile.memory.paths``), and each Pareto point carries its path's figure.
 
-    python -m edgeskip.devices.memory BUNDLE --path stages --batch 64 [--policy agent+e2cm]
+    python -m edgeskip.devices.memory BUNDLE --path stages --batch 64 [--policy agent+e2cm] [--precisions fp32,...]
 """
 
 from __future__ import annotations
@@ -35,12 +35,15 @@ def path_policy(path: str, manifest: Any) -> str:
 
 
 def path_memory_mib(bundle: str | Path, path: str, batch: int, *, policy: str, backend: str,
-                    options: dict[str, Any] | None = None, timeout: float = 600.0) -> float:
-    """Steady resident memory (MiB) of a fresh process running ``bundle`` on ``path`` at ``batch``."""
+                    options: dict[str, Any] | None = None, timeout: float = 600.0,
+                    precisions: list[str] | None = None) -> float:
+    """Steady resident memory (MiB) of a fresh process running ``bundle`` on ``path`` at ``batch``, the named
+    ``policy``'s layers in ``precisions`` (one per layer) when given."""
     # -P: the installed edgeskip, never a source folder of that name in the current directory
     cmd = [sys.executable, "-P", "-m", "edgeskip.devices.memory", str(Path(bundle).resolve()), "--path", path,
            "--batch", str(batch),
-           "--policy", policy, "--backend", backend, "--options", json.dumps(options or {}, default=str)]
+           "--policy", policy, "--backend", backend, "--options", json.dumps(options or {}, default=str),
+           *(["--precisions", ",".join(precisions)] if precisions else [])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -55,6 +58,7 @@ def _child(argv: list[str] | None = None) -> int:
     import numpy as np
     import psutil
 
+    from edgeskip.policy import Policy
     from edgeskip.runtimes.runtime import Runtime
 
     parser = argparse.ArgumentParser(prog="python -m edgeskip.devices.memory", description=__doc__.split("\n\n")[0])
@@ -64,8 +68,12 @@ def _child(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", required=True)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--options", default="{}", help="backend options as JSON")
+    parser.add_argument("--precisions", default=None, help="each layer's precision, comma-separated")
     args = parser.parse_args(argv)
     rt = Runtime(args.bundle, backend=args.backend, policy=args.policy, path=args.path, **json.loads(args.options))
+    if args.precisions:
+        p = rt.policy
+        rt.set_policy(Policy(p.name, p.layers, p.exits, tuple(args.precisions.split(","))), path=args.path)
     spec = rt.input_spec
     x = np.random.default_rng(0).integers(0, 256, (args.batch, spec.image_size, spec.image_size, spec.channels),
                                           dtype=np.uint8)

@@ -4,8 +4,9 @@ For every batch size asked for, each stage (embed, every layer, head) runs on it
 (the tokens the previous stages produce from seeded random images), and so do the host-side
 pieces the runtime adds per layer: the agent decision and each E²CM exit check. Each layer is
 also timed by reuse distance (``layer_NN@d``: after ``d`` other layers since its own previous
-run; see ``_window_calls``) and each agent also right after the previous agent (``agent_NN@0``:
-no layer between, as after a skipped layer). They are timed
+run; see ``_window_calls``), in every further precision the backend can run the bundle's layers in
+(``layer_NN:int8``, a static pass in that precision; ``_precision_calls``), and each agent also right after
+the previous agent (``agent_NN@0``: no layer between, as after a skipped layer). They are timed
 in context: whole static passes in execution order, each piece timed inside the pass, repeated
 until there are at least ``min_repeats`` passes and ``min_seconds`` of running (at most
 ``max_repeats``); the profile keeps median, p90, standard deviation, the sample count and a
@@ -128,6 +129,21 @@ WINDOWS = (1, 2, 4)  # layers cycled through together when timing a layer by its
 # model and 1.2x on vit9; in blocks of six, 1.0-1.05x. Without the settling pass the block slowed the
 # next stages by 13% (vit9 layer_00, 2-core VM).
 STATIC_WARM, STATIC_BLOCK = 2, 6
+
+
+def _precision_calls(be: Any, calls: Sequence[tuple[str, Callable[[], Any]]],
+                     layers: Sequence[int]) -> list[tuple[str | None, Callable[[], Any]]]:
+    """Every layer in each further precision the backend runs the bundle's layers in (``layer_NN:int8``; the
+    backend's own is ``layer_NN``), timed in a static pass of that precision on the same real inputs."""
+    by_layer = {name: fn for name, fn in calls}
+    out: list[tuple[str | None, Callable[[], Any]]] = []
+    for precision in be.precisions()[1:]:
+        for j in layers:
+            own = by_layer[stage_name(j)]
+            assert isinstance(own, functools.partial)  # be.run bound to the stage and its real input (_pass_calls)
+            out.append((f"{stage_name(j)}:{precision}",
+                        functools.partial(be.run, be.variant(stage_name(j), precision), *own.args[1:])))
+    return out
 
 
 def _window_calls(calls: Sequence[tuple[str, Callable[[], Any]]], layers: Sequence[int],
@@ -351,7 +367,7 @@ def profile_bundle(bundle_dir: str | Path, device: str | Device = "cpu", *, back
         # every other layer, on the same sessions as the pieces (a Runtime of its own would run its own copy of the
         # weights, cold in every pass: it measured 0.14 ms over its stages where the whole loop on shared ones had none)
         half = Policy.config([0.0 if j in layers[::2] else None for j in range(m.config.depth)])
-        windows = _window_calls(calls, layers)
+        windows = _window_calls(calls, layers) + _precision_calls(be, calls, layers)
         extra: list[tuple[str | None, Callable[[], Any]]] = [
             ("runtime_all", functools.partial(rt, x)), (None, functools.partial(rt.set_policy, half)),
             # twice: the timed call's layers each come after the half's other layers (a reuse distance it prices)

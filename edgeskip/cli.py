@@ -550,6 +550,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     for name, p in rows:
         genes = " ".join("-" if t is None else f"{t:.2f}" for t in p.thresholds)
         ex = "" if p.exit_thresholds is None else "  exits " + " ".join(f"{t:.2f}" for t in p.exit_thresholds)
+        own = front.meta.get("settings", {}).get("precisions", [None])[0]
+        other = {} if p.precisions is None else {j: q for j, q in enumerate(p.precisions) if q not in (None, own)}
+        ex += "".join(f"  {q} at layer(s) {','.join(str(j) for j, r in other.items() if r == q)}"
+                      for q in sorted(set(other.values())))
         h = ""
         if p.holdout_accuracy is not None and front.static.holdout_accuracy is not None:
             diff = 100 * (p.holdout_accuracy - front.static.holdout_accuracy)

@@ -79,11 +79,12 @@ class ParetoPoint(Record):
     # Runtime runs it there (Runtime.set_policy(..., path=)); None: costed in MACs, or searched before paths
     path: ExecutionPath | None = None
     memory_mib: float | None = field(default=None, ge=0.0)  # that path's resident memory at the front's batch (profiled)
+    precisions: tuple[str | None, ...] | None = None  # per layer, where the search chose them (None: the backend's)
 
     @property
     def policy(self) -> Policy:
         """The configuration as a runtime policy."""
-        return Policy.config(self.thresholds, self.exit_thresholds)
+        return Policy.config(self.thresholds, self.exit_thresholds, self.precisions)
 
     @property
     def skip(self) -> SkipConfig:

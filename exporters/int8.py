@@ -5,7 +5,9 @@ INT8, in both:
 
 * ``dynamic`` (the default): activations quantized per call from their own range (onnxruntime's
   ``quantize_dynamic``; its fused integer matrix-product kernels). Measured on a vit9 layer here: 0.72x
-  fp32's time at batch 1 and 0.66x at batch 64, 0.19% error of the output's scale.
+  fp32's time at batch 1 and 0.66x at batch 64, 0.19% error of the output's scale. The range is taken over
+  the whole call, so an input's outputs depend slightly on the other inputs of its batch (the format records
+  ``batch_dependent``; the search then evaluates at its deployment batch, :func:`edgeskip.search.bundle.eval_chunk`).
 * ``static``: the QDQ format (what TensorRT's explicit quantization consumes), activation ranges calibrated
   by min-max on each stage's real inputs, which the float chain computes from a seeded subset of the training
   images. Measured on the same layer: 1.06x fp32's time at batch 1 (no faster on this CPU's onnxruntime),
@@ -148,7 +150,7 @@ class OnnxInt8Exporter:
                               f"{100 * INT8_AGREEMENT:.0f}% required)")
         how = ("dynamic: activations quantized per call" if mode == "dynamic" else
                f"static QDQ, calibrated on {len(next(iter(job.calibration.values())))} training images")  # type: ignore[union-attr]
-        info = FormatInfo(batch="dynamic", weights="int8", io="float32", opset=OPSET,
+        info = FormatInfo(batch="dynamic", weights="int8", io="float32", opset=OPSET, batch_dependent=mode == "dynamic",
                           use=f"onnxruntime INT8 ({how}); top-1 agreement with fp32 {100 * agreement:.1f}%")
         return FormatResult({self.name: info}, {self.name: errors})
 

@@ -33,7 +33,8 @@ from edgeskip.search.plot import plot_front
 from edgeskip.search.problem import ConfigurationProblem, hypervolume, minimize, nsga2, pareto_points
 from edgeskip.search.settings import BundleSearchSettings
 
-__all__ = ["BundleSearchSettings", "search_and_save", "search_bundle", "with_holdout"]
+__all__ = ["BundleSearchSettings", "eval_chunk", "search_and_save", "search_bundle", "search_precisions",
+           "with_holdout"]
 
 
 def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64],
@@ -50,13 +51,15 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
     try:
         m = rt.manifest
         cost = ProfileCost(ProfileCosts.from_profile(profile, m.config.depth), settings.batch)
-        cache = PathCache(rt, prepare(images, rt.input_spec), labels, pool_mb=settings.pool_mb)
+        chunk = eval_chunk(rt, settings.batch)
+        cache = PathCache(rt, prepare(images, rt.input_spec), labels, pool_mb=settings.pool_mb, chunk=chunk)
         cache.evaluate(Policy("static"))  # every exit's state on the static path, for the exit grids
         own_exits = m.e2cm.thresholds if m.e2cm else None
         genome = Genome(m.config.depth, [j for j in range(m.config.depth) if j not in m.removed],
                         grid_with_step(settings.grid_step) if m.agents is not None else (0.0,),
                         [exit_grid(cache, layer, settings.exit_rates, own_exits[i] if own_exits else 1.0)
-                         for i, layer in enumerate(cache.exit_layers)])
+                         for i, layer in enumerate(cache.exit_layers)],
+                        search_precisions(settings, rt.precisions, cost.costs.precisions))
         problem = ConfigurationProblem(genome, cache, cost)
         seeds = genome.seeds((m.agents.thresholds if m.agents else None, own_exits))
         minimize(problem, nsga2(genome, settings, seeds), settings.generations, settings.seed,
@@ -71,12 +74,12 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
         held: dict[str, Any] = {}
         if holdout is not None:
             held_start = time.perf_counter()
-            static, *points = with_holdout(rt, [static, *points], *holdout, pool_mb=settings.pool_mb)
+            static, *points = with_holdout(rt, [static, *points], *holdout, pool_mb=settings.pool_mb, chunk=chunk)
             held = {"holdout": {"images": len(holdout[1]), "seconds": time.perf_counter() - held_start}}
         meta = {"model": m.model_name, "images": len(labels), "evaluations": evaluations,
-                "seconds": seconds, "states": states,
+                "seconds": seconds, "states": states, "chunk": chunk,
                 "layers_computed": layers_computed, "recomputed": recomputed, **held,
-                "settings": {**settings.to_dict(), "grid": list(genome.grid),
+                "settings": {**settings.to_dict(), "grid": list(genome.grid), "precisions": list(genome.precisions),
                              "exit_grids": [list(g) for g in genome.exit_grids]},
                 "backend": rt.backend_info.get("backend"), "profile_created_utc": profile.created_utc,
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -90,14 +93,37 @@ def search_bundle(bundle_dir: str | Path, images: npt.NDArray[np.uint8], labels:
         rt.close()
 
 
+def search_precisions(settings: BundleSearchSettings, runs: Sequence[str], timed: Sequence[str]) -> tuple[str, ...]:
+    """What each layer's precision gene chooses from: the settings' list (or, for ``auto``, every precision the
+    Runtime ``runs`` the layers in), each one the profile ``timed``, the backend's own first."""
+    if timed[0] != runs[0]:
+        raise ConfigError(f"the profile timed the layers in {timed[0]} and the search runs them in {runs[0]}: profile "
+                          "the bundle with the backend the search uses")
+    wanted = settings.precision_list or tuple(p for p in runs if p in timed)
+    missing = [p for p in wanted if p not in runs or p not in timed]
+    if missing or wanted[0] != runs[0]:
+        raise ConfigError(f"precisions {','.join(wanted)}: the backend runs this bundle's layers in {', '.join(runs)} "
+                          f"({runs[0]} first), the profile timed {', '.join(timed)}"
+                          + (f"; {', '.join(missing)} is not among both" if missing else ""))
+    return wanted
+
+
+def eval_chunk(rt: Runtime, batch: int) -> int:
+    """The batch the path cache runs stages in: 32 (fast, exact) unless some format a layer may run in is
+    ``batch_dependent`` (INT8 activations quantized over each call), whose outputs are then computed at the
+    ``batch`` the front is for, as the Runtime computes them there (at batch 1 exactly)."""
+    formats = rt.manifest.formats
+    return batch if any(info.batch_dependent for info in formats.values()) else PathCache.CHUNK
+
+
 def with_holdout(rt: Runtime, points: Sequence[ParetoPoint], images: npt.NDArray[np.uint8],
-                 labels: npt.NDArray[np.int64], *, pool_mb: float) -> list[ParetoPoint]:
+                 labels: npt.NDArray[np.int64], *, pool_mb: float, chunk: int = 32) -> list[ParetoPoint]:
     """``points`` (the static model first) with their accuracy on held-out images and the paired standard error
     of each one's loss against the static model there, from the bundle's own stages (exact, as the Runtime)."""
     if len(images) == 0 or len(images) != len(labels):
         raise ConfigError(f"need held-out images with one label each, got {len(images)} images, {len(labels)} labels")
-    return _with_accuracies(PathCache(rt, prepare(images, rt.input_spec), labels, pool_mb=pool_mb), points,
-                            held_out=True)
+    return _with_accuracies(PathCache(rt, prepare(images, rt.input_spec), labels, pool_mb=pool_mb, chunk=chunk),
+                            points, held_out=True)
 
 
 def _with_accuracies(cache: PathCache, points: Sequence[ParetoPoint], *, held_out: bool) -> list[ParetoPoint]:

@@ -52,6 +52,7 @@ import numpy.typing as npt
 
 from edgeskip.e2cm.costs import MacCosts
 from edgeskip.errors import ConfigError
+from edgeskip.manifest import PRECISIONS
 from edgeskip.profile import STATIC, Profile, at_distance
 from edgeskip.rule import decision_free_segments
 
@@ -75,19 +76,22 @@ class CostKey:
     index: int | None
     batch: int
     distance: int | None = None
+    precision: str | None = None  # a layer in another precision than the profiled backend's own (static pass)
 
     @classmethod
     def parse(cls, name: str, batch: int) -> CostKey:
-        """From a profile's piece name: 'embed', 'head', 'layer_03', 'layer_03@1', 'agent_03', 'agent_03@0',
-        'exit_01'."""
+        """From a profile's piece name: 'embed', 'head', 'layer_03', 'layer_03@1', 'layer_03:fp32', 'agent_03',
+        'agent_03@0', 'exit_01'."""
         if name in ("embed", "head", STATIC):
             return cls(name, None, batch)
+        name, colon, precision = name.partition(":")
         base, at, distance = name.partition("@")
         piece, _, index = base.partition("_")
         if piece not in ("layer", "agent", "exit") or not index.isdigit() or (
-                at and (piece == "exit" or not distance.isdigit())):
-            raise ConfigError(f"unknown profile entry {name!r}")
-        return cls(piece, int(index), batch, int(distance) if at else None)
+                at and (piece == "exit" or not distance.isdigit())) or (
+                colon and (piece != "layer" or at or precision not in PRECISIONS)):
+            raise ConfigError(f"unknown profile entry {name}{colon}{precision!r}")
+        return cls(piece, int(index), batch, int(distance) if at else None, precision or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +106,7 @@ class Usage:
     asked_after_skip: tuple[float, ...] = ()  # per layer: share of ``asked`` with no layer run since the last ask
     static: bool = False  # the plan takes no decision: the Runtime runs the monolithic model in one call
     fused_calls: float = 0.0  # backend calls per input saved by fused decision-free segments (where a backend fuses)
+    precisions: tuple[str | None, ...] = ()  # per layer (empty: none given): None = the backend's own
 
     def backend_calls(self, fuses: bool) -> float:
         """Backend calls per input: embed, the layers that ran, the head; less what fusing saves when ``fuses``."""
@@ -114,11 +119,13 @@ class Usage:
 
 
 def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64], steps: Sequence[tuple[int, Any]],
-             exits: Sequence[int], checked_exits: Sequence[int], *, static: bool = False) -> Usage:
+             exits: Sequence[int], checked_exits: Sequence[int], *, static: bool = False,
+             precisions: Sequence[str | None] = ()) -> Usage:
     """The usage of a run: ``executed`` (N, L) with the inputs in the order they ran one at a time,
     ``exit_layer`` (N,), the plan's (layer, threshold or cut) steps (None: the layer runs without asking its
     agent), the exit layers of the model and those enabled in the plan; ``static``: the plan is static
-    (:attr:`edgeskip.policy.Plan.static`), which the Runtime runs as the monolithic model."""
+    (:attr:`edgeskip.policy.Plan.static`), which the Runtime runs as the monolithic model; ``precisions``: the
+    plan's per-layer precisions (:attr:`edgeskip.policy.Plan.precisions`)."""
     n, depth = executed.shape
     if n == 0:
         raise ConfigError("usage needs at least one input")
@@ -139,7 +146,7 @@ def usage_of(executed: npt.NDArray[np.bool_], exit_layer: npt.NDArray[np.int64],
     # whoever reaches a decision-free segment runs all of it: one call instead of len(segment)
     fused = sum((len(seg) - 1) * float(rates[seg[0]]) for seg in decision_free_segments(steps, enabled))
     return Usage(tuple(float(v) for v in rates), tuple(asked), tuple(checked),
-                 float(np.mean(~left)), reuse_shares(executed), tuple(after_skip), static, fused)
+                 float(np.mean(~left)), reuse_shares(executed), tuple(after_skip), static, fused, tuple(precisions))
 
 
 def reuse_shares(executed: npt.NDArray[np.bool_]) -> tuple[tuple[float, ...], ...]:
@@ -185,7 +192,7 @@ class ProfileCosts:
     def __init__(self, entries: Mapping[CostKey, tuple[float, float]], overhead: Mapping[int, tuple[float, float]],
                  depth: int, device: str, energy_source: str, fuses: bool = False, reuse: bool = True,
                  gate: Mapping[int, tuple[float, float, float]] | None = None,
-                 memory: Mapping[int, Mapping[str, float]] | None = None) -> None:
+                 memory: Mapping[int, Mapping[str, float]] | None = None, precision: str = "fp32") -> None:
         self.entries = dict(entries)
         self.overhead = dict(overhead)  # batch -> (ms per backend call, ms per runtime call)
         self.gate = dict(gate or {})  # batch -> the gate graph's (ms per layer run, per exit check, per call)
@@ -195,6 +202,7 @@ class ProfileCosts:
         self.energy_source = energy_source
         self.fuses = fuses  # the profiled backend runs decision-free segments as one call
         self.reuse = reuse  # price layers by reuse distance (the profile's layer_NN@d entries); see from_profile
+        self.precision = precision  # the profiled backend's own (its layer_NN entries); others are layer_NN:<p>
 
     @classmethod
     def from_profile(cls, profile: Profile, depth: int, *, reuse: bool = True) -> ProfileCosts:
@@ -219,7 +227,8 @@ class ProfileCosts:
             gate[int(b)] = (g.per_layer_ms, g.per_exit_ms, g.fixed_ms)
         memory = {int(b): dict(paths) for b, paths in profile.memory.paths.items()}
         return cls(entries, overhead, depth, profile.device, profile.energy_source,
-                   fuses=profile.backend.get("fuses") is True, reuse=reuse, gate=gate, memory=memory)
+                   fuses=profile.backend.get("fuses") is True, reuse=reuse, gate=gate, memory=memory,
+                   precision=str(profile.backend.get("precision", "fp32")))
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -232,19 +241,40 @@ class ProfileCosts:
             raise ConfigError(f"the profile has no {piece}{'' if index is None else f' {index}'} at batch {batch} "
                               f"(profiled batch sizes: {self.batch_sizes})") from None
 
-    def _layer_terms(self, j: int, rate: float, reuse: Sequence[float] | None,
-                     batch: int) -> list[tuple[tuple[float, float], float]]:
+    def _layer_terms(self, j: int, rate: float, reuse: Sequence[float] | None, batch: int,
+                     precision: str | None = None) -> list[tuple[tuple[float, float], float]]:
         """Layer j's (latency, energy) terms: by reuse distance where the profile and the usage have it (at
-        batch 1), linear between the measured distances; else its static-pass entry for every run."""
-        static = self._entry("layer", j, batch)
+        batch 1), linear between the measured distances; else its static-pass entry for every run. In another
+        ``precision`` than the profiled backend's own, its static pass in that precision (``layer_NN:int8``) with
+        the own precision's reuse curve scaled to it (the profile times reuse distances in the own precision only)."""
+        own = self._entry("layer", j, batch)
+        static = own if precision is None else self._layer_in(j, batch, precision)
         measured = [(k.distance, v) for k, v in self.entries.items()
                     if k.piece == "layer" and k.index == j and k.batch == batch and k.distance is not None]
         if not self.reuse or reuse is None or not measured:
             return [(static, rate)]
         d, w = np.arange(len(reuse)), np.asarray(reuse)
-        ms = at_distance([(dist, v[0]) for dist, v in measured], static[0], self.depth, d) @ w
-        mj = at_distance([(dist, v[1]) for dist, v in measured], static[1], self.depth, d) @ w
+        scale = [s / o if o > 0 else 1.0 for s, o in zip(static, own, strict=True)]
+        ms = at_distance([(dist, v[0]) for dist, v in measured], own[0], self.depth, d) @ w * scale[0]
+        mj = at_distance([(dist, v[1]) for dist, v in measured], own[1], self.depth, d) @ w * scale[1]
         return [((float(ms) / rate, float(mj) / rate), rate)]
+
+    def _layer_in(self, j: int, batch: int, precision: str) -> tuple[float, float]:
+        try:
+            return self.entries[CostKey("layer", j, batch, precision=precision)]
+        except KeyError:
+            held = sorted({k.precision for k in self.entries if k.precision is not None})
+            raise ConfigError(f"the profile has no layer {j} in {precision} at batch {batch} (it timed the layers in "
+                              f"{', '.join([self.precision, *held])}): profile the bundle again") from None
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions the profile timed every layer in, the backend's own first."""
+        def layers(precision: str | None) -> set[int | None]:
+            return {k.index for k in self.entries if k.piece == "layer" and k.precision == precision}
+
+        other = sorted({k.precision for k in self.entries if k.precision is not None})
+        return (self.precision, *(p for p in other if layers(p) >= layers(None)))
 
     def predict(self, usage: Usage, batch: int = 1, path: str | None = None) -> Prediction:
         """Expected latency and energy per call of ``batch`` inputs (latency of the call, energy per call) on
@@ -269,14 +299,18 @@ class ProfileCosts:
         if len(usage.layers) != self.depth:
             raise ConfigError(f"usage covers {len(usage.layers)} layers; the model has {self.depth}")
         out = {}
+        own = (None, self.precision)
+        mixed = any(p not in own for p in usage.precisions)  # some layer in another precision: the stage loop only
         mib = self.memory.get(batch, {})
         whole = self.entries.get(CostKey(STATIC, None, batch))
-        if usage.static and whole is not None:  # measured as one whole Runtime call: overheads included
+        if usage.static and whole is not None and not mixed:  # one whole Runtime call, overheads included
             out["monolithic"] = Prediction(*whole, path="monolithic", memory_mib=mib.get("monolithic"))
         terms = [(self._entry("embed", None, batch), 1.0), (self._entry("head", None, batch), usage.reach_head)]
         for j, rate in enumerate(usage.layers):
             if rate:
-                terms += self._layer_terms(j, rate, usage.reuse[j] if batch == 1 and usage.reuse else None, batch)
+                p = usage.precisions[j] if usage.precisions else None
+                terms += self._layer_terms(j, rate, usage.reuse[j] if batch == 1 and usage.reuse else None, batch,
+                                           None if p in own else p)
         for j, rate in enumerate(usage.layers):
             if usage.asked[j]:
                 skip = usage.asked_after_skip[j] if usage.asked_after_skip else 0.0
@@ -293,7 +327,7 @@ class ProfileCosts:
         per_call, fixed = self.overhead.get(batch, (0.0, 0.0))
         out["stages"] = Prediction(latency + usage.backend_calls(self.fuses) * per_call + fixed, energy,
                                    memory_mib=mib.get("stages"))
-        if batch in self.gate:  # the graph decides inside: its agents and Ifs are in its fixed cost
+        if batch in self.gate and not mixed:  # the graph decides inside: its agents and Ifs are in its fixed cost
             per_layer, per_exit, gate_fixed = self.gate[batch]
             # its terms were fitted against the stages' static-pass times, so they price its layers
             stages_ms = self._entry("embed", None, batch)[0] + self._entry("head", None, batch)[0] * usage.reach_head \

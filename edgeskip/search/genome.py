@@ -3,7 +3,8 @@
 A genome has one gene per searchable layer (0 removes the layer; k >= 1 is the agent threshold
 ``grid[k - 1]``; a model without agents has the grid ``(0.0,)``: a layer runs or is removed) and, where
 the model has E²CM exits, one gene per exit (0 disables it; k >= 1 is the exit threshold
-``exit_grids[i][k - 1]``). :meth:`Genome.policy` decodes genes into the :class:`~edgeskip.policy.Policy`
+``exit_grids[i][k - 1]``) and, where the bundle's backend can run its layers in more than one precision, one
+gene per searchable layer for its precision (k: ``precisions[k]``, 0 the backend's own). :meth:`Genome.policy` decodes genes into the :class:`~edgeskip.policy.Policy`
 the runtime runs; :meth:`Genome.genes_of` encodes a configuration back (None when a threshold is off
 the grids). Post-training searches every layer of a checkpoint; a bundle search only the layers the
 bundle holds.
@@ -40,11 +41,12 @@ class Genome:
     """Two-way map between integer genes and the configurations of one model.
 
     ``depth``: the model's layers; ``layers``: those with a gene (the others are removed); ``grid``: agent
-    thresholds (``(0.0,)`` without agents); ``exit_grids``: one threshold grid per exit (none: no exits).
+    thresholds (``(0.0,)`` without agents); ``exit_grids``: one threshold grid per exit (none: no exits);
+    ``precisions``: what each searchable layer may run in, the backend's own first (fewer than two: no gene).
     """
 
     def __init__(self, depth: int, layers: Sequence[int] | None = None, grid: Sequence[float] = DEFAULT_GRID,
-                 exit_grids: Sequence[Sequence[float]] = ()) -> None:
+                 exit_grids: Sequence[Sequence[float]] = (), precisions: Sequence[str] = ()) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ConfigError(f"depth must be a positive integer, got {depth!r}")
         self.depth = depth
@@ -58,6 +60,13 @@ class Genome:
                 raise ConfigError(f"{name} must hold distinct values in [0, 1], got {values}")
         if not self.grid:
             raise ConfigError("the threshold grid is empty")
+        self.precisions = tuple(str(p) for p in precisions)
+        if len(set(self.precisions)) != len(self.precisions):
+            raise ConfigError(f"precisions must be distinct, got {self.precisions}")
+
+    @property
+    def n_precision_genes(self) -> int:
+        return len(self.layers) if len(self.precisions) > 1 else 0
 
     @property
     def n_exits(self) -> int:
@@ -66,11 +75,12 @@ class Genome:
     @property
     def upper(self) -> list[int]:
         """The largest value of each gene."""
-        return [len(self.grid)] * len(self.layers) + [len(g) for g in self.exit_grids]
+        return [len(self.grid)] * len(self.layers) + [len(g) for g in self.exit_grids] \
+            + [len(self.precisions) - 1] * self.n_precision_genes
 
     @property
     def size(self) -> int:
-        return len(self.layers) + self.n_exits
+        return len(self.layers) + self.n_exits + self.n_precision_genes
 
     def check(self, genes: Sequence[int] | npt.NDArray[np.integer[Any]]) -> tuple[int, ...]:
         """Genes as a tuple of ints, each within its range; anything else is a ConfigError."""
@@ -88,24 +98,44 @@ class Genome:
         layers: list[float | None] = [None] * self.depth
         for j, v in zip(self.layers, g, strict=False):
             layers[j] = None if v == 0 else self.grid[v - 1]
-        exits = [1.0 if v == 0 else grid[v - 1] for v, grid in zip(g[len(self.layers):], self.exit_grids, strict=True)]
+        start = len(self.layers)
+        exits = [1.0 if v == 0 else grid[v - 1]
+                 for v, grid in zip(g[start:start + self.n_exits], self.exit_grids, strict=True)]
         return tuple(layers), (tuple(exits) if self.n_exits else None)
+
+    def layer_precisions(self, genes: Sequence[int]) -> tuple[str | None, ...] | None:
+        """Per layer, the precision of checked genes (None for a layer without a gene); None without precision
+        genes."""
+        if not self.n_precision_genes:
+            return None
+        g = self.check(genes)[len(self.layers) + self.n_exits:]
+        out: list[str | None] = [None] * self.depth
+        for j, v in zip(self.layers, g, strict=True):
+            out[j] = self.precisions[v]
+        return tuple(out)
 
     def policy(self, genes: Sequence[int] | npt.NDArray[np.integer[Any]]) -> Policy:
         """The configuration the genes encode."""
         layers, exits = self.thresholds(genes)  # type: ignore[arg-type]
         if all(t is None for t in layers):
             raise ConfigError("genes that remove every layer are no configuration: keep at least one layer")
-        return Policy.config(layers, exits)
+        return Policy.config(layers, exits, self.layer_precisions(genes))  # type: ignore[arg-type]
 
-    def genes_of(self, layers: Sequence[float | None] | None, exits: Sequence[float] | None = None) -> tuple[int, ...] | None:
+    def genes_of(self, layers: Sequence[float | None] | None, exits: Sequence[float] | None = None,
+                 precisions: Sequence[str | None] | None = None) -> tuple[int, ...] | None:
         """The genes of a configuration (``layers`` None: every searchable layer always runs; ``exits`` None: all
-        off), or None when a threshold is off the grids or a layer without a gene would run."""
+        off; ``precisions`` None, or a None entry: the backend's own), or None when a threshold is off the grids, a
+        layer without a gene would run or a precision is not on offer."""
         if layers is not None and any(layers[j] is not None for j in range(self.depth) if j not in self.layers):
             return None
         genes = [_gene(0.0 if layers is None else layers[j], self.grid) for j in self.layers]
         genes += [_gene(None if t >= 1.0 else t, grid)
                   for t, grid in zip(exits if exits is not None else [1.0] * self.n_exits, self.exit_grids, strict=True)]
+        if self.n_precision_genes:
+            chosen = [None if precisions is None else precisions[j] for j in self.layers]
+            genes += [0 if p is None else self.precisions.index(p) if p in self.precisions else None for p in chosen]
+        elif precisions is not None and any(p is not None and p != (self.precisions or (p,))[0] for p in precisions):
+            return None
         return None if None in genes else tuple(genes)  # type: ignore[arg-type]
 
     @property

@@ -1,8 +1,9 @@
 """The exact path cache: a bundle's own stages as the search's evaluator (numpy, torch-free).
 
-An input's state after some layers is fully determined by the set of layers that ran for it, so
-every (input, executed-layer set) state the search reaches is computed once with the bundle's own
-stages and kept: the agents' logits for every later layer, the head's logits and, after an exit's
+An input's state after some layers is fully determined by the set of layers that ran for it and the
+precision each ran in, so every (input, executed-layer set) state the search reaches is computed once
+with the bundle's own stages and kept (a state's key holds a few bits per layer: 0 for a layer that
+did not run, k + 1 for one that ran in the Runtime's ``precisions[k]``): the agents' logits for every later layer, the head's logits and, after an exit's
 layer, the E²CM decision. A configuration then only replays the decision rule
 (:func:`edgeskip.rule.route`) over cached numbers; a layer runs only for states no earlier
 configuration reached. Token tensors of states are kept in a bounded pool (least recently used go
@@ -39,16 +40,22 @@ class PathCache:
     ``block``, how many new states of a layer are made and stored at a time (memory above the pool).
     """
 
+    CHUNK = 32
+
     def __init__(self, runtime: Runtime, x: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], *,
-                 pool_mb: float = 1024.0, chunk: int = 32, block: int = 256) -> None:
+                 pool_mb: float = 1024.0, chunk: int = CHUNK, block: int = 256) -> None:
         if runtime.backend is None:
             raise ConfigError("the search runs the bundle's stages: open the Runtime with graph='stages'")
         if len(x) == 0 or len(x) != len(labels):
             raise ConfigError(f"need calibration images with one label each, got {len(x)} images, {len(labels)} labels")
         self.rt, self.be = runtime, runtime.backend
         self.n, self.depth, self.chunk, self.block = len(x), runtime.depth, chunk, max(block, chunk)
-        if self.depth > 40:
-            raise ConfigError(f"the path cache keys states by a bit per layer: at most 40 layers, got {self.depth}")
+        self.precisions = runtime.precisions  # what a layer can run in, the backend's own first
+        self.bits = max(1, (len(self.precisions)).bit_length())  # per layer in a state's key
+        if self.depth * self.bits > 40:
+            raise ConfigError(f"the path cache keys states by {self.bits} bit(s) per layer: at most "
+                              f"{40 // self.bits} layers, got {self.depth}")
+        self._names: dict[tuple[int, int], str] = {}  # (layer, precision index) -> the backend's stage name
         self.labels = np.asarray(labels, np.int64)
         self.last_layer = max(j for j in range(self.depth) if j not in runtime.manifest.removed)
         self.exit_of = {layer: i for i, layer in enumerate(runtime.e2cm.exits)} if runtime.e2cm is not None else {}
@@ -77,6 +84,20 @@ class PathCache:
         self._add(np.arange(self.n), np.zeros(self.n, np.int64), tokens, pin=True)
 
     # -- states ------------------------------------------------------------------------------
+
+    def code(self, layer: int, precision: int = 0) -> int:
+        """A state key's bits for ``layer`` run in ``precisions[precision]``."""
+        return (precision + 1) << (self.bits * layer)
+
+    def _stage(self, layer: int, precision: int) -> str:
+        """The backend's name of ``layer`` in ``precisions[precision]``, its session loaded on first use."""
+        key = (layer, precision)
+        if key not in self._names:
+            name = self.be.variant(stage_name(layer), self.precisions[precision])
+            if name is None:
+                raise ConfigError(f"the backend cannot run layer {layer} in {self.precisions[precision]}")
+            self._names[key] = name
+        return self._names[key]
 
     def _run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         out = [self.be.run(stage, x[s:s + self.chunk]) for s in range(0, len(x), self.chunk)]
@@ -170,26 +191,29 @@ class PathCache:
         out[have] = self._pool.take(kept, axis=0)
         if miss.size:
             m = masks[miss]
-            last = _highest_bit(m)
-            parent = self._tokens(inputs[miss], m & ~(np.int64(1) << last))
-            for j in np.unique(last):
-                rows = np.flatnonzero(last == j)
-                out[miss[rows]] = self._run(stage_name(int(j)), parent[rows])
+            last = _highest_bit(m) // self.bits
+            shift = self.bits * last
+            field = (m >> shift) & ((1 << self.bits) - 1)  # 1 + the precision the last layer ran in
+            parent = self._tokens(inputs[miss], m & ~(((1 << self.bits) - 1) << shift))
+            for j, k in {(int(a), int(b)) for a, b in zip(last, field, strict=True)}:
+                rows = np.flatnonzero((last == j) & (field == k))
+                out[miss[rows]] = self._run(self._stage(j, k - 1), parent[rows])
                 self.layers_computed += len(rows)
                 self.recomputed += len(rows)
             self._store(ids[miss], out[miss])
         return out
 
-    def advance(self, inputs: npt.NDArray[np.int64], masks: npt.NDArray[np.int64], layer: int) -> npt.NDArray[np.int64]:
-        """Run ``layer`` for states that ran none after it; returns the new states' ids."""
-        child = masks | (np.int64(1) << layer)
+    def advance(self, inputs: npt.NDArray[np.int64], masks: npt.NDArray[np.int64], layer: int,
+                precision: int = 0) -> npt.NDArray[np.int64]:
+        """Run ``layer`` in ``precisions[precision]`` for states that ran none after it; the new states' ids."""
+        child = masks | np.int64(self.code(layer, precision))
         ids = self.lookup(inputs, child)
         new = np.flatnonzero(ids < 0)
         # a block of states at a time: gathering, running and storing all of them at once (2,000 images at a
         # layer of vit9: 100 MB, three times over) had put 0.9 GB above the pool at the search's peak
         for start in range(0, new.size, self.block):
             part = new[start:start + self.block]
-            tokens = self._run(stage_name(layer), self._tokens(inputs[part], masks[part]))
+            tokens = self._run(self._stage(layer, precision), self._tokens(inputs[part], masks[part]))
             self.layers_computed += len(part)
             # the bundle's last layer has no successor: its outputs' tokens are never needed again
             self._add(inputs[part], child[part], tokens, last=layer, keep=layer != self.last_layer)
@@ -207,22 +231,36 @@ class PathCache:
         """Every calibration image through ``policy`` (the decision rule of :mod:`edgeskip.rule`), from cached
         states where they exist."""
         plan = resolve(policy, self.rt.manifest)
-        walk = _CachedWalk(self)
+        walk = _CachedWalk(self, [self._precision_index(p) for p in plan.precisions] or [0] * self.depth)
         path = route(plan.cuts, plan.exits, self.n, self.depth, walk)
         logits = path.logits(lambda: self.logits[self.lookup(walk.alive, walk.masks[walk.alive])], self.rt.num_classes)
         accuracy = float(np.mean(logits.argmax(axis=1) == self.labels))
         return Evaluation(thresholds=plan.layer_thresholds, steps=plan.steps, exits=tuple(plan.exits), static=plan.static,
+                          precisions=plan.precisions,
                           executed=path.executed, exit_layer=path.exit_layer, accuracy=accuracy, logits=logits)
 
     __call__ = evaluate
+
+    def _precision_index(self, precision: str | None) -> int:
+        if precision is None:
+            return 0
+        if precision not in self.precisions:
+            raise ConfigError(f"the search's backend runs this bundle's layers in {', '.join(self.precisions)}, not "
+                              f"{precision}")
+        return self.precisions.index(precision)
+
+    def static_key(self, layer: int) -> int:
+        """The key bits of the static path up to and including ``layer`` (every bundle layer, own precision)."""
+        return sum(self.code(j) for j in range(layer + 1) if j not in self.rt.manifest.removed)
 
 
 class _CachedWalk:
     """:func:`~edgeskip.rule.route` over a :class:`PathCache`: rows are the inputs still in, each at the
     cached state of the layers it has run."""
 
-    def __init__(self, cache: PathCache) -> None:
+    def __init__(self, cache: PathCache, precision: list[int]) -> None:
         self.cache = cache
+        self.precision = precision  # per layer: the index of its precision in cache.precisions
         self.alive = np.arange(cache.n)
         self.masks = np.zeros(cache.n, np.int64)
         self.ids = np.empty(0, np.int64)  # state ids after the last layer run, for its rows
@@ -232,8 +270,8 @@ class _CachedWalk:
 
     def run(self, layer: int, rows: npt.NDArray[np.intp] | None) -> None:
         inputs = self.alive if rows is None else self.alive[rows]
-        self.ids = self.cache.advance(inputs, self.masks[inputs], layer)
-        self.masks[inputs] |= np.int64(1) << layer
+        self.ids = self.cache.advance(inputs, self.masks[inputs], layer, self.precision[layer])
+        self.masks[inputs] |= np.int64(self.cache.code(layer, self.precision[layer]))
 
     def exit_top(self, index: int, layer: int, rows: npt.NDArray[np.intp] | None) -> npt.NDArray[np.float64]:
         return self.cache.top[self.ids]  # type: ignore[no-any-return]
@@ -251,7 +289,7 @@ def exit_grid(cache: PathCache, layer: int, rates: Sequence[float], calibrated: 
     the static path (they leave when their top probability is above it), and the calibrated one. Each lies
     midway between the top probabilities of the last image that leaves and the first that stays, so no
     calibration image sits on a threshold, where float rounding (a batch against one image) could flip it."""
-    ids = cache.lookup(np.arange(cache.n), np.full(cache.n, (1 << (layer + 1)) - 1, np.int64))
+    ids = cache.lookup(np.arange(cache.n), np.full(cache.n, cache.static_key(layer), np.int64))
     if (ids < 0).any():
         raise ConfigError("evaluate the static configuration before building exit grids")
     top = np.sort(cache.top[ids])[::-1]

@@ -52,6 +52,7 @@ class Evaluation:
     reward: float | None = None
     logits: npt.NDArray[np.float32] | None = None
     static: bool = False  # no decision taken: the Runtime runs it as the monolithic model (Plan.static)
+    precisions: tuple[str | None, ...] = ()  # per layer, as the plan runs it (Plan.precisions)
 
 
 class Evaluator(Protocol):
@@ -85,8 +86,10 @@ class ConfigurationProblem(Problem):
         """Evaluate ``genes`` now (not archived)."""
         policy = self.genome.policy(genes)
         ev = self.evaluator(policy)
-        usage = usage_of(ev.executed, ev.exit_layer, ev.steps, self.evaluator.exit_layers, ev.exits, static=ev.static)
-        return ParetoPoint(genes=genes, thresholds=ev.thresholds, exit_thresholds=policy.exits, accuracy=ev.accuracy,
+        usage = usage_of(ev.executed, ev.exit_layer, ev.steps, self.evaluator.exit_layers, ev.exits, static=ev.static,
+                         precisions=ev.precisions)
+        return ParetoPoint(genes=genes, thresholds=ev.thresholds, exit_thresholds=policy.exits,
+                           precisions=policy.precisions, accuracy=ev.accuracy,
                            executed_layers=float(ev.executed.sum(axis=1).mean()),
                            exit_rate=float(np.mean(ev.exit_layer >= 0)), reward=ev.reward, **self.cost(usage))
 

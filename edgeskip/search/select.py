@@ -49,6 +49,7 @@ def record_selection(bundle: str | Path | Bundle, chosen: Selection) -> Bundle:
         "device": chosen.device, "budget": {"value": chosen.budget, "unit": chosen.unit}, "batch": chosen.batch,
         "predicted": {"latency_ms": p.latency_ms, "energy_mj": p.energy_mj, "energy_source": chosen.energy_source},
         "accuracy": p.accuracy, "calibration_images": chosen.images, "path": p.path,
+        "precisions": None if p.precisions is None else list(p.precisions),
         "selected_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return update_manifest(b, default_config=default)

@@ -50,6 +50,10 @@ class BundleSearchSettings(SearchSettings):
     batch: int = field(default=1, ge=1, help="batch size latency and energy are predicted at")
     exit_rates: tuple[float, ...] = field(default=DEFAULT_EXIT_RATES, gt=0.0, le=1.0,
                                           help="each exit's grid: the thresholds where these shares of images leave")
+    precisions: str = field(default="auto", help=(
+        "what each layer may run in, a gene per layer: auto (every precision the bundle's backend holds and the "
+        "profile timed, e.g. int8,fp32 for an --int8 bundle), or a comma-separated list starting with the "
+        "backend's own (int8 alone: no precision gene)"))
     pool_mb: float = field(default=1024.0, gt=0.0, help=(
         "memory kept for cached token tensors (MiB); less recomputes more, the front stays the same (zoo vit9, "
         "25 x 30 on 2,000 images, in one phase of this VM: 1024 -> 74 s, 2.0 GB peak; 1536 -> 63 s, 2.5 GB; "
@@ -59,6 +63,13 @@ class BundleSearchSettings(SearchSettings):
         super().__post_init__()
         if any(not 0.0 < r < 1.0 for r in self.exit_rates):
             raise ConfigError(f"exit rates are shares of images in (0, 1), got {self.exit_rates}")
+        if self.precisions != "auto" and not self.precision_list:
+            raise ConfigError(f"precisions must be 'auto' or a comma-separated list, got {self.precisions!r}")
+
+    @property
+    def precision_list(self) -> tuple[str, ...]:
+        """The precisions named (empty for ``auto``)."""
+        return () if self.precisions == "auto" else tuple(p.strip() for p in self.precisions.split(",") if p.strip())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
