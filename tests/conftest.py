@@ -153,6 +153,20 @@ def digits_tflite_bundle(digits_agents: dict[str, Path], tmp_path_factory: pytes
 
 
 @pytest.fixture(scope="session")
+def digits_int8_bundle(digits_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained digits model of ``digits_agents`` with its agents and E²CM exits, exported with INT8 layers
+    (onnxruntime, dynamic) beside the fp32 ones: a bundle whose layers can run in either precision."""
+    from edgeskip.exporters.export import export_bundle
+    from edgeskip.exporters.settings import ExportConfig
+
+    out = tmp_path_factory.mktemp("int8") / "bundle"
+    export_bundle(ExportConfig(model="vit-digits", checkpoint=str(digits_agents["checkpoint"]),
+                               e2cm=str(digits_agents["e2cm"]), out=str(out), int8=True, calibration_images=200,
+                               fidelity_images=64))
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits_test_uint8() -> Any:
     """128 real digits test images (not the ones exports check themselves on) as an application has them:
     uint8 NHWC, (128, 8, 8, 1)."""

@@ -16,15 +16,6 @@ from edgeskip.exporters.settings import ExportConfig
 from edgeskip.runtimes import Runtime
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(digits_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("int8") / "bundle"
-    export_bundle(ExportConfig(model="vit-digits", checkpoint=str(digits_agents["checkpoint"]),
-                               e2cm=str(digits_agents["e2cm"]), out=str(out), int8=True, calibration_images=200,
-                               fidelity_images=64))
-    return out
-
-
 def _layer_ops(bundle: Path) -> list[set[str]]:
     m = Bundle.open(bundle).manifest
     assert all(s.files["onnx-int8"] == s.files["onnx"] for s in m.stages if s.kind in ("embed", "head"))  # float
@@ -32,13 +23,14 @@ def _layer_ops(bundle: Path) -> list[set[str]]:
             for s in m.stages if s.kind == "layer"]
 
 
-def test_layers_are_quantized_and_checked(int8_bundle: Path, digits_agents: dict[str, Path], tmp_path: Path) -> None:
-    m = Bundle.open(int8_bundle).manifest
+def test_layers_are_quantized_and_checked(digits_int8_bundle: Path, digits_agents: dict[str, Path],
+                                          tmp_path: Path) -> None:
+    m = Bundle.open(digits_int8_bundle).manifest
     assert m.precision == "int8" and m.formats["onnx-int8"].weights == "int8"
     assert "dynamic" in (m.formats["onnx-int8"].use or "")
     assert m.fidelity is not None and set(m.fidelity.formats["onnx-int8"]) == {s.name for s in m.stages
                                                                                 if s.kind != "agent"}
-    for ops in _layer_ops(int8_bundle):  # integer matrix products, norms and softmax in float
+    for ops in _layer_ops(digits_int8_bundle):  # integer matrix products, norms and softmax in float
         assert {"DynamicQuantizeLinear", "MatMulInteger", "LayerNormalization", "Softmax"} <= ops
     static = tmp_path / "static"  # QDQ, ranges calibrated on training images (what TensorRT reads)
     export_bundle(ExportConfig(model="vit-digits", checkpoint=str(digits_agents["checkpoint"]), out=str(static),
@@ -48,11 +40,12 @@ def test_layers_are_quantized_and_checked(int8_bundle: Path, digits_agents: dict
         assert {"QuantizeLinear", "DequantizeLinear", "MatMul", "LayerNormalization"} <= ops
 
 
-def test_the_runtime_runs_int8_by_default_and_decides_like_fp32(int8_bundle: Path, digits_agents: dict[str, Path],
+def test_the_runtime_runs_int8_by_default_and_decides_like_fp32(digits_int8_bundle: Path,
+                                                                 digits_agents: dict[str, Path],
                                                                  digits_test_uint8: np.ndarray) -> None:
     images = digits_test_uint8
-    with Runtime(int8_bundle, policy="agent+e2cm") as rt, \
-            Runtime(int8_bundle, policy="agent+e2cm", format="onnx") as fp32:
+    with Runtime(digits_int8_bundle, policy="agent+e2cm") as rt, \
+            Runtime(digits_int8_bundle, policy="agent+e2cm", format="onnx") as fp32:
         assert rt.info()["precision"] == "int8" and fp32.info()["precision"] == "fp32"
         a, b = rt(images), fp32(images)
     same_path = (a.executed == b.executed).all(axis=1) & (a.exit_layer == b.exit_layer)
@@ -75,7 +68,7 @@ def test_int8_is_refused_where_it_is_not_built(digits_agents: dict[str, Path], t
 
 
 def test_the_front_of_an_int8_bundle_is_measured_against_its_fp32_static_model(
-        int8_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        digits_int8_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``edgeskip bench --front`` on an INT8 bundle: its INT8 static and configurations, and the fp32 static model
     in the same rounds, the headline over fp32 within its loss (the INT8 static itself counted)."""
     import json
@@ -83,7 +76,7 @@ def test_the_front_of_an_int8_bundle_is_measured_against_its_fp32_static_model(
 
     from edgeskip.cli import main
 
-    bundle = Path(shutil.copytree(int8_bundle, tmp_path / "b"))
+    bundle = Path(shutil.copytree(digits_int8_bundle, tmp_path / "b"))
     assert main(["-q", "profile", str(bundle), "--quick"]) == 0
     assert main(["-q", "search", str(bundle), "--images", "100", "--holdout-images", "0", "--pop-size", "10",
                  "--generations", "4"]) == 0
