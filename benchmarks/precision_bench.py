@@ -5,13 +5,15 @@ against the front without, measured end to end, and what holding both precisions
 2. ``edgeskip search`` twice on the same search and held-out images: ``--precisions int8`` (every layer INT8: no
    precision gene) and ``--precisions int8,fp32`` (a gene per layer). Both fronts are normalised by the same
    INT8 static model, so their hypervolumes compare.
-3. ``edgeskip bench --front`` on each front: held-out accuracy and latency interleaved at batch 1 and
-   ``--batch``, the speed-up over the fp32 static model (measured in the same rounds) at <= 0.5 / 1 / 2 points.
+3. ``edgeskip bench --front`` on each front, ``--repeats`` times, the two fronts alternating (the machine's
+   drift then touches both): held-out accuracy and latency interleaved at batch 1 and ``--batch``, the speed-up
+   over the fp32 static model (measured in the same rounds) at <= 0.5 / 1 / 2 points.
 4. Resident memory of a fresh process on the stage loop at batch 1 (``edgeskip.devices.memory``): INT8 layers
    only, INT8 with every layer's fp32 form loaded too (what a Runtime holds after switching), fp32 only.
 
     edgeskip export --model vit9 --pretrained cifar10 --int8 --data DATA --out B
-    python benchmarks/precision_bench.py --bundle B --data ../shared/data/cifar10-images.tar.gz [--json out.json]
+    python benchmarks/precision_bench.py --bundle B --data ../shared/data/cifar10-images.tar.gz --out DIR
+    (DIR keeps the bundle copy with its profile, both fronts and every bench report; report.json the summary)
 """
 
 from __future__ import annotations
@@ -34,23 +36,27 @@ def run(bundle: Path, data: str, args: argparse.Namespace, work: Path) -> dict[s
     b = Path(shutil.copytree(bundle, work / "b", ignore=shutil.ignore_patterns("profiles", "pareto")))
     edgeskip("profile", str(b), "--device", "cpu")
     out: dict[str, Any] = {"fronts": {}}
-    for name, precisions in (("int8", "int8"), ("int8+fp32", "int8,fp32")):
+    fronts = {"int8": "int8", "int8+fp32": "int8,fp32"}
+    for name, precisions in fronts.items():
         pareto = work / f"{name}.json"
         text = edgeskip("search", str(b), "--data", data, "--images", str(args.images), "--holdout-images",
                         str(args.holdout_images), "--precisions", precisions, "--out", str(pareto),
                         "--pop-size", str(args.pop_size), "--generations", str(args.generations))
         front = json.loads(pareto.read_text())
-        report = work / f"{name}-bench.json"
-        edgeskip("bench", str(b), "--front", "--pareto", str(pareto), "--data", data, "--batch", str(args.batch),
-                 "--front-rounds", str(args.front_rounds), "--json", str(report))
-        measured = json.loads(report.read_text())["measured"]
         out["fronts"][name] = {
             "hypervolume": front["hypervolume"], "points": len(front["points"]),
             "evaluations": front["meta"]["evaluations"], "search_seconds": front["meta"]["seconds"],
             "fp32_layers_per_point": [sum(p == "fp32" for p in (q.get("precisions") or [])) for q in front["points"]],
-            "search_summary": text.splitlines()[0],
-            "measured": {bs: {k: m.get(k) for k in ("headline", "headline_over_fp32", "fp32_static_ms", "noise")}
-                         for bs, m in measured.items()}}
+            "search_summary": text.splitlines()[0], "measured": []}
+    for repeat in range(args.repeats):
+        for name in fronts:
+            report = work / f"{name}-bench{repeat}.json"
+            edgeskip("bench", str(b), "--front", "--pareto", str(work / f"{name}.json"), "--data", data, "--batch",
+                     str(args.batch), "--front-rounds", str(args.front_rounds), "--json", str(report))
+            measured = json.loads(report.read_text())["measured"]
+            out["fronts"][name]["measured"].append(
+                {bs: {k: m.get(k) for k in ("headline", "headline_over_fp32", "fp32_static_ms", "static_ms", "noise")}
+                 for bs, m in measured.items()})
     depth = Bundle.open(b).manifest.config.depth
     out["memory_mib"] = {
         "int8": path_memory_mib(b, "stages", 1, policy="agent+e2cm", backend="onnxruntime"),
@@ -71,14 +77,16 @@ def main() -> int:
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64, help="the batched measurement of bench --front")
     parser.add_argument("--front-rounds", type=int, default=20)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--repeats", type=int, default=2, help="bench --front runs of each front, alternating")
+    parser.add_argument("--out", default=None, help="keep everything here (default: a temporary folder)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work:
-        report = run(Path(args.bundle), args.data, args, Path(work))
-    text = json.dumps(report, indent=2)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(args.out or scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        report = run(Path(args.bundle), args.data, args, work)
+        text = json.dumps(report, indent=2)
+        (work / "report.json").write_text(text)
     print(text)
-    if args.json:
-        Path(args.json).write_text(text)
     return 0
 
 

@@ -768,7 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(parsers["export"], ExportConfig)
     be = parsers["build-engines"]
     add_bundle_argument(be, "bundle exported with --target jetson")
-    be.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="engine precision")
+    be.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "int8"),
+                    help="engine precision (int8: from the QDQ ONNX of a jetson export with --int8)")
     be.add_argument("--batch-sizes", default="1", help="static batch size of each engine profile, e.g. 1,8")
     be.add_argument("--gate", action="store_true", help="also build the gate-graph engine (measure its cost on the device)")
     be.add_argument("--workspace-mb", type=positive_int, default=1024, help="builder workspace limit in MiB")

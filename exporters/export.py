@@ -217,7 +217,7 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
             raise ExportError(f"the gate graph disagrees with PyTorch: {gate_fidelity}")
         bar.update()
 
-        calibration = _calibration_inputs(cfg, src) if cfg.int8 and cfg.int8_mode == "static" else None
+        calibration = _calibration_inputs(cfg, src) if cfg.int8 and cfg.quantization == "static" else None
         job = FormatJob(cfg, tmp, stages, inputs, files, bar.update, calibration)
         results = [f(job) for f in formats]  # in the target's order (tensorrt after onnx-fp16)
         if agent_params is not None:

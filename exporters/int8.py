@@ -29,7 +29,7 @@ import logging
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from edgeskip.exporters.onnx import OPSET, ort_session, run_onnx
 from edgeskip.manifest import FormatInfo
 
 __all__ = ["FLOAT_STAGES", "INT8_AGREEMENT", "INT8_TOLERANCE", "OnnxInt8Exporter", "QUANTIZED_OPS", "quantize_stage",
-           "quantize_stages"]
+           "quantize_stages", "require_agreement", "top1_agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ def quantize_stage(fp32: Path, out: Path, inputs: npt.NDArray[np.float32] | None
 
     quantize_static(str(fp32), str(out), Reader(name, inputs), quant_format=QuantFormat.QDQ, per_channel=True,
                     op_types_to_quantize=list(QUANTIZED_OPS), activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": True})
+                    weight_type=QuantType.QInt8,
+                    # symmetric, zero points of 0: what TensorRT's explicit quantization takes (exporters.tensorrt)
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": True})
 
 
 def quantize_stages(jobs: list[tuple[Path, Path, npt.NDArray[np.float32] | None]], scratch: Path, mode: str) -> None:
@@ -122,7 +124,7 @@ class OnnxInt8Exporter:
         return stages
 
     def __call__(self, job: FormatJob) -> FormatResult:
-        mode = job.cfg.int8_mode
+        mode = job.cfg.quantization
         if mode == "static" and job.calibration is None:
             raise ExportError("static INT8 needs calibration images: pass --data with the training images")
         todo = []
@@ -143,11 +145,8 @@ class OnnxInt8Exporter:
         log.info("int8 stages, max error relative to the output scale: %s",
                  ", ".join(f"{k} {v:.3f}" for k, v in relative.items()))
         require_within(relative, INT8_TOLERANCE, "int8 ONNX (relative to the output scale)")
-        agreement = _top1_agreement(job, sessions)
-        if agreement < INT8_AGREEMENT:
-            raise ExportError(f"the int8 stages agree with fp32 PyTorch on the top class of only {100 * agreement:.1f}% "
-                              f"of the {len(job.inputs['embed'])} fidelity images (at least "
-                              f"{100 * INT8_AGREEMENT:.0f}% required)")
+        agreement = top1_agreement(job, lambda s, x: run_onnx(sessions[s.name], x))
+        require_agreement(agreement, len(job.inputs["embed"]), "int8 ONNX")
         how = ("dynamic: activations quantized per call" if mode == "dynamic" else
                f"static QDQ, calibrated on {len(next(iter(job.calibration.values())))} training images")  # type: ignore[union-attr]
         info = FormatInfo(batch="dynamic", weights="int8", io="float32", opset=OPSET, batch_dependent=mode == "dynamic",
@@ -155,8 +154,9 @@ class OnnxInt8Exporter:
         return FormatResult({self.name: info}, {self.name: errors})
 
 
-def _top1_agreement(job: FormatJob, sessions: dict[str, Any]) -> float:
-    """Share of the fidelity images whose top class through every int8 stage in order equals fp32 PyTorch's."""
+def top1_agreement(job: FormatJob, run: Callable[[Any, npt.NDArray[np.float32]], Any]) -> float:
+    """Share of the fidelity images whose top class through every stage in order (``run(stage, x)``: an INT8
+    format's) equals fp32 PyTorch's."""
     import torch
 
     x = job.inputs["embed"]
@@ -165,8 +165,16 @@ def _top1_agreement(job: FormatJob, sessions: dict[str, Any]) -> float:
     with torch.no_grad():
         for s in job.stages:
             want = s.module(want)
-            got = run_onnx(sessions[s.name], np.ascontiguousarray(got, dtype=np.float32))
+            got = run(s, np.ascontiguousarray(got, dtype=np.float32))
     return float(np.mean(np.asarray(got).argmax(1) == want.numpy().argmax(1)))
+
+
+def require_agreement(agreement: float, images: int, what: str) -> None:
+    """An :class:`ExportError` when the INT8 chain's top class agrees with fp32 on fewer than
+    :data:`INT8_AGREEMENT` of the fidelity images."""
+    if agreement < INT8_AGREEMENT:
+        raise ExportError(f"the {what} stages agree with fp32 PyTorch on the top class of only {100 * agreement:.1f}% "
+                          f"of the {images} fidelity images (at least {100 * INT8_AGREEMENT:.0f}% required)")
 
 
 def _main(jobs_file: str) -> int:

@@ -21,8 +21,7 @@ TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-INT8_TARGETS = ("cpu", "onnx")
-INT8_MODES = ("dynamic", "static")
+INT8_MODES = ("auto", "dynamic", "static")
 
 
 def _h(text: str, **extra: Any) -> dict[str, Any]:
@@ -57,11 +56,13 @@ class ExportConfig:
         "dataset copy for the fidelity check on real test images (digits need none; without it: random images)"))
     fidelity_images: int = field(default=32, metadata=_h("test images the export checks itself on"))
     int8: bool = field(default=False, metadata=_h(
-        "also write every transformer layer quantized to INT8 with onnxruntime's tools (the cpu and onnx targets; "
-        "see --int8-mode), checked against PyTorch; the Runtime then runs them by default"))
-    int8_mode: str = field(default="dynamic", metadata=_h(
-        "--int8: dynamic (activations quantized per call; measured faster here) or static (QDQ, activation ranges "
-        "calibrated on training images: what TensorRT's explicit quantization reads)", choices=INT8_MODES))
+        "also write every transformer layer quantized to INT8 (onnxruntime's tools, see --int8-mode; for tflite also "
+        "LiteRT dynamic-range INT8 files; for jetson the QDQ files TensorRT builds INT8 engines from), checked "
+        "against PyTorch; the Runtime then runs them by default"))
+    int8_mode: str = field(default="auto", metadata=_h(
+        "--int8: dynamic (activations quantized per call; measured faster on onnxruntime here) or static (QDQ, "
+        "activation ranges calibrated on training images: what TensorRT's explicit quantization reads); auto: "
+        "static for jetson, else dynamic", choices=INT8_MODES))
     calibration_images: int = field(default=256, metadata=_h(
         "--int8-mode static: training images (a seeded subset, evenly per class) the activation ranges are "
         "calibrated on"))
@@ -78,9 +79,9 @@ class ExportConfig:
             raise ConfigError(f"calibration_images must be >= 1, got {self.calibration_images}")
         if self.int8_mode not in INT8_MODES:
             raise ConfigError(f"int8_mode must be one of {', '.join(INT8_MODES)}, got {self.int8_mode!r}")
-        if self.int8 and self.target not in INT8_TARGETS:
-            raise ConfigError(f"--int8 is for the {' and '.join(INT8_TARGETS)} targets (onnxruntime) so far; "
-                              f"{self.target} INT8 is not built yet")
+        if self.int8 and self.target == "jetson" and self.int8_mode == "dynamic":
+            raise ConfigError("--int8-mode dynamic is onnxruntime's (MatMulInteger), which TensorRT cannot parse: "
+                              "TensorRT builds INT8 from QDQ, --int8-mode static (the default for jetson)")
         parse_batch_sizes(self.batch_sizes)
         if self.pretrained is not None and self.checkpoint is not None:
             raise ConfigError("give --pretrained DATASET or --checkpoint PATH, not both")
@@ -103,9 +104,23 @@ class ExportConfig:
         return "int8" if self.int8 else TARGETS[self.target][0]
 
     @property
+    def quantization(self) -> str:
+        """The INT8 mode ``auto`` stands for: static (QDQ) for jetson, dynamic elsewhere."""
+        if self.int8_mode != "auto":
+            return self.int8_mode
+        return "static" if self.target == "jetson" else "dynamic"
+
+    @property
     def exporters(self) -> tuple[str, ...]:
-        """The registered format exporters this target runs after the ONNX stages (edgeskip.exporters)."""
-        return TARGETS[self.target][1] + (("onnx-int8",) if self.int8 else ())
+        """The registered format exporters this target runs after the ONNX stages (edgeskip.exporters): INT8
+        before TensorRT, which checks its files."""
+        formats = TARGETS[self.target][1]
+        if not self.int8:
+            return formats
+        if "tensorrt" in formats:
+            at = formats.index("tensorrt")
+            return formats[:at] + ("onnx-int8",) + formats[at:]
+        return formats + ("onnx-int8",)
 
     @property
     def out_dir(self) -> str:

@@ -12,6 +12,10 @@ Precision by TensorRT major version (both ONNX copies are in a jetson bundle):
 * TensorRT >= 11: networks are always strongly typed and the FP16 flag and ``--fp16`` are gone
   (docs.nvidia.com/deeplearning/tensorrt/11.0.0/api/migration/tensorrt-10x-to-11x-trtexec.html),
   so fp16 engines are built from the fp16 ONNX copy.
+* INT8 (``--target jetson --int8``): explicit quantization, built from the bundle's QDQ ONNX (``onnx-int8``,
+  static mode: activation ranges calibrated on training images at export); up to TensorRT 10 with the INT8
+  and FP16 builder flags (``--int8 --fp16``: the QDQ layers in INT8, the rest, LayerNorm, Softmax, GELU and the
+  float embed and head, in fp16), from 11 on strongly typed (``--stronglyTyped``: the rest in fp32).
 
 ``tensorrt`` is imported only inside the functions that need it (on Jetson it comes with
 JetPack; elsewhere ``pip install 'edgeskip[tensorrt]'``); ``torch`` only in :func:`run_engine`.
@@ -53,7 +57,7 @@ Version = tuple[int, int, int]
 # for op: LayerNormalization"; added in 8.6 per the onnx-tensorrt changelog). The tables below
 # still describe 8.5, so a check can be asked about it explicitly.
 MIN_TRT: tuple[int, int] = (8, 6)
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "int8")
 SCRIPT = "tensorrt/build_engines.sh"
 ENGINE_DIR = "engines"
 INSTALL_HINT = ("TensorRT is not installed: on a Jetson it comes with JetPack (use the system Python, or a venv "
@@ -154,8 +158,8 @@ def check_onnx_for_tensorrt(model: onnx.ModelProto, *, trt_version: Sequence[int
 
     The default, 8.6, is the oldest TensorRT edgeskip supports (JetPack 6.0), so the default
     check asks for what 8.6 and 10.x all take: opset, operators (inside ``If`` branches
-    too), input shapes (a dynamic or static first axis, static others) and TensorRT's rules for
-    ``If`` (see :func:`_check_ifs`).
+    too), input shapes (a dynamic or static first axis, static others), TensorRT's rules for
+    ``If`` (see :func:`_check_ifs`) and for explicit quantization (see :func:`_check_qdq`).
     """
     limit = max_opset(trt_version)
     ops = supported_ops(trt_version)
@@ -181,7 +185,41 @@ def check_onnx_for_tensorrt(model: onnx.ModelProto, *, trt_version: Sequence[int
                             f"{where}'s ONNX parser")
     if any(n.op_type == "If" for _, n in _walk(model.graph)):
         problems += _check_ifs(model)
+    problems += _check_qdq(model.graph)
     return _unique(problems)
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _check_qdq(graph: onnx.GraphProto) -> list[str]:
+    """TensorRT's rules for QDQ nodes (explicit quantization, 8.6-10): a constant scale, and a zero point that is
+    a constant INT8 zero (symmetric INT8 only; uint8 and non-zero zero points are refused by its importer)."""
+    from onnx import numpy_helper
+
+    constants = {i.name: i for i in graph.initializer}
+    constants |= {n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
+    problems = []
+    for node in graph.node:
+        if node.op_type not in _QDQ:
+            continue
+        what = f"{node.op_type} {node.name!r}"
+        if len(node.input) < 2 or node.input[1] not in constants:
+            problems.append(f"{what}: its scale must be a constant")
+        if len(node.input) < 3 or not node.input[2]:
+            continue  # no zero point: uint8 by the ONNX default, which TensorRT does not take
+        zero = constants.get(node.input[2])
+        if zero is None:
+            problems.append(f"{what}: its zero point must be a constant")
+        elif zero.data_type != onnx.TensorProto.INT8 or numpy_helper.to_array(zero).any():
+            problems.append(f"{what}: TensorRT quantizes symmetrically to INT8: the zero point must be an int8 zero, "
+                            f"got {onnx.TensorProto.DataType.Name(zero.data_type).lower()} "
+                            f"{numpy_helper.to_array(zero).ravel()[:4].tolist()}")
+    missing_zero = [n.name for n in graph.node if n.op_type in _QDQ and (len(n.input) < 3 or not n.input[2])]
+    if missing_zero:
+        problems.append(f"{len(missing_zero)} QDQ node(s) without a zero point (uint8 by default), e.g. "
+                        f"{missing_zero[0]!r}: TensorRT takes INT8 only")
+    return problems
 
 
 def require_tensorrt_compatible(model: onnx.ModelProto, name: str, *, trt_version: Sequence[int] = MIN_TRT) -> None:
@@ -353,19 +391,21 @@ _SAFE_PATH = re.compile(r"[A-Za-z0-9_.\-/]+")
 
 @dataclasses.dataclass(frozen=True)
 class EngineJob:
-    """One stage to build: its fp32 and fp16 ONNX (bundle-relative) and its one input (shape without batch)."""
+    """One stage to build: its fp32, fp16 and QDQ INT8 ONNX (bundle-relative) and its one input (shape without
+    batch)."""
 
     stage: str
     onnx: str
     onnx_fp16: str | None
     input_name: str
     input_shape: tuple[int, ...]
+    onnx_int8: str | None = None
 
     def __post_init__(self) -> None:
         if not _SAFE_NAME.fullmatch(self.stage) or not _SAFE_NAME.fullmatch(self.input_name):
             raise TensorRTError(f"stage {self.stage!r} / input {self.input_name!r}: names may hold only letters, "
                                 "digits, '_', '.' and '-' (they go into trtexec's --shapes and file names)")
-        for path in (self.onnx, self.onnx_fp16):
+        for path in (self.onnx, self.onnx_fp16, self.onnx_int8):
             if path is not None and (not _SAFE_PATH.fullmatch(path) or path.startswith("/") or ".." in path.split("/")):
                 raise TensorRTError(f"stage {self.stage}: {path!r} must be a plain bundle-relative path")
         if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.input_shape):
@@ -374,6 +414,11 @@ class EngineJob:
 
     def onnx_for(self, trt_major: int, precision: str) -> str:
         """The ONNX file this TensorRT major version builds ``precision`` from."""
+        if precision == "int8":
+            if self.onnx_int8 is None:
+                raise TensorRTError(f"stage {self.stage}: INT8 engines are built from the QDQ ONNX of an export with "
+                                    "--int8 (static), which this bundle lacks; re-export with --target jetson --int8")
+            return self.onnx_int8
         if precision == "fp16" and trt_major >= 11:
             if self.onnx_fp16 is None:
                 raise TensorRTError(f"stage {self.stage}: TensorRT {trt_major} builds fp16 only from an fp16 ONNX "
@@ -396,19 +441,22 @@ def engine_jobs(bundle: Bundle, *, include_gate: bool = False) -> list[EngineJob
     m = bundle.manifest
     # agents (one dot product each) run on the host in numpy: an engine launch would cost more
     stages = [s for s in m.stages if s.kind != "agent"]
-    items: list[tuple[str, str, str | None]] = [(s.name, s.files["onnx"], s.files.get("onnx-fp16"))
-                                                for s in stages if "onnx" in s.files]
+    int8 = m.formats.get("onnx-int8")
+    qdq = int8 is not None and not int8.batch_dependent  # dynamic INT8 (MatMulInteger) is onnxruntime's alone
+    items: list[tuple[str, str, str | None, str | None]] = [
+        (s.name, s.files["onnx"], s.files.get("onnx-fp16"), s.files.get("onnx-int8") if qdq else None)
+        for s in stages if "onnx" in s.files]
     missing = [s.name for s in stages if "onnx" not in s.files]
     if missing:
         raise TensorRTError(f"stages {', '.join(missing)} have no ONNX file: re-export the bundle")
     if include_gate:
         if m.gate is None:
             raise TensorRTError("this bundle has no gate graph; export it with agents or E²CM exits, or drop the gate")
-        items.append(("gate", m.gate.file, m.gate.files.get("onnx-fp16")))
-    return [_job_from_onnx(stage, bundle.file(rel), rel, fp16) for stage, rel, fp16 in items]
+        items.append(("gate", m.gate.file, m.gate.files.get("onnx-fp16"), None))
+    return [_job_from_onnx(stage, bundle.file(rel), rel, fp16, int8) for stage, rel, fp16, int8 in items]
 
 
-def _job_from_onnx(stage: str, path: Path, rel: str, rel_fp16: str | None) -> EngineJob:
+def _job_from_onnx(stage: str, path: Path, rel: str, rel_fp16: str | None, rel_int8: str | None = None) -> EngineJob:
     model = onnx.load(str(path), load_external_data=False)
     inputs = list(_graph_inputs(model.graph))
     if len(inputs) != 1:
@@ -417,7 +465,7 @@ def _job_from_onnx(stage: str, path: Path, rel: str, rel_fp16: str | None) -> En
     if dims is None or not dims or any(not isinstance(d, int) for d in dims[1:]):
         raise TensorRTError(f"{rel}: input {name!r} needs a batch axis and static other dimensions, got "
                             f"{'no shape' if dims is None else _fmt(dims)}")
-    return EngineJob(stage, rel, rel_fp16, name, tuple(int(d) for d in dims[1:]))  # type: ignore[arg-type]
+    return EngineJob(stage, rel, rel_fp16, name, tuple(int(d) for d in dims[1:]), rel_int8)  # type: ignore[arg-type]
 
 
 def _check_batches(batch_sizes: Sequence[int]) -> tuple[int, ...]:
@@ -443,7 +491,7 @@ set -euo pipefail
 
 PRECISION=@PRECISION@
 BATCH_SIZES=(@BATCHES@)
-# stage|fp32 onnx|fp16 onnx ("-": none)|input name|input shape with @ for the batch axis
+# stage|fp32 onnx|fp16 onnx ("-": none)|input name|input shape with @ for the batch axis|QDQ int8 onnx ("-": none)
 JOBS=(
 @JOBS@
 )
@@ -479,12 +527,14 @@ trt_major() {
 
 # trtexec flags for a TensorRT major version and precision: --fp16 up to TensorRT 10; from 11
 # on networks are strongly typed (--fp16 is gone) and fp16 engines come from the fp16 ONNX.
+# int8 is explicit quantization from the QDQ ONNX: --int8 --fp16 up to 10, strongly typed from 11.
 trt_flags() {
     local major=$1 precision=$2 flags=()
     case $precision in
         fp32) ;;
         fp16) if (( major >= 11 )); then flags+=(--stronglyTyped); else flags+=(--fp16); fi ;;
-        *) echo "error: unknown precision '$precision' (fp16 or fp32)" >&2; return 2 ;;
+        int8) if (( major >= 11 )); then flags+=(--stronglyTyped); else flags+=(--int8 --fp16); fi ;;
+        *) echo "error: unknown precision '$precision' (fp16, fp32 or int8)" >&2; return 2 ;;
     esac
     if (( major >= 10 )); then flags+=(--skipInference); else flags+=(--buildOnly); fi
     printf '%s\n' "${flags[*]}"
@@ -497,7 +547,7 @@ uses_fp16_onnx() {
 }
 
 main() {
-    local here trtexec banner code major flags_text flags=() job stage onnx onnx16 input dims model
+    local here trtexec banner code major flags_text flags=() job stage onnx onnx16 input dims onnx8 model
     local n shape out log workspace=${WORKSPACE_MB:-1024}
     here=$(dirname -- "${BASH_SOURCE[0]}")
     cd -- "$here/.."  # the bundle root: every path below is relative to it
@@ -520,9 +570,15 @@ main() {
     echo "TensorRT v$code (major $major), $PRECISION, trtexec $trtexec, flags: ${flags[*]}" >&2
     mkdir -p engines
     for job in "${JOBS[@]}"; do
-        IFS='|' read -r stage onnx onnx16 input dims <<< "$job"
+        IFS='|' read -r stage onnx onnx16 input dims onnx8 <<< "$job"
         model=$onnx
-        if [[ $(uses_fp16_onnx "$major" "$PRECISION") == 1 ]]; then
+        if [[ $PRECISION == int8 ]]; then
+            if [[ $onnx8 == - ]]; then
+                echo "error: $stage has no QDQ INT8 ONNX: re-export with --target jetson --int8" >&2
+                exit 1
+            fi
+            model=$onnx8
+        elif [[ $(uses_fp16_onnx "$major" "$PRECISION") == 1 ]]; then
             if [[ $onnx16 == - ]]; then
                 echo "error: $stage has no fp16 ONNX, which TensorRT $major needs for fp16 (strongly typed)" >&2
                 exit 1
@@ -566,7 +622,8 @@ def trtexec_script(jobs: Sequence[EngineJob], batch_sizes: Sequence[int], precis
     rows = []
     for j in jobs:
         dims = "x".join(["@", *map(str, j.input_shape)])
-        rows.append("    " + shlex.quote("|".join([j.stage, j.onnx, j.onnx_fp16 or "-", j.input_name, dims])))
+        rows.append("    " + shlex.quote("|".join([j.stage, j.onnx, j.onnx_fp16 or "-", j.input_name, dims,
+                                                j.onnx_int8 or "-"])))
     return (_SCRIPT.replace("@PRECISION@", precision)
             .replace("@BATCHES@", " ".join(map(str, batches)))
             .replace("@JOBS@", "\n".join(rows)))
@@ -630,8 +687,10 @@ def _build_one(trt: Any, logger: Any, data: bytes, source: Path, job: EngineJob,
                             f"  {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision == "fp16" and version[0] < 11:
+    if precision in ("fp16", "int8") and version[0] < 11:  # int8: the QDQ layers in INT8, the rest in fp16
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8" and version[0] < 11:  # from 11 on a QDQ network is strongly typed: no flag
+        config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -665,6 +724,9 @@ def build_engines(bundle_dir: Path, precision: str = "fp16", batch_sizes: Sequen
         raise TensorRTError(f"workspace_mb must be a positive integer, got {workspace_mb!r}")
     bundle = Bundle.open(bundle_dir)
     jobs = engine_jobs(bundle, include_gate=include_gate)
+    if precision == "int8":  # its source files do not depend on the TensorRT version: checked before it is needed
+        for job in jobs:
+            job.onnx_for(0, precision)
     trt = _import_tensorrt()
     version = parse_trt_version(str(trt.__version__))
     if tuple(version[:2]) < MIN_TRT:
@@ -782,7 +844,8 @@ class TensorRTExporter:
         for rel in [f for s in job.stages for f in job.files[s.name].values()] + ["onnx/gate.onnx"]:
             require_tensorrt_compatible(onnx.load(job.tmp / rel), rel)  # (agents run on the host)
         jobs = [EngineJob(s.name, job.files[s.name]["onnx"], job.files[s.name]["onnx-fp16"], s.input.name,
-                          tuple(int(d) for d in s.input.shape[1:])) for s in job.stages]
+                          tuple(int(d) for d in s.input.shape[1:]), job.files[s.name].get("onnx-int8"))
+                for s in job.stages]
         batch_sizes = parse_batch_sizes(job.cfg.batch_sizes)
         script = job.tmp / "tensorrt" / "build_engines.sh"
         script.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,13 @@ ai-edge-quantizer weight-only FLOAT_CASTING recipe, the same one as litert-torch
 float32 and only the file shrinks (layers to about 55 %; embed and head to about 80 %, as
 biases, LayerNorm parameters and the position embedding stay float32).
 
+INT8 (``--int8``): each layer's fp32 file quantized by ai-edge-quantizer's dynamic-range recipe
+(``dynamic_wi8_afp32``: INT8 weights per output channel, activations quantized per call by XNNPACK's
+integer kernels); the embed and head stay float (:data:`edgeskip.exporters.int8.FLOAT_STAGES`). Full-integer
+(static INT8 activations) is not used: litert-torch's PT2E quantizer path needs the model re-traced with
+observers, and the dynamic-range recipe works on the converted files we already verify. The files hold batch 1,
+so an input's activations are quantized alone (nothing batch-dependent).
+
 Running a .tflite file (torch-free, what the on-device runtime uses) lives in
 :mod:`edgeskip.runtimes.tflite_interpreter`; the fidelity checks here use it too.
 """
@@ -66,7 +73,7 @@ if TYPE_CHECKING:
 
     from edgeskip.exporters.stages import StageModule
 
-__all__ = ["PRECISIONS", "TFLiteExporter", "check_fidelity", "convert_stage"]
+__all__ = ["PRECISIONS", "TFLiteExporter", "check_fidelity", "convert_stage", "int8_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,20 @@ def check_fidelity(stage: StageModule, path: Path, inputs: torch.Tensor) -> floa
     if got.shape != reference.shape:
         raise TFLiteError(f"{path}: TFLite output shape {got.shape} differs from PyTorch's {reference.shape}")
     return float(np.max(np.abs(got.astype(np.float64) - reference)))
+
+
+def int8_weights(data: bytes, name: str) -> bytes:
+    """A converted stage with INT8 weights per channel and activations quantized per call (dynamic range)."""
+    aeq = _import("ai_edge_quantizer.quantizer", "INT8 TFLite export needs ai-edge-quantizer")
+    recipe = _import("ai_edge_quantizer.recipe", "INT8 TFLite export needs ai-edge-quantizer")
+    qt = aeq.Quantizer(bytearray(data))
+    qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    try:
+        with _quiet_litert():
+            result = qt.quantize(enable_progress_report=False)
+    except Exception as exc:
+        raise TFLiteError(f"ai-edge-quantizer could not quantize stage {name} to INT8: {exc}") from exc
+    return bytes(result.quantized_model)
 
 
 def _fp16_weights(data: bytes, name: str) -> bytes:
@@ -213,13 +234,14 @@ def _quiet_litert() -> Iterator[None]:
 
 class TFLiteExporter:
     """``tflite``: every stage as .tflite for batch 1, fp32 weights (``tflite``) and fp16 weights
-    (``tflite-fp16``), each checked against PyTorch in the LiteRT interpreter."""
+    (``tflite-fp16``), and with ``--int8`` INT8 layers (``tflite-int8``), each checked against PyTorch in the
+    LiteRT interpreter."""
 
     name = "tflite"
     PRECISIONS = (("fp32", "tflite"), ("fp16", "tflite-fp16"))
 
     def steps(self, stages: int) -> int:
-        return stages * len(self.PRECISIONS)
+        return stages * (len(self.PRECISIONS) + 1)
 
     def __call__(self, job: FormatJob) -> FormatResult:
         fidelity: dict[str, dict[str, float]] = {}
@@ -245,4 +267,35 @@ class TFLiteExporter:
         # (a head resized from batch 1 silently returned one row): the per-layer loop runs batch 1.
         formats = {"tflite": FormatInfo(batch=1, weights="float32", io="float32"),
                    "tflite-fp16": FormatInfo(batch=1, weights="float16 (dequantised to float32 at load)", io="float32")}
+        if job.cfg.int8:
+            formats["tflite-int8"], fidelity["tflite-int8"] = self._int8(job)
         return FormatResult(formats, fidelity)
+
+    def _int8(self, job: FormatJob) -> tuple[FormatInfo, dict[str, float]]:
+        """``tflite-int8``: the fp32 layers quantized (:func:`int8_weights`), embed and head the fp32 files; checked
+        as the onnxruntime INT8 stages are (:mod:`edgeskip.exporters.int8`)."""
+        from edgeskip.exporters.int8 import FLOAT_STAGES, INT8_TOLERANCE, require_agreement, top1_agreement
+
+        for s in job.stages:
+            if s.kind in FLOAT_STAGES:
+                job.files[s.name]["tflite-int8"] = job.files[s.name]["tflite"]
+            else:
+                rel = f"tflite/{s.name}.int8.tflite"
+                data = int8_weights((job.tmp / job.files[s.name]["tflite"]).read_bytes(), s.name)
+                _check_io(s, data, 1)
+                atomic_write_bytes(job.tmp / rel, data)
+                job.files[s.name]["tflite-int8"] = rel
+            job.step()
+        paths = {s.name: job.tmp / job.files[s.name]["tflite-int8"] for s in job.stages}
+
+        def run_rows(s: StageModule, x: np.ndarray) -> np.ndarray:
+            return np.concatenate([run_tflite(paths[s.name], x[i:i + 1]) for i in range(len(x))])
+
+        errors = stage_errors(job.stages, job.inputs, run_rows)
+        require_within(relative_errors(errors, job.stages, job.inputs), INT8_TOLERANCE,
+                       "TFLite int8 (relative to the output scale)")
+        agreement = top1_agreement(job, run_rows)
+        require_agreement(agreement, len(job.inputs["embed"]), "TFLite int8")
+        return FormatInfo(batch=1, weights="int8", io="float32",
+                          use=f"LiteRT INT8 (dynamic range: INT8 weights per channel, activations quantized per call "
+                              f"by XNNPACK); top-1 agreement with fp32 {100 * agreement:.1f}%"), errors

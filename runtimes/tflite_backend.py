@@ -1,10 +1,12 @@
-"""The TFLite backend: one LiteRT interpreter per stage (``tflite/<stage>.fp32|fp16.tflite``).
+"""The TFLite backend: one LiteRT interpreter per stage (``tflite/<stage>.fp32|fp16|int8.tflite``).
 
 Runs with ``ai_edge_litert`` or ``tflite_runtime`` (same Interpreter API), whichever is
 installed. The files have a fixed batch (1 with litert-torch 0.10, recorded in the manifest's
 ``formats``), so a batch runs as chunks of that size; per-input gating is unchanged. An
 interpreter is not safe to call from two threads at once: each stage has its own lock, so
-concurrent calls pipeline through different stages.
+concurrent calls pipeline through different stages. A bundle exported with ``--int8`` runs its INT8 layers by
+default; a layer in another precision the bundle holds (a policy's per-layer ``precisions``) gets its interpreter
+the first time a policy asks for it, kept from then on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from edgeskip.runtimes.tflite_interpreter import interpreter_class, load_interpr
 
 __all__ = ["TFLiteBackend"]
 
-FORMATS = {"fp32": "tflite", "fp16": "tflite-fp16"}
+FORMATS = {"fp32": "tflite", "fp16": "tflite-fp16", "int8": "tflite-int8"}
 
 
 class TFLiteBackend(Backend):
@@ -36,7 +38,8 @@ class TFLiteBackend(Backend):
         super().__init__(bundle, stages)
         check_options(self.name, options, self.OPTIONS)
         interpreter = interpreter_class()  # a missing LiteRT says what to install before anything else
-        self.precision = options.get("precision", "fp32")
+        own = "int8" if bundle.manifest.precision == "int8" and "tflite-int8" in bundle.manifest.formats else "fp32"
+        self.precision = options.get("precision", own)
         if self.precision not in FORMATS:
             raise ConfigError(f"tflite precision must be one of {', '.join(FORMATS)}, got {self.precision!r}")
         self.format = FORMATS[self.precision]
@@ -50,14 +53,42 @@ class TFLiteBackend(Backend):
         self.interpreter = f"{interpreter.__module__}.{interpreter.__name__}"
         self._run_interpreter = run_interpreter
         self._models: dict[str, bytes] = {}  # verified bytes, kept alive as long as their interpreters
-        self._stages = {}
+        self._stages: dict[str, tuple[Any, threading.Lock]] = {}
+        self._lock = threading.Lock()
         for name in self.stages:
-            self._models[name] = bundle.read_stage(name, self.format)
-            interp = load_interpreter(bundle.stage_file(name, self.format), num_threads=self.threads,
-                                      content=self._models[name])
-            stage = bundle.manifest.stage(name)
-            _check_io(interp, stage, f"{bundle.path}: {stage.files[self.format]}")
-            self._stages[name] = (interp, threading.Lock())
+            self._load(name, name, self.format)
+
+    def _load(self, key: str, name: str, fmt: str) -> None:
+        self._models[key] = self.bundle.read_stage(name, fmt)
+        interp = load_interpreter(self.bundle.stage_file(name, fmt), num_threads=self.threads,
+                                  content=self._models[key])
+        stage = self.bundle.manifest.stage(name)
+        _check_io(interp, stage, f"{self.bundle.path}: {stage.files[fmt]}")
+        self._stages[key] = (interp, threading.Lock())
+
+    def precisions(self) -> tuple[str, ...]:
+        """Its own precision, then fp32 or int8 where the bundle holds them for each of its layers (at its batch);
+        fp16 files compute in float32 (their weights are dequantised at load), so they are no choice of speed."""
+        m = self.bundle.manifest
+        layers = [s for s in self.stages if m.stage(s).kind == "layer"]
+        held = [p for p, fmt in FORMATS.items() if p not in (self.precision, "fp16") and layers and fmt in m.formats
+                and m.formats[fmt].batch == self.batch and all(fmt in m.stage(s).files for s in layers)]
+        return (self.precision, *held)
+
+    def variant(self, stage: str, precision: str) -> str | None:
+        """``stage`` in ``precision``: its own interpreter in the backend's precision, else ``stage:precision``, an
+        interpreter of the bundle's file in that format made on first use and kept; None where there is none."""
+        if stage not in self.stages:
+            return None
+        if precision == self.precision:
+            return stage
+        if precision not in self.precisions()[1:]:
+            return None
+        key = f"{stage}:{precision}"
+        with self._lock:
+            if key not in self._stages:
+                self._load(key, stage, FORMATS[precision])
+        return key
 
     def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         interpreter, lock = self._stages[stage]
@@ -70,7 +101,8 @@ class TFLiteBackend(Backend):
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "interpreter": self.interpreter, "format": self.format,
-                "precision": self.precision, "batch": self.batch, "threads": self.threads or "default"}
+                "precision": self.precision, "precisions": list(self.precisions()), "batch": self.batch,
+                "threads": self.threads or "default"}
 
     def close(self) -> None:
         self._stages.clear()

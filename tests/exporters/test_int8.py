@@ -56,8 +56,8 @@ def test_the_runtime_runs_int8_by_default_and_decides_like_fp32(digits_int8_bund
 
 def test_int8_is_refused_where_it_is_not_built(digits_agents: dict[str, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="--int8 is for the cpu and onnx targets"):
-        ExportConfig(model="vit-digits", target="tflite", int8=True)
+    with pytest.raises(ConfigError, match="int8_mode must be one of"):
+        ExportConfig(model="vit-digits", int8=True, int8_mode="qat")
     import edgeskip.exporters.int8 as int8
 
     monkeypatch.setattr(int8, "INT8_TOLERANCE", 1e-6)  # a drift beyond the tolerance fails, leaving no bundle
@@ -91,3 +91,41 @@ def test_the_front_of_an_int8_bundle_is_measured_against_its_fp32_static_model(
         assert m["fp32_static_ms"] > 0
         for loss, best in m["headline_over_fp32"].items():
             assert best is None or best["loss_points"] <= float(loss)
+
+
+def test_tflite_int8_layers_run_on_litert_alone_or_mixed_with_fp32(digits_agents: dict[str, Path], tmp_path: Path,
+                                                                 digits_test_uint8: np.ndarray) -> None:
+    """``--target tflite --int8``: dynamic-range INT8 layer files checked like the onnxruntime ones; the tflite
+    backend runs them by default, decides like fp32, and runs any mix of INT8 and fp32 layers without reload."""
+    pytest.importorskip("litert_torch", reason="TFLite export needs litert-torch: pip install 'edgeskip[tflite]'")
+    from edgeskip.policy import Policy
+    from edgeskip.runtimes.inputs import prepare
+    from edgeskip.runtimes.tflite_interpreter import run_tflite
+
+    out = tmp_path / "b"
+    export_bundle(ExportConfig(model="vit-digits", target="tflite", checkpoint=str(digits_agents["checkpoint"]),
+                               e2cm=str(digits_agents["e2cm"]), out=str(out), int8=True, fidelity_images=32))
+    m = Bundle.open(out).manifest
+    info = m.formats["tflite-int8"]
+    assert info.weights == "int8" and "dynamic range" in (info.use or "") and not info.batch_dependent
+    layer = m.stage("layer_00")
+    assert (out / layer.files["tflite-int8"]).stat().st_size < 0.6 * (out / layer.files["tflite"]).stat().st_size
+    images = digits_test_uint8[:48]
+    with Runtime(out, backend="tflite", policy="agent+e2cm") as rt, \
+            Runtime(out, backend="tflite", policy="agent+e2cm", precision="fp32") as fp32:
+        assert rt.precisions == ("int8", "fp32") and fp32.info()["precision"] == "fp32"
+        a, b = rt(images), fp32(images)
+        assert (a.labels == b.labels).mean() >= 0.9
+        assert ((a.executed == b.executed).all(axis=1) & (a.exit_layer == b.exit_layer)).mean() >= 0.8
+        mix = ["fp32", "int8"] * 3
+        rt.set_policy(Policy.config(None, None, mix))
+        x = rt(images[:4]).logits
+        inputs = prepare(images[:4], rt.input_spec)
+    want = []
+    for i in range(4):
+        t = run_tflite(out / m.stage("embed").files["tflite"], inputs[i:i + 1])
+        for j, p in enumerate(mix):
+            t = run_tflite(out / m.stage(f"layer_{j:02d}").files["tflite" if p == "fp32" else "tflite-int8"], t)
+        want.append(run_tflite(out / m.stage("head").files["tflite"], t))
+    np.testing.assert_allclose(x, np.concatenate(want), atol=1e-4)
+

@@ -335,6 +335,9 @@ def test_script_passes_shellcheck(script: Path) -> None:
     (10, "fp32", "--skipInference", "0"),
     (11, "fp16", "--stronglyTyped --skipInference", "1"),
     (11, "fp32", "--skipInference", "0"),
+    (8, "int8", "--int8 --fp16 --buildOnly", "0"),
+    (10, "int8", "--int8 --fp16 --skipInference", "0"),
+    (11, "int8", "--stronglyTyped --skipInference", "0"),
 ])
 def test_trt_flags_per_version(script: Path, major: int, precision: str, flags: str, fp16_onnx: str) -> None:
     assert _bash(script, f"trt_flags {major} {precision}") == flags
@@ -417,7 +420,7 @@ def test_script_without_fp16_onnx_on_tensorrt_11(tmp_path: Path) -> None:
 
 def test_script_arguments_are_checked() -> None:
     with pytest.raises(TensorRTError, match="unknown precision"):
-        trtexec_script(JOBS, [1], "int8")
+        trtexec_script(JOBS, [1], "int4")
     with pytest.raises(TensorRTError, match="positive integers"):
         trtexec_script(JOBS, [0], "fp16")
     with pytest.raises(TensorRTError, match="no stages"):
@@ -519,7 +522,7 @@ def _fake_tensorrt(version: str) -> types.ModuleType:
             return json.dumps({"network_flags": network.flags, "flags": config.flags, "source": network.source,
                                "shapes": [p.shapes for p in config.profiles], "workspace": config.workspace}).encode()
 
-    builder_flag = types.SimpleNamespace() if major >= 11 else types.SimpleNamespace(FP16="FP16")
+    builder_flag = types.SimpleNamespace() if major >= 11 else types.SimpleNamespace(FP16="FP16", INT8="INT8")
     creation = types.SimpleNamespace() if major >= 11 else types.SimpleNamespace(EXPLICIT_BATCH=0)
     trt.__dict__.update(ILogger=ILogger, Builder=Builder, OnnxParser=OnnxParser, BuilderFlag=builder_flag,
                         NetworkDefinitionCreationFlag=creation,
@@ -615,12 +618,89 @@ def test_build_engines_verifies_the_bundle_and_arguments(bundle_copy: Path) -> N
     from edgeskip.bundle import BundleError
 
     with pytest.raises(TensorRTError, match="unknown precision"):
+        build_engines(bundle_copy, "int4")
+    with pytest.raises(TensorRTError, match="QDQ ONNX of an export with --int8"):
         build_engines(bundle_copy, "int8")
     with pytest.raises(TensorRTError, match="batch sizes"):
         build_engines(bundle_copy, "fp16", [0])
     (bundle_copy / "onnx/head.onnx").write_bytes(b"tampered")
     with pytest.raises(BundleError, match="head.onnx"):
         build_engines(bundle_copy)
+
+
+# -- INT8: explicit quantization from the QDQ ONNX -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def jetson_int8(digits_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained digits model exported for Jetson with INT8: static QDQ layers calibrated on training images."""
+    from edgeskip.exporters.export import export_bundle
+    from edgeskip.exporters.settings import ExportConfig
+
+    out = tmp_path_factory.mktemp("trt8") / "bundle"
+    export_bundle(ExportConfig(model="vit-digits", target="jetson", checkpoint=str(digits_agents["checkpoint"]),
+                               out=str(out), int8=True, calibration_images=100, fidelity_images=16))
+    return out
+
+
+def test_a_jetson_int8_export_holds_qdq_layers_tensorrt_parses(jetson_int8: Path) -> None:
+    from edgeskip.errors import ConfigError
+    from edgeskip.exporters.settings import ExportConfig
+
+    m = Bundle.open(jetson_int8).manifest
+    assert m.precision == "int8" and m.tensorrt is not None and m.tensorrt.precision == "int8"
+    assert not m.formats["onnx-int8"].batch_dependent and "static QDQ" in (m.formats["onnx-int8"].use or "")
+    for s in (s for s in m.stages if s.kind == "layer"):
+        model = onnx.load(jetson_int8 / s.files["onnx-int8"])
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+        assert check_onnx_for_tensorrt(model) == [] and check_onnx_for_tensorrt(model, trt_version=(10, 3)) == []
+    jobs = {j.stage: j for j in engine_jobs(Bundle.open(jetson_int8))}
+    assert jobs["layer_00"].onnx_for(10, "int8") == "onnx/int8/layer_00.onnx"
+    assert jobs["embed"].onnx_for(11, "int8") == "onnx/embed.onnx"  # the float embed: its fp32 file
+    script = (jetson_int8 / "tensorrt/build_engines.sh").read_text()
+    assert "PRECISION=int8" in script and "|onnx/int8/layer_00.onnx'" in script
+    with pytest.raises(ConfigError, match="TensorRT builds INT8 from QDQ"):
+        ExportConfig(model="vit-digits", target="jetson", int8=True, int8_mode="dynamic")
+
+
+def test_qdq_rules_of_tensorrt() -> None:
+    """A zero point TensorRT's importer refuses (uint8, or not zero) is named before anything is built."""
+    def qdq(zero: Any) -> onnx.ModelProto:
+        inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])]
+        names = ["x", "s"]
+        if zero is not None:
+            inits.append(helper.make_tensor("z", zero[0], [], [zero[1]]))
+            names.append("z")
+        graph = helper.make_graph([helper.make_node("QuantizeLinear", names, ["q"], name="q0"),
+                                   helper.make_node("DequantizeLinear", ["q", *names[1:]], ["y"], name="d0")],
+                                  "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert check_onnx_for_tensorrt(qdq((TensorProto.INT8, 0))) == []
+    assert any("int8 zero, got uint8" in p for p in check_onnx_for_tensorrt(qdq((TensorProto.UINT8, 128))))
+    assert any("int8 zero, got int8 [3]" in p for p in check_onnx_for_tensorrt(qdq((TensorProto.INT8, 3))))
+    assert any("without a zero point" in p for p in check_onnx_for_tensorrt(qdq(None)))
+
+
+@pytest.mark.parametrize(("version", "flags"), [("10.3.0", ["FP16", "INT8"]), ("11.1.0.106", [])])
+def test_build_engines_in_int8_from_the_qdq_onnx(jetson_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 version: str, flags: list[str]) -> None:
+    bundle = Path(shutil.copytree(jetson_int8, tmp_path / "b"))
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version))
+    build_engines(bundle, "int8", [1])
+    plan = _plan(bundle / engine_file("layer_00", 1, "int8"))
+    assert plan["flags"] == flags and plan["source"] == "layer_00.onnx"
+    records = {e.stage: e for e in Bundle.open(bundle).manifest.tensorrt.engines}  # type: ignore[union-attr]
+    assert records["layer_00"].onnx == "onnx/int8/layer_00.onnx" and records["head"].onnx == "onnx/head.onnx"
+
+
+def test_the_script_builds_int8_engines_from_the_qdq_column(jetson_int8: Path, tmp_path: Path) -> None:
+    bundle = Path(shutil.copytree(jetson_int8, tmp_path / "b"))
+    result = _run_script(bundle / "tensorrt/build_engines.sh", tmp_path, "100300")
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    layer = next(c for c in calls if "layer_00" in c)
+    assert layer.startswith("--onnx=onnx/int8/layer_00.onnx ") and layer.endswith("--int8 --fp16 --skipInference")
 
 
 # -- real TensorRT on a CUDA GPU ------------------------------------------------------------------
@@ -633,6 +713,22 @@ def real_trt() -> Any:
     if not torch.cuda.is_available():
         pytest.skip("TensorRT engines need a CUDA GPU and torch sees none")
     return trt
+
+
+@pytest.mark.slow
+def test_real_int8_engines_agree_with_onnxruntime(real_trt: Any, jetson_int8: Path, tmp_path: Path,
+                                                   digits_test_uint8: np.ndarray) -> None:
+    """INT8 engines from the QDQ layers, run by the tensorrt backend, against the onnxruntime INT8 stages on real
+    images: the same top class for nearly every image (both quantize with the export's calibrated scales)."""
+    pytest.importorskip("cuda", reason="the tensorrt backend needs cuda-python (pip install cuda-python)")
+    from edgeskip.runtimes import Runtime
+
+    bundle = Path(shutil.copytree(jetson_int8, tmp_path / "b"))
+    build_engines(bundle, "int8", [1, 8])
+    with Runtime(bundle, backend="tensorrt", policy="static", precision="int8") as trt, \
+            Runtime(bundle, policy="static") as ort:
+        a, b = trt(digits_test_uint8), ort(digits_test_uint8)
+    assert (a.labels == b.labels).mean() >= 0.95
 
 
 @pytest.mark.slow
