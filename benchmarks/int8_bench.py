@@ -38,16 +38,19 @@ from edgeskip.runtimes.inputs import prepare
 from edgeskip.runtimes.ort_backend import session
 
 
-def run_policies(bundle: Path, images: np.ndarray, labels: np.ndarray, batch: int) -> dict[str, Any]:
+def run_policies(bundle: Path, images: np.ndarray, labels: np.ndarray, batch: int,
+                 backend: str = "onnxruntime") -> dict[str, Any]:
+    """Every policy through the fp32 and the INT8 layers of ``backend`` (onnxruntime, or LiteRT)."""
+    option = {"onnxruntime": ("format", "onnx", "onnx-int8"), "tflite": ("precision", "fp32", "int8")}[backend]
     out: dict[str, Any] = {}
     for policy in [p for p in available_policies(Bundle.open(bundle)) if p != "default"]:
         runs = {}
-        for fmt in ("onnx", "onnx-int8"):
-            with Runtime(bundle, policy=policy, format=fmt) as rt:
+        for fmt in option[1:]:
+            with Runtime(bundle, backend=backend, policy=policy, **{option[0]: fmt}) as rt:
                 parts = [rt(images[i : i + batch]) for i in range(0, len(images), batch)]
             runs[fmt] = (np.concatenate([p.labels for p in parts]), np.concatenate([p.executed for p in parts]),
                          np.concatenate([p.exit_layer for p in parts]))
-        (l32, e32, x32), (l8, e8, x8) = runs["onnx"], runs["onnx-int8"]
+        (l32, e32, x32), (l8, e8, x8) = runs[option[1]], runs[option[2]]
         out[policy] = {"fp32_accuracy": float((l32 == labels).mean()), "int8_accuracy": float((l8 == labels).mean()),
                        "same_path": float(((e32 == e8).all(axis=1) & (x32 == x8)).mean()),
                        "same_label": float((l32 == l8).mean()),
@@ -149,11 +152,16 @@ def main() -> int:
         report["tflite_stages"] = stage_speed(Path(args.bundle), images, args.rounds, args.calls, backend="tflite")
     if not speed_only:
         report["policies"] = run_policies(Path(args.bundle), images, labels, args.batch)
+        if "tflite-int8" in m.formats:
+            report["tflite_policies"] = run_policies(Path(args.bundle), images, labels, args.batch, backend="tflite")
         report["end_to_end"] = end_to_end(Path(args.bundle), images[:64], args.rounds)
     print(f"{m.model_name} on {len(images)} {m.dataset} test images; CPU flags: {', '.join(report['cpu_flags']) or '-'}")
-    if "policies" in report:
-        print(f"{'policy':<12}{'fp32 acc':>10}{'int8 acc':>10}{'same path':>11}{'same label':>12}{'layers fp32/int8':>19}")
-        for name, r in report["policies"].items():
+    for key in ("policies", "tflite_policies"):
+        if key not in report:
+            continue
+        print(("onnxruntime" if key == "policies" else "LiteRT") + f": {'policy':<12}{'fp32 acc':>10}{'int8 acc':>10}"
+              f"{'same path':>11}{'same label':>12}{'layers fp32/int8':>19}")
+        for name, r in report[key].items():
             print(f"{name:<12}{100 * r['fp32_accuracy']:>9.2f}%{100 * r['int8_accuracy']:>9.2f}%"
                   f"{100 * r['same_path']:>10.1f}%{100 * r['same_label']:>11.1f}%{r['layers_fp32']:>10.2f} / "
                   f"{r['layers_int8']:.2f}")

@@ -104,14 +104,15 @@ class Genome:
         return tuple(layers), (tuple(exits) if self.n_exits else None)
 
     def layer_precisions(self, genes: Sequence[int]) -> tuple[str | None, ...] | None:
-        """Per layer, the precision of checked genes (None for a layer without a gene); None without precision
-        genes."""
+        """Per layer, the precision of checked genes (None for a layer without a gene or removed by its genes: it
+        has no precision to run in); None without precision genes."""
         if not self.n_precision_genes:
             return None
+        layers, _ = self.thresholds(genes)
         g = self.check(genes)[len(self.layers) + self.n_exits:]
         out: list[str | None] = [None] * self.depth
         for j, v in zip(self.layers, g, strict=True):
-            out[j] = self.precisions[v]
+            out[j] = None if layers[j] is None else self.precisions[v]
         return tuple(out)
 
     def policy(self, genes: Sequence[int] | npt.NDArray[np.integer[Any]]) -> Policy:

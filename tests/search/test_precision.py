@@ -122,7 +122,7 @@ def test_precision_genes_decode_and_encode() -> None:
     genes = (2, 0, 1, 1, 1, 0, 1)
     policy = genome.policy(genes)
     assert policy.layers == (0.5, None, None, 0.0) and policy.exits == (0.2,)
-    assert policy.precisions == ("fp32", "int8", None, "fp32")
+    assert policy.precisions == ("fp32", None, None, "fp32")  # a removed layer has no precision
     assert genome.genes_of(policy.layers, policy.exits, policy.precisions) == genes
     assert genome.genes_of(policy.layers, policy.exits, ["fp16"] * 4) is None  # not on offer
     plain = Genome(4, None, (0.0, 0.5), precisions=("int8",))  # one precision: no gene
