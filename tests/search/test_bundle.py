@@ -36,13 +36,6 @@ DEPTH = 6  # vit-digits
 
 
 @pytest.fixture(scope="module")
-def images() -> tuple[Any, Any]:
-    """120 real digits test images and labels (the first half of each class)."""
-    pool = load_digits().test.halves()[0].take(120)
-    return pool.images, pool.labels
-
-
-@pytest.fixture(scope="module")
 def profiled(digits_agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Profile]:
     """A private copy of the trained agents + E²CM digits bundle with a quick cpu profile."""
     bundle = Path(shutil.copytree(digits_agents["bundle"], tmp_path_factory.mktemp("s") / "b"))

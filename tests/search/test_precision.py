@@ -13,7 +13,6 @@ import pytest
 
 from edgeskip.bundle import Bundle, BundleError
 from edgeskip.cli import main
-from edgeskip.data import load_digits
 from edgeskip.devices.profiler import ProfileSettings, profile_bundle
 from edgeskip.errors import ConfigError
 from edgeskip.front import load_front, pareto_path
@@ -28,12 +27,6 @@ from edgeskip.search.pathcache import PathCache, exit_grid
 from edgeskip.search.settings import BundleSearchSettings
 
 DEPTH = 6  # vit-digits
-
-
-@pytest.fixture(scope="module")
-def images() -> tuple[Any, Any]:
-    pool = load_digits().test.halves()[0].take(120)
-    return pool.images, pool.labels
 
 
 @pytest.fixture(scope="module")
