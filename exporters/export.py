@@ -183,7 +183,7 @@ def export_bundle(cfg: ExportConfig, *, progress: bool = False) -> ExportResult:
     stages = stage_modules(model, removed)
     agents = agent_modules(model, removed)
     inputs = stage_inputs(model, images)
-    steps = len(stages) + len(agents) + 2 + sum(f.steps(len(stages)) for f in formats)
+    steps = len(stages) + len(agents) + 2 + sum(f.steps(len(stages), cfg) for f in formats)
     bar = progress_bar(total=steps, desc=f"export {cfg.model} -> {cfg.target}", unit="file", enabled=progress)
     with atomic_directory(out, replace=cfg.force) as tmp:
         files: dict[str, dict[str, str]] = {s.name: {} for s in stages + agents}

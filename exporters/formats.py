@@ -62,8 +62,8 @@ class FormatExporter(Protocol):
 
     name: str
 
-    def steps(self, stages: int) -> int:
-        """Files it writes for ``stages`` stages (the progress bar's share)."""
+    def steps(self, stages: int, cfg: ExportConfig) -> int:
+        """Files it writes for ``stages`` stages under ``cfg`` (the progress bar's share)."""
 
     def __call__(self, job: FormatJob) -> FormatResult:
         """Write, check, and say what the manifest records."""

@@ -42,6 +42,7 @@ import numpy.typing as npt
 from edgeskip.exporters.fidelity import stage_errors
 from edgeskip.exporters.formats import ExportError, FormatJob, FormatResult, relative_errors, require_within
 from edgeskip.exporters.onnx import OPSET, ort_session, run_onnx
+from edgeskip.exporters.settings import ExportConfig
 from edgeskip.manifest import FormatInfo
 
 __all__ = ["FLOAT_STAGES", "INT8_AGREEMENT", "INT8_TOLERANCE", "OnnxInt8Exporter", "QUANTIZED_OPS", "quantize_stage",
@@ -125,7 +126,7 @@ class OnnxInt8Exporter:
 
     name = "onnx-int8"
 
-    def steps(self, stages: int) -> int:
+    def steps(self, stages: int, cfg: ExportConfig) -> int:
         return stages
 
     def __call__(self, job: FormatJob) -> FormatResult:

@@ -30,6 +30,7 @@ from edgeskip.exporters.formats import (
     relative_errors,
     require_within,
 )
+from edgeskip.exporters.settings import ExportConfig
 from edgeskip.manifest import FormatInfo
 from edgeskip.runtimes.ort_backend import session_options
 
@@ -114,7 +115,7 @@ class OnnxFp16Exporter:
 
     name = "onnx-fp16"
 
-    def steps(self, stages: int) -> int:
+    def steps(self, stages: int, cfg: ExportConfig) -> int:
         return stages
 
     def __call__(self, job: FormatJob) -> FormatResult:

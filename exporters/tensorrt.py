@@ -39,7 +39,7 @@ from edgeskip.bundle import Bundle, update_manifest
 from edgeskip.errors import BackendUnavailableError, EdgeskipError
 from edgeskip.fsutil import atomic_write_bytes
 from edgeskip.exporters.formats import FormatJob, FormatResult
-from edgeskip.exporters.settings import parse_batch_sizes
+from edgeskip.exporters.settings import ExportConfig, parse_batch_sizes
 from edgeskip.manifest import EngineRecord, TensorRT
 
 __all__ = [
@@ -200,6 +200,7 @@ def _check_qdq(graph: onnx.GraphProto) -> list[str]:
     constants = {i.name: i for i in graph.initializer}
     constants |= {n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
     problems = []
+    missing_zero = []  # QDQ nodes without a zero point: uint8 by the ONNX default, which TensorRT does not take
     for node in graph.node:
         if node.op_type not in _QDQ:
             continue
@@ -207,7 +208,8 @@ def _check_qdq(graph: onnx.GraphProto) -> list[str]:
         if len(node.input) < 2 or node.input[1] not in constants:
             problems.append(f"{what}: its scale must be a constant")
         if len(node.input) < 3 or not node.input[2]:
-            continue  # no zero point: uint8 by the ONNX default, which TensorRT does not take
+            missing_zero.append(node.name)
+            continue
         zero = constants.get(node.input[2])
         if zero is None:
             problems.append(f"{what}: its zero point must be a constant")
@@ -215,7 +217,6 @@ def _check_qdq(graph: onnx.GraphProto) -> list[str]:
             problems.append(f"{what}: TensorRT quantizes symmetrically to INT8: the zero point must be an int8 zero, "
                             f"got {onnx.TensorProto.DataType.Name(zero.data_type).lower()} "
                             f"{numpy_helper.to_array(zero).ravel()[:4].tolist()}")
-    missing_zero = [n.name for n in graph.node if n.op_type in _QDQ and (len(n.input) < 3 or not n.input[2])]
     if missing_zero:
         problems.append(f"{len(missing_zero)} QDQ node(s) without a zero point (uint8 by default), e.g. "
                         f"{missing_zero[0]!r}: TensorRT takes INT8 only")
@@ -833,7 +834,7 @@ class TensorRTExporter:
 
     name = "tensorrt"
 
-    def steps(self, stages: int) -> int:
+    def steps(self, stages: int, cfg: ExportConfig) -> int:
         return 1
 
     def __call__(self, job: FormatJob) -> FormatResult:

@@ -71,6 +71,8 @@ from edgeskip.runtimes.tflite_interpreter import (
 if TYPE_CHECKING:
     import torch
 
+    from edgeskip.exporters.settings import ExportConfig
+
     from edgeskip.exporters.stages import StageModule
 
 __all__ = ["PRECISIONS", "TFLiteExporter", "check_fidelity", "convert_stage", "int8_weights"]
@@ -240,8 +242,8 @@ class TFLiteExporter:
     name = "tflite"
     PRECISIONS = (("fp32", "tflite"), ("fp16", "tflite-fp16"))
 
-    def steps(self, stages: int) -> int:
-        return stages * (len(self.PRECISIONS) + 1)
+    def steps(self, stages: int, cfg: ExportConfig) -> int:
+        return stages * (len(self.PRECISIONS) + (1 if cfg.int8 else 0))
 
     def __call__(self, job: FormatJob) -> FormatResult:
         fidelity: dict[str, dict[str, float]] = {}

@@ -19,6 +19,7 @@ A backend imports its SDK inside ``__init__`` and raises
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -40,6 +41,8 @@ class Backend(abc.ABC):
     def __init__(self, bundle: Bundle, stages: Sequence[str]) -> None:
         self.bundle = bundle
         self.stages = tuple(stages)
+        self._variants: set[str] = set()  # names of stages loaded in another precision (:meth:`variant`)
+        self._variant_lock = threading.Lock()
 
     @abc.abstractmethod
     def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -60,9 +63,33 @@ class Backend(abc.ABC):
         return (str(self.info().get("precision", "fp32")),)
 
     def variant(self, stage: str, precision: str) -> str | None:
-        """A name :meth:`run` and :meth:`fuse` accept for ``stage`` in ``precision`` (its own name in the backend's
-        own precision), loaded on first use and kept; None when this backend cannot run it so."""
-        return stage if precision == self.precisions()[0] else None
+        """A name :meth:`run` and :meth:`fuse` accept for ``stage`` in ``precision``: its own name in the backend's
+        own precision, else ``stage:precision``, loaded on first use (:meth:`_load_variant`) and kept; None when
+        this backend cannot run it so (a precision :meth:`precisions` does not name)."""
+        if stage not in self.stages:
+            return None
+        held = self.precisions()
+        if precision == held[0]:
+            return stage
+        if precision not in held[1:]:
+            return None
+        key = f"{stage}:{precision}"
+        with self._variant_lock:
+            if key not in self._variants:
+                self._load_variant(key, stage, precision)
+                self._variants.add(key)
+        return key
+
+    def _load_variant(self, key: str, stage: str, precision: str) -> None:
+        """Load ``stage`` in ``precision`` under the name ``key`` (backends whose :meth:`precisions` name more than
+        their own precision implement it)."""
+        raise NotImplementedError(f"backend {self.name!r} runs one precision only")
+
+    def holds_every_layer(self, fmt: str) -> bool:
+        """Whether the bundle has a file in format ``fmt`` for every layer stage this backend runs."""
+        m = self.bundle.manifest
+        layers = [s for s in self.stages if m.stage(s).kind == "layer"]
+        return bool(layers) and all(fmt in m.stage(s).files for s in layers)
 
     def static_runner(self) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None:
         """A one-call runner of the whole static model (images -> logits, every bundle layer), when this

@@ -273,7 +273,7 @@ class OnnxRuntimeBackend(Backend):
         self._stages: dict[str, SessionRunner] = {}
         self._sources: dict[str, tuple[str, str]] = {}  # run name -> (stage, format) of a stage or variant session
         self._half: set[str] = set()  # run names whose session takes and gives float16
-        self._lock = threading.Lock()
+        self._fuse_lock = threading.Lock()
         self._fused_bytes: dict[str, int] = {}
         self._variant_bytes: dict[str, int] = {}
         for name in self.stages:
@@ -296,27 +296,13 @@ class OnnxRuntimeBackend(Backend):
 
     def precisions(self) -> tuple[str, ...]:
         """Its own format's precision, then every other one the bundle holds for each of its layers."""
-        layers = [s for s in self.stages if self.bundle.manifest.stage(s).kind == "layer"]
-        held = [p for fmt, p in FORMATS.items() if fmt != self.format and layers
-                and all(fmt in self.bundle.manifest.stage(s).files for s in layers)]
+        held = [p for fmt, p in FORMATS.items() if fmt != self.format and self.holds_every_layer(fmt)]
         return (FORMATS[self.format], *held)
 
-    def variant(self, stage: str, precision: str) -> str | None:
-        """``stage`` in ``precision``: its own session in this backend's precision, else ``stage:precision``, a
-        session of the bundle's file in that format made on first use and kept (it holds that file's weights
-        beside the loaded ones: :attr:`variant_bytes`); None where the bundle has no such file."""
-        if stage not in self.stages:
-            return None
-        fmt = FORMAT_OF.get(precision)
-        if fmt == self.format:
-            return stage
-        if fmt is None or fmt not in self.bundle.manifest.stage(stage).files:
-            return None
-        key = f"{stage}:{precision}"
-        with self._lock:
-            if key not in self._stages:
-                self._variant_bytes[key] = self._load(key, stage, fmt)
-        return key
+    def _load_variant(self, key: str, stage: str, precision: str) -> None:
+        """A session of the bundle's file in that precision's format (:meth:`Backend.variant`); it holds that file's
+        weights beside the loaded ones (:attr:`variant_bytes`)."""
+        self._variant_bytes[key] = self._load(key, stage, FORMAT_OF[precision])
 
     @property
     def variant_bytes(self) -> int:
@@ -331,7 +317,7 @@ class OnnxRuntimeBackend(Backend):
         if len(stages) < 2 or any(s not in self._stages for s in stages) or len({s in self._half for s in stages}) > 1:
             return None
         key = "+".join(stages)
-        with self._lock:
+        with self._fuse_lock:
             if key not in self._stages:
                 where = f"{self.bundle.path}: stages {', '.join(stages)} fused"
                 data = chain_models([self.bundle.read_stage(*self._sources[s]) for s in stages])

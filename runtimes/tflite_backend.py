@@ -54,7 +54,6 @@ class TFLiteBackend(Backend):
         self._run_interpreter = run_interpreter
         self._models: dict[str, bytes] = {}  # verified bytes, kept alive as long as their interpreters
         self._stages: dict[str, tuple[Any, threading.Lock]] = {}
-        self._lock = threading.Lock()
         for name in self.stages:
             self._load(name, name, self.format)
 
@@ -69,26 +68,14 @@ class TFLiteBackend(Backend):
     def precisions(self) -> tuple[str, ...]:
         """Its own precision, then fp32 or int8 where the bundle holds them for each of its layers (at its batch);
         fp16 files compute in float32 (their weights are dequantised at load), so they are no choice of speed."""
-        m = self.bundle.manifest
-        layers = [s for s in self.stages if m.stage(s).kind == "layer"]
-        held = [p for p, fmt in FORMATS.items() if p not in (self.precision, "fp16") and layers and fmt in m.formats
-                and m.formats[fmt].batch == self.batch and all(fmt in m.stage(s).files for s in layers)]
+        formats = self.bundle.manifest.formats
+        held = [p for p, fmt in FORMATS.items() if p not in (self.precision, "fp16") and fmt in formats
+                and formats[fmt].batch == self.batch and self.holds_every_layer(fmt)]
         return (self.precision, *held)
 
-    def variant(self, stage: str, precision: str) -> str | None:
-        """``stage`` in ``precision``: its own interpreter in the backend's precision, else ``stage:precision``, an
-        interpreter of the bundle's file in that format made on first use and kept; None where there is none."""
-        if stage not in self.stages:
-            return None
-        if precision == self.precision:
-            return stage
-        if precision not in self.precisions()[1:]:
-            return None
-        key = f"{stage}:{precision}"
-        with self._lock:
-            if key not in self._stages:
-                self._load(key, stage, FORMATS[precision])
-        return key
+    def _load_variant(self, key: str, stage: str, precision: str) -> None:
+        """An interpreter of the bundle's file in that precision's format (:meth:`Backend.variant`)."""
+        self._load(key, stage, FORMATS[precision])
 
     def run(self, stage: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         interpreter, lock = self._stages[stage]

@@ -84,13 +84,13 @@ class CostKey:
         'agent_03@0', 'exit_01'."""
         if name in ("embed", "head", STATIC):
             return cls(name, None, batch)
-        name, colon, precision = name.partition(":")
-        base, at, distance = name.partition("@")
+        stem, colon, precision = name.partition(":")
+        base, at, distance = stem.partition("@")
         piece, _, index = base.partition("_")
         if piece not in ("layer", "agent", "exit") or not index.isdigit() or (
                 at and (piece == "exit" or not distance.isdigit())) or (
                 colon and (piece != "layer" or at or precision not in PRECISIONS)):
-            raise ConfigError(f"unknown profile entry {name}{colon}{precision!r}")
+            raise ConfigError(f"unknown profile entry {name!r}")
         return cls(piece, int(index), batch, int(distance) if at else None, precision or None)
 
 

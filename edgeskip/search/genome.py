@@ -135,8 +135,8 @@ class Genome:
         if self.n_precision_genes:
             chosen = [None if precisions is None else precisions[j] for j in self.layers]
             genes += [0 if p is None else self.precisions.index(p) if p in self.precisions else None for p in chosen]
-        elif precisions is not None and any(p is not None and p != (self.precisions or (p,))[0] for p in precisions):
-            return None
+        elif precisions is not None and self.precisions and any(p not in (None, self.precisions[0]) for p in precisions):
+            return None  # without a gene every layer runs in the one precision on offer
         return None if None in genes else tuple(genes)  # type: ignore[arg-type]
 
     @property

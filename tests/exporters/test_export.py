@@ -352,7 +352,7 @@ def test_every_registered_format_loads_and_every_target_names_registered_ones() 
         if name == "tflite":
             pytest.importorskip("litert_torch", reason="the tflite format needs pip install 'edgeskip[tflite]'")
         exporter = EXPORTERS.get(name)()
-        assert exporter.name == name and exporter.steps(3) >= 1 and callable(exporter)
+        assert exporter.name == name and exporter.steps(3, ExportConfig(model="vit-tiny")) >= 1 and callable(exporter)
 
 
 def test_the_registry_drives_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -367,7 +367,7 @@ def test_the_registry_drives_the_export(tmp_path: Path, monkeypatch: pytest.Monk
     class Copies:
         name = "copies"
 
-        def steps(self, stages: int) -> int:
+        def steps(self, stages: int, cfg: ExportConfig) -> int:
             return stages
 
         def __call__(self, job: FormatJob) -> FormatResult:
